@@ -1,0 +1,579 @@
+//! [`AsyncPool`]: one callback, many inputs — the Elixir original's model.
+
+use std::fmt;
+use std::hash::Hash;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::builder::Builder;
+use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
+use crate::engine::{Engine, Job, Owner, Refused, RunContext};
+use crate::error::{AddError, BuildError, TaskError};
+use crate::stats::Stats;
+use crate::task::{Task, TaskId};
+use crate::token::CancelToken;
+
+/// A mailbox sender: where `add_task_to` delivers `(TaskId, result)`.
+pub type Mailbox<O> = Sender<(TaskId, Result<O, TaskError>)>;
+
+/// A pool of worker threads that all run one callback, each on one input.
+///
+/// `add_task` returns at once; each result is delivered as soon as its task ends, so the
+/// slowest task never holds back the others. Results go to a [`Task`] handle per input, or, with
+/// [`add_task_to`](AsyncPool::add_task_to), to a channel the caller owns, tagged with the task's
+/// [`TaskId`] (the Elixir original's `{ref, value}` message).
+///
+/// `AsyncPool` is cheap to clone; the clones share one pool, which shuts down gracefully (as
+/// [`shutdown`](AsyncPool::shutdown)) when the last clone is dropped. A callback that adds work
+/// to its own pool uses a [`PoolHandle`] instead (see
+/// [`build_with_handle`](Builder::build_with_handle)), which does not keep the pool alive.
+///
+/// # Examples
+///
+/// ```
+/// use async_pool::AsyncPool;
+///
+/// let pool = AsyncPool::new(3, |url: String| url.len())?;
+/// let tasks: Vec<_> = ["a", "bb", "ccc"]
+///     .iter()
+///     .map(|url| pool.add_task(url.to_string()))
+///     .collect::<Result<_, _>>()?;
+/// let lengths: Vec<usize> = tasks.iter().map(|t| t.recv().unwrap()).collect();
+/// assert_eq!(lengths, [1, 2, 3]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct AsyncPool<I: Send + 'static, O: Send + 'static> {
+    owner: Arc<Owner<Envelope<I, O>>>,
+}
+
+/// A handle to an [`AsyncPool`] that can add work but does not keep the pool alive.
+///
+/// Made by [`AsyncPool::handle`] or given to the callback by
+/// [`build_with_handle`](Builder::build_with_handle), so that a callback can add more work to
+/// its own pool (a crawler adding the links it found). Once the pool is shut down or its last
+/// `AsyncPool` is dropped, every add returns `Err(AddError::ShutDown(input))`.
+pub struct PoolHandle<I: Send + 'static, O: Send + 'static> {
+    engine: Weak<Engine<Envelope<I, O>>>,
+}
+
+/// The job an `AsyncPool` queues: the input and its task's cell. No box per task.
+pub(crate) struct Envelope<I, O> {
+    cell: Arc<Cell<O>>,
+    input: I,
+}
+
+type PlainFn<I, O> = dyn Fn(I) -> O + Send + Sync;
+type TokenFn<I, O> = dyn Fn(I, &CancelToken) -> O + Send + Sync;
+
+/// The callback every worker of an `AsyncPool` runs.
+pub(crate) enum Callback<I, O> {
+    Plain(Box<PlainFn<I, O>>),
+    WithToken(Box<TokenFn<I, O>>),
+}
+
+impl<I: Send + 'static, O: Send + 'static> Job for Envelope<I, O> {
+    type Runner = Callback<I, O>;
+    type Input = I;
+
+    fn control(&self) -> &dyn Control {
+        &*self.cell
+    }
+
+    fn control_arc(&self) -> Arc<dyn Control> {
+        self.cell.clone()
+    }
+
+    fn run(self, callback: &Callback<I, O>, cx: &RunContext<'_>) -> Ended {
+        let Envelope { cell, input } = self;
+        let outcome = match callback {
+            Callback::Plain(f) => panic::catch_unwind(AssertUnwindSafe(|| f(input))),
+            Callback::WithToken(f) => {
+                let token = CancelToken::new(cell.clone(), cx.stopping.clone());
+                panic::catch_unwind(AssertUnwindSafe(|| f(input, &token)))
+            }
+        };
+        cell.complete(outcome, cx.counters)
+    }
+
+    fn into_input(self) -> I {
+        self.input
+    }
+}
+
+/// How an input is added: with which key, deadline and destination.
+struct Submission<O> {
+    key: Option<u64>,
+    timeout: Option<Duration>,
+    output: Output<O>,
+    wait: bool,
+}
+
+impl<O> Submission<O> {
+    fn slot(wait: bool) -> Submission<O> {
+        Submission {
+            key: None,
+            timeout: None,
+            output: Output::Slot(Slot::new()),
+            wait,
+        }
+    }
+
+    fn mailbox(tx: &Mailbox<O>) -> Submission<O> {
+        Submission {
+            key: None,
+            timeout: None,
+            output: Output::Mailbox(tx.clone()),
+            wait: true,
+        }
+    }
+}
+
+/// The one adding path of both `AsyncPool` and `PoolHandle`.
+fn submit<I: Send + 'static, O: Send + 'static>(
+    engine: &Engine<Envelope<I, O>>,
+    input: I,
+    how: Submission<O>,
+) -> Result<Arc<Cell<O>>, AddError<I>> {
+    let header = Header::new(engine.next_id(), how.key, how.timeout);
+    let cell = Arc::new(Cell::new(header, how.output));
+    let envelope = Envelope {
+        cell: cell.clone(),
+        input,
+    };
+    match engine.add(envelope, how.wait) {
+        Ok(()) => Ok(cell),
+        Err((refused, envelope)) => {
+            envelope.cell.reject();
+            let input = envelope.input;
+            Err(match refused {
+                Refused::Full => AddError::Full(input),
+                Refused::ShutDown => AddError::ShutDown(input),
+            })
+        }
+    }
+}
+
+fn task<I: Send + 'static, O: Send + 'static>(
+    engine: &Arc<Engine<Envelope<I, O>>>,
+    cell: Arc<Cell<O>>,
+) -> Task<O> {
+    Task::new(cell, engine.clone())
+}
+
+impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
+    /// Builds a fixed pool of `max_workers` threads running `callback`.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ZeroWorkers`] for 0 workers; [`BuildError::Spawn`] if the operating system
+    /// refuses a thread (the threads already started are stopped first).
+    ///
+    /// ```
+    /// use async_pool::{AsyncPool, BuildError};
+    ///
+    /// let pool = AsyncPool::new(3, |s: String| s.len())?;
+    /// assert_eq!(pool.add_task("abc".to_string())?.recv(), Ok(3));
+    /// assert!(matches!(AsyncPool::new(0, |s: String| s.len()), Err(BuildError::ZeroWorkers)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn new<F>(max_workers: usize, callback: F) -> Result<AsyncPool<I, O>, BuildError>
+    where
+        F: Fn(I) -> O + Send + Sync + 'static,
+    {
+        AsyncPool::builder().max_workers(max_workers).build(callback)
+    }
+
+    /// Returns a [`Builder`] for a pool whose settings are not the defaults.
+    pub fn builder() -> Builder<AsyncPool<I, O>> {
+        Builder::new()
+    }
+
+    fn engine(&self) -> &Arc<Engine<Envelope<I, O>>> {
+        &self.owner.0
+    }
+
+    /// Adds an input and returns at once with a [`Task`] that will receive the callback's
+    /// result. Never waits for a worker; with a bounded queue
+    /// ([`queue_capacity`](Builder::queue_capacity)) it waits while the queue is full.
+    ///
+    /// Tasks start in the order they were added; results arrive in the order tasks finish.
+    ///
+    /// # Errors
+    ///
+    /// `AddError::ShutDown(input)` once the pool is shut down (also for an add blocked on a full
+    /// queue when the shutdown happens). The input is handed back.
+    pub fn add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
+        let cell = submit(self.engine(), input, Submission::slot(true))?;
+        Ok(task(self.engine(), cell))
+    }
+
+    /// Like [`add_task`](AsyncPool::add_task), but never blocks: with a full bounded queue it
+    /// returns `AddError::Full(input)`.
+    ///
+    /// ```
+    /// use async_pool::{AddError, AsyncPool};
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::builder()
+    ///     .max_workers(1)
+    ///     .queue_capacity(0) // rendezvous: room only while a worker is free
+    ///     .build(move |n: u32| { let _ = gate.recv(); n })?;
+    /// let first = pool.try_add_task(1)?; // the free worker takes it
+    /// match pool.try_add_task(2) {
+    ///     Err(AddError::Full(input)) => assert_eq!(input, 2),
+    ///     other => panic!("expected Full, got {other:?}"),
+    /// }
+    /// release.send(()).unwrap();
+    /// assert_eq!(first.recv(), Ok(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn try_add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
+        let cell = submit(self.engine(), input, Submission::slot(false))?;
+        Ok(task(self.engine(), cell))
+    }
+
+    /// Adds an input whose result is sent to `mailbox` as `(TaskId, result)` when the task ends
+    /// — the Elixir original's `{ref, value}` message. Returns the task's id at once.
+    ///
+    /// A mailbox whose receiver is gone never blocks or panics a worker (the result is
+    /// dropped). A bounded mailbox applies backpressure: the worker waits for room, and a result
+    /// is never dropped while the receiver exists.
+    ///
+    /// ```
+    /// use async_pool::{AsyncPool, TaskError, TaskId};
+    /// use crossbeam_channel::unbounded;
+    ///
+    /// let pool = AsyncPool::new(2, |s: String| s.len())?;
+    /// let (tx, rx) = unbounded::<(TaskId, Result<usize, TaskError>)>();
+    /// let id = pool.add_task_to("abcd".into(), &tx)?;
+    /// assert_eq!(rx.recv()?, (id, Ok(4)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`add_task`](AsyncPool::add_task).
+    pub fn add_task_to(&self, input: I, mailbox: &Mailbox<O>) -> Result<TaskId, AddError<I>> {
+        submit(self.engine(), input, Submission::mailbox(mailbox)).map(|cell| cell.header.id)
+    }
+
+    /// Adds an input with its own deadline, counted from the moment the task starts: a task
+    /// still running then gets `Err(TaskError::TimedOut)` at once (see
+    /// [`task_timeout`](Builder::task_timeout) for what happens to its thread).
+    ///
+    /// ```
+    /// use async_pool::{AsyncPool, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// let pool = AsyncPool::new(2, |ms: u64| std::thread::sleep(Duration::from_millis(ms)))?;
+    /// let stuck = pool.add_task_with_timeout(10_000, Duration::from_millis(10))?;
+    /// assert_eq!(stuck.recv(), Err(TaskError::TimedOut));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_task_with_timeout(&self, input: I, timeout: Duration) -> Result<Task<O>, AddError<I>> {
+        let mut how = Submission::slot(true);
+        how.timeout = Some(timeout);
+        let cell = submit(self.engine(), input, how)?;
+        Ok(task(self.engine(), cell))
+    }
+
+    /// Adds an input under a key (a host, a tenant): at most
+    /// [`max_per_key`](Builder::max_per_key) tasks of one key run at once, and with
+    /// [`min_interval_per_key`](Builder::min_interval_per_key) their starts are spaced. Tasks
+    /// held back by their key wait without occupying a worker.
+    ///
+    /// Keys are compared by hash, so a `&str` and a `String` with the same text are the same
+    /// key. Without per-key settings on the builder, the key has no effect.
+    ///
+    /// ```
+    /// use async_pool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::builder()
+    ///     .max_workers(8)
+    ///     .max_per_key(2)
+    ///     .build(|url: String| url.len())?;
+    /// let task = pool.add_task_keyed("example.com", "https://example.com/a".to_string())?;
+    /// assert_eq!(task.recv(), Ok(21));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_task_keyed<K: Hash>(&self, key: K, input: I) -> Result<Task<O>, AddError<I>> {
+        let mut how = Submission::slot(true);
+        how.key = self.engine().key_of(&key);
+        let cell = submit(self.engine(), input, how)?;
+        Ok(task(self.engine(), cell))
+    }
+
+    /// The mailbox form of [`add_task_keyed`](AsyncPool::add_task_keyed).
+    pub fn add_task_keyed_to<K: Hash>(
+        &self,
+        key: K,
+        input: I,
+        mailbox: &Mailbox<O>,
+    ) -> Result<TaskId, AddError<I>> {
+        let mut how = Submission::mailbox(mailbox);
+        how.key = self.engine().key_of(&key);
+        submit(self.engine(), input, how).map(|cell| cell.header.id)
+    }
+
+    /// Cancels the task with this id if it has not started: it never runs, and its result is
+    /// `Err(TaskError::Cancelled)` (sent to its mailbox, or to its `Task`). Returns `false` if
+    /// it is running, has ended, or is unknown.
+    pub fn cancel(&self, id: TaskId) -> bool {
+        self.engine().cancel_id(id)
+    }
+
+    /// Cancels every task that has not started, without shutting down, and hands their inputs
+    /// back in the order they were added. Each cancelled task's result is
+    /// `Err(TaskError::Cancelled)`.
+    pub fn cancel_all(&self) -> Vec<I> {
+        self.engine().cancel_all()
+    }
+
+    /// Blocks until no task is queued or running.
+    ///
+    /// Called from inside a task of this pool, it cannot wait for itself: it waits for every
+    /// other task except those also blocked in `join` on a worker, and runs queued tasks on
+    /// the calling thread meanwhile, so it never deadlocks for lack of free workers.
+    pub fn join(&self) {
+        self.engine().join();
+    }
+
+    /// Returns a snapshot of the pool's workers and tasks.
+    pub fn stats(&self) -> Stats {
+        self.engine().stats()
+    }
+
+    /// Changes the number of workers: growing starts threads at once (for an elastic pool,
+    /// allows more on demand); shrinking retires workers as they finish their current task —
+    /// no worker takes a new task while more than `max_workers` live.
+    ///
+    /// Returns `false`, changing nothing, for 0, for more than
+    /// [`MAX_WORKERS`](crate::MAX_WORKERS), or on a pool that is shut down. If the operating
+    /// system refuses threads while growing, the pool goes on with the workers it has.
+    pub fn set_max_workers(&self, max_workers: usize) -> bool {
+        self.engine().set_max_workers(max_workers)
+    }
+
+    /// Stops accepting work, runs everything already accepted, and joins every worker.
+    ///
+    /// Idempotent. Called from inside one of this pool's tasks, it does not wait (the calling
+    /// task could never end): it returns at once and the workers finish the work on their own.
+    pub fn shutdown(&self) {
+        self.engine().shutdown();
+    }
+
+    /// Stops accepting work and cancels every task that has not started: their inputs are
+    /// returned in the order they were added, and each of their tasks gets
+    /// `Err(TaskError::Cancelled)`. Raises every [`CancelToken`], then waits for the running
+    /// tasks to end and joins the workers (not from inside a task, as for `shutdown`).
+    ///
+    /// ```
+    /// use async_pool::{AsyncPool, TaskError};
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::new(1, move |n: u32| { let _ = gate.recv(); n })?;
+    /// let running = pool.add_task(1)?;
+    /// while !running.is_running() { std::thread::yield_now() }
+    /// let queued = pool.add_task(2)?;
+    /// std::thread::spawn(move || release.send(()));
+    /// assert_eq!(pool.shutdown_now(), vec![2]);
+    /// assert_eq!(queued.recv(), Err(TaskError::Cancelled));
+    /// assert_eq!(running.recv(), Ok(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn shutdown_now(&self) -> Vec<I> {
+        self.engine().shutdown_now()
+    }
+
+    /// Shuts down gracefully for at most `timeout`; then cancels what is still queued (its
+    /// inputs are dropped; their tasks get `Cancelled`), ends the tasks still running with
+    /// `TimedOut` and abandons their threads. Returns `true` if everything ended in time.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> bool {
+        self.engine().shutdown_timeout(timeout)
+    }
+
+    /// Returns `true` once a shutdown has begun: adds are refused from then on.
+    pub fn is_shut_down(&self) -> bool {
+        self.engine().is_closed()
+    }
+
+    /// Returns a [`PoolHandle`]: it can add work but does not keep the pool alive.
+    pub fn handle(&self) -> PoolHandle<I, O> {
+        PoolHandle {
+            engine: Arc::downgrade(self.engine()),
+        }
+    }
+
+    /// The pool's current maximum number of workers.
+    pub fn max_workers(&self) -> usize {
+        self.engine().max_workers()
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Builder<AsyncPool<I, O>> {
+    /// Builds the pool; every worker runs `callback` on the inputs it takes.
+    ///
+    /// # Errors
+    ///
+    /// See [`BuildError`]: no thread is left running when a build fails.
+    pub fn build<F>(self, callback: F) -> Result<AsyncPool<I, O>, BuildError>
+    where
+        F: Fn(I) -> O + Send + Sync + 'static,
+    {
+        self.start(|_| Callback::Plain(Box::new(callback)))
+    }
+
+    /// Builds the pool with a callback that also receives a [`CancelToken`], raised when its
+    /// task times out or the pool stops now, so a long callback can stop early.
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Builder::build).
+    pub fn build_with_token<F>(self, callback: F) -> Result<AsyncPool<I, O>, BuildError>
+    where
+        F: Fn(I, &CancelToken) -> O + Send + Sync + 'static,
+    {
+        self.start(|_| Callback::WithToken(Box::new(callback)))
+    }
+
+    /// Builds the pool with a callback made by `make` from a [`PoolHandle`] to the pool itself,
+    /// so the callback can add more work (a crawler adding the links it found) without keeping
+    /// the pool alive.
+    ///
+    /// ```
+    /// use async_pool::{AsyncPool, TaskError, TaskId};
+    /// use crossbeam_channel::unbounded;
+    ///
+    /// // Each input n > 0 adds n - 1 to the pool; all results go to one mailbox.
+    /// let (tx, rx) = unbounded::<(TaskId, Result<u32, TaskError>)>();
+    /// let results = tx.clone();
+    /// let pool = AsyncPool::builder().max_workers(2).build_with_handle(move |pool| {
+    ///     move |n: u32| {
+    ///         if n > 0 {
+    ///             pool.add_task_to(n - 1, &results).expect("pool is open");
+    ///         }
+    ///         n
+    ///     }
+    /// })?;
+    /// pool.add_task_to(3, &tx)?;
+    /// let mut seen: Vec<u32> = (0..4).map(|_| rx.recv().unwrap().1.unwrap()).collect();
+    /// seen.sort();
+    /// assert_eq!(seen, [0, 1, 2, 3]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Builder::build).
+    pub fn build_with_handle<M, F>(self, make: M) -> Result<AsyncPool<I, O>, BuildError>
+    where
+        M: FnOnce(PoolHandle<I, O>) -> F,
+        F: Fn(I) -> O + Send + Sync + 'static,
+    {
+        self.start(|engine| {
+            let handle = PoolHandle {
+                engine: engine.clone(),
+            };
+            Callback::Plain(Box::new(make(handle)))
+        })
+    }
+
+    fn start(
+        self,
+        callback: impl FnOnce(&Weak<Engine<Envelope<I, O>>>) -> Callback<I, O>,
+    ) -> Result<AsyncPool<I, O>, BuildError> {
+        let engine = Engine::start(self.config, callback)?;
+        Ok(AsyncPool {
+            owner: Arc::new(Owner(engine)),
+        })
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
+    fn with_engine<R>(
+        &self,
+        input: I,
+        add: impl FnOnce(&Arc<Engine<Envelope<I, O>>>, I) -> Result<R, AddError<I>>,
+    ) -> Result<R, AddError<I>> {
+        match self.engine.upgrade() {
+            Some(engine) => add(&engine, input),
+            None => Err(AddError::ShutDown(input)),
+        }
+    }
+
+    /// As [`AsyncPool::add_task`].
+    pub fn add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
+        self.with_engine(input, |engine, input| {
+            submit(engine, input, Submission::slot(true)).map(|cell| task(engine, cell))
+        })
+    }
+
+    /// As [`AsyncPool::try_add_task`]. From inside a callback of a pool with a bounded queue,
+    /// prefer this to `add_task`: a worker blocked on its own full queue waits for itself.
+    pub fn try_add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
+        self.with_engine(input, |engine, input| {
+            submit(engine, input, Submission::slot(false)).map(|cell| task(engine, cell))
+        })
+    }
+
+    /// As [`AsyncPool::add_task_to`].
+    pub fn add_task_to(&self, input: I, mailbox: &Mailbox<O>) -> Result<TaskId, AddError<I>> {
+        self.with_engine(input, |engine, input| {
+            submit(engine, input, Submission::mailbox(mailbox)).map(|cell| cell.header.id)
+        })
+    }
+
+    /// As [`AsyncPool::add_task_keyed_to`].
+    pub fn add_task_keyed_to<K: Hash>(
+        &self,
+        key: K,
+        input: I,
+        mailbox: &Mailbox<O>,
+    ) -> Result<TaskId, AddError<I>> {
+        self.with_engine(input, |engine, input| {
+            let mut how = Submission::mailbox(mailbox);
+            how.key = engine.key_of(&key);
+            submit(engine, input, how).map(|cell| cell.header.id)
+        })
+    }
+
+    /// Returns `true` once the pool is shut down or gone.
+    pub fn is_shut_down(&self) -> bool {
+        self.engine.upgrade().map_or(true, |engine| engine.is_closed())
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Clone for AsyncPool<I, O> {
+    fn clone(&self) -> Self {
+        AsyncPool {
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Clone for PoolHandle<I, O> {
+    fn clone(&self) -> Self {
+        PoolHandle {
+            engine: self.engine.clone(),
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> fmt::Debug for AsyncPool<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncPool")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> fmt::Debug for PoolHandle<I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolHandle").finish_non_exhaustive()
+    }
+}

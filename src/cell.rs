@@ -1,0 +1,332 @@
+//! The per-task cell: the task's state machine and the one place its result is delivered.
+//!
+//! # Design
+//!
+//! Every accepted task owns one `Cell<T>`, shared (`Arc`) by the job in the queue, the caller's
+//! [`Task`](crate::Task), the cancel registry and, while it runs with a deadline, the timer. The
+//! state is one atomic byte; every ending is a compare-and-swap out of a non-final state, so
+//! exactly one party (worker, canceller, timer) wins the right to deliver:
+//!
+//! ```text
+//! WAITING ──(key has room)──► QUEUED ──(worker takes it)──► RUNNING ──► DONE
+//!    │                          │                              ├──────► TIMED_OUT  (thread kept)
+//!    └────────► CANCELLED ◄─────┘                              └──────► ABANDONED  (thread replaced)
+//! ```
+//!
+//! A result that loses the race (a late result of a timed-out task) is dropped, inside
+//! `catch_unwind`, since its `Drop` may panic.
+//!
+//! The result goes either to a one-shot slot read by [`Task`](crate::Task) — a mutex and a
+//! condition variable, far cheaper than a channel per task — or to the caller's mailbox channel,
+//! tagged with the task's id. A crossbeam channel is created for a slot only when
+//! `Task::receiver()` asks for one (see [`Slot::forward`]).
+
+use std::mem;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Sender, TrySendError};
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::TaskError;
+use crate::stats::Counters;
+use crate::task::TaskId;
+
+/// Held back by its key (per-key concurrency or politeness); not in the queue yet.
+pub(crate) const WAITING: u8 = 0;
+/// In the shared queue, waiting for a worker.
+pub(crate) const QUEUED: u8 = 1;
+/// A worker is running it.
+pub(crate) const RUNNING: u8 = 2;
+/// Ended with the callback's return value or its panic.
+pub(crate) const DONE: u8 = 3;
+/// Ended before it started.
+pub(crate) const CANCELLED: u8 = 4;
+/// Ended at its deadline; its thread goes on as a worker once the callback returns.
+pub(crate) const TIMED_OUT: u8 = 5;
+/// Ended at its deadline; a replacement worker was started and its thread leaves when the
+/// callback returns.
+pub(crate) const ABANDONED: u8 = 6;
+/// Never accepted: the add was refused and the input handed back.
+pub(crate) const REJECTED: u8 = 7;
+
+/// What every task has, whatever its output type.
+pub(crate) struct Header {
+    pub(crate) id: TaskId,
+    /// Hash of the task's key, for per-key limits.
+    pub(crate) key: Option<u64>,
+    /// The task's own deadline, counted from its start; the pool's `task_timeout` otherwise.
+    pub(crate) timeout: Option<Duration>,
+    state: AtomicU8,
+    /// Index of the worker thread running the task (meaningful while RUNNING).
+    worker: AtomicUsize,
+}
+
+impl Header {
+    pub(crate) fn new(id: TaskId, key: Option<u64>, timeout: Option<Duration>) -> Header {
+        // A keyed task starts held back; the key table lets it into the queue.
+        let state = if key.is_some() { WAITING } else { QUEUED };
+        Header {
+            id,
+            key,
+            timeout,
+            state: AtomicU8::new(state),
+            worker: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    pub(crate) fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Moves from `from` to `to`; false if the state was not `from`.
+    pub(crate) fn transition(&self, from: u8, to: u8) -> bool {
+        self.state
+            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// A worker takes the task: QUEUED → RUNNING. False if it was cancelled meanwhile.
+    pub(crate) fn start(&self, worker: usize) -> bool {
+        self.worker.store(worker, Ordering::Relaxed);
+        self.transition(QUEUED, RUNNING)
+    }
+
+    /// Cancels a task that has not started. Returns the state it was cancelled from (WAITING or
+    /// QUEUED), or `None` if it had already started or ended.
+    pub(crate) fn cancel(&self) -> Option<u8> {
+        [QUEUED, WAITING]
+            .into_iter()
+            .find(|&from| self.transition(from, CANCELLED))
+    }
+
+    /// The worker running the task, for detaching it when it is abandoned.
+    pub(crate) fn worker(&self) -> usize {
+        self.worker.load(Ordering::Relaxed)
+    }
+
+    /// True once the task was told to stop: timed out or abandoned. (A cancelled task never
+    /// runs, so its token is never read.)
+    pub(crate) fn stop_requested(&self) -> bool {
+        matches!(self.state(), CANCELLED | TIMED_OUT | ABANDONED)
+    }
+}
+
+/// The type-erased face of a cell: what the engine, the registry and the timer need.
+pub(crate) trait Control: Send + Sync {
+    fn header(&self) -> &Header;
+
+    /// Delivers an ending other than the callback's own (Cancelled, TimedOut) without blocking
+    /// the calling thread. The caller has already won the state transition and counted it.
+    fn fail(&self, error: TaskError);
+}
+
+/// How a worker's run of a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The result was counted and delivered.
+    Finished,
+    /// The timer ended the task first. `abandoned`: this thread was replaced and must leave.
+    Lost { abandoned: bool },
+}
+
+/// Where a task's result goes.
+pub(crate) enum Output<T> {
+    /// To the caller's `Task` handle.
+    Slot(Slot<T>),
+    /// To a channel the caller owns, tagged with the task's id (the Elixir mailbox).
+    Mailbox(Sender<(TaskId, Result<T, TaskError>)>),
+}
+
+/// One task's shared state: header plus where its result goes.
+pub(crate) struct Cell<T> {
+    pub(crate) header: Header,
+    pub(crate) output: Output<T>,
+}
+
+impl<T: Send + 'static> Cell<T> {
+    pub(crate) fn new(header: Header, output: Output<T>) -> Cell<T> {
+        Cell { header, output }
+    }
+
+    /// Ends a running task with the callback's outcome: counts it, then delivers it. Runs on a
+    /// worker, so a full mailbox applies backpressure here.
+    pub(crate) fn complete(&self, outcome: thread::Result<T>, counters: &Counters) -> Ended {
+        let result = outcome.map_err(|payload| {
+            let error = TaskError::from_panic(&*payload);
+            drop_quietly(payload);
+            error
+        });
+        if self.header.transition(RUNNING, DONE) {
+            counters.record(&result);
+            self.deliver(result, true);
+            return Ended::Finished;
+        }
+        // The timer ended the task while it ran: the caller already has `TimedOut`.
+        drop_quietly(result);
+        Ended::Lost {
+            abandoned: self.header.state() == ABANDONED,
+        }
+    }
+
+    /// Marks a task whose add was refused: it never existed for the caller, so nothing is
+    /// delivered.
+    pub(crate) fn reject(&self) {
+        self.header.state.store(REJECTED, Ordering::Release);
+    }
+
+    fn deliver(&self, result: Result<T, TaskError>, may_block: bool) {
+        match &self.output {
+            Output::Slot(slot) => slot.put(result),
+            Output::Mailbox(tx) => {
+                let message = (self.header.id, result);
+                if may_block {
+                    // A receiver that is gone gives the message back; it is dropped here.
+                    let _ = tx.send(message);
+                    return;
+                }
+                match tx.try_send(message) {
+                    Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                    Err(TrySendError::Full(message)) => send_later(tx.clone(), message),
+                }
+            }
+        }
+    }
+}
+
+impl<T: Send + 'static> Control for Cell<T> {
+    fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn fail(&self, error: TaskError) {
+        self.deliver(Err(error), false);
+    }
+}
+
+/// Delivers to a full, bounded mailbox from a thread that must not wait (a caller cancelling,
+/// the timer): a short-lived thread waits for room instead, so the result is not lost while its
+/// receiver exists.
+fn send_later<M: Send + 'static>(tx: Sender<M>, message: M) {
+    let slot = std::sync::Arc::new(Mutex::new(Some(message)));
+    let handed = std::sync::Arc::clone(&slot);
+    let spawned = thread::Builder::new()
+        .name("async-pool-deliver".into())
+        .spawn(move || {
+            if let Some(message) = handed.lock().take() {
+                let _ = tx.send(message);
+            }
+        });
+    if spawned.is_err() {
+        // No thread to wait on: drop the message rather than block a thread that may be the
+        // mailbox's only reader.
+        drop_quietly(slot.lock().take());
+    }
+}
+
+/// Drops a value whose `Drop` may panic (a user's input or output) without unwinding further.
+pub(crate) fn drop_quietly<V>(value: V) {
+    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
+}
+
+/// A one-shot result slot, read by [`Task`](crate::Task).
+pub(crate) struct Slot<T> {
+    state: Mutex<SlotState<T>>,
+    ready: Condvar,
+}
+
+enum SlotState<T> {
+    /// No result yet.
+    Empty,
+    /// The result, waiting to be read.
+    Full(Result<T, TaskError>),
+    /// `Task::receiver()` was called: the result goes (or went) through that channel.
+    Forwarding(Option<Sender<Result<T, TaskError>>>),
+    /// The result was read.
+    Taken,
+}
+
+/// What a read of the slot found.
+pub(crate) enum Read<T> {
+    Value(Result<T, TaskError>),
+    /// The deadline passed first.
+    Empty,
+    /// The result goes through the task's receiver: read it there.
+    Forwarded,
+}
+
+impl<T> Slot<T> {
+    pub(crate) fn new() -> Slot<T> {
+        Slot {
+            state: Mutex::new(SlotState::Empty),
+            ready: Condvar::new(),
+        }
+    }
+
+    fn put(&self, result: Result<T, TaskError>) {
+        let mut state = self.state.lock();
+        match &mut *state {
+            SlotState::Empty => {
+                *state = SlotState::Full(result);
+                drop(state);
+                self.ready.notify_all();
+            }
+            SlotState::Forwarding(tx) => {
+                let tx = tx.take();
+                drop(state);
+                if let Some(tx) = tx {
+                    // Capacity 1 and one value: never blocks. A dropped receiver hands it back.
+                    let _ = tx.send(result);
+                }
+            }
+            // A cell delivers once (the state machine guarantees it); keep the first.
+            SlotState::Full(_) | SlotState::Taken => drop(state),
+        }
+    }
+
+    /// Waits until the result is there or `deadline` passes (`None`: for ever), and takes it.
+    pub(crate) fn take(&self, deadline: Option<Instant>) -> Read<T> {
+        let mut state = self.state.lock();
+        loop {
+            match &*state {
+                SlotState::Full(_) => {
+                    return match mem::replace(&mut *state, SlotState::Taken) {
+                        SlotState::Full(result) => Read::Value(result),
+                        _ => unreachable!("matched Full above"),
+                    }
+                }
+                SlotState::Taken => return Read::Value(Err(TaskError::AlreadyReceived)),
+                SlotState::Forwarding(_) => return Read::Forwarded,
+                SlotState::Empty => match deadline {
+                    None => self.ready.wait(&mut state),
+                    Some(deadline) => {
+                        if Instant::now() >= deadline {
+                            return Read::Empty;
+                        }
+                        self.ready.wait_until(&mut state, deadline);
+                    }
+                },
+            }
+        }
+    }
+
+    /// Routes the result to `tx` from now on, sending it at once if it is already here. Called
+    /// once, by `Task::receiver()`. If the result was already read, `tx` is dropped, so the
+    /// receiver reports disconnection.
+    pub(crate) fn forward(&self, tx: Sender<Result<T, TaskError>>) {
+        let mut state = self.state.lock();
+        match mem::replace(&mut *state, SlotState::Taken) {
+            SlotState::Empty => *state = SlotState::Forwarding(Some(tx)),
+            SlotState::Full(result) => {
+                *state = SlotState::Forwarding(None);
+                let _ = tx.send(result);
+            }
+            SlotState::Forwarding(_) | SlotState::Taken => {}
+        }
+        drop(state);
+        // A reader waiting on the slot must move to the channel.
+        self.ready.notify_all();
+    }
+}

@@ -1,0 +1,278 @@
+//! Per-key limits: at most `max_per_key` tasks of one key in the queue or running, and
+//! successive starts of one key at least `min_interval_per_key` apart.
+//!
+//! # Design
+//!
+//! The table sits in front of the queue. A keyed job that may not go yet waits in its key's
+//! deque — never on a worker — so a worker free while host A is saturated runs host B's work.
+//! The table is plain data behind the engine's mutex; the engine moves the jobs it returns into
+//! the queue while still holding that mutex, so "drain the table, then drain the queue" (cancel
+//! and `shutdown_now`) cannot miss a job in between.
+//!
+//! Politeness counts from a task's real start, not from when it entered the queue: while a job
+//! of a key sits in the queue unstarted, the next one is held back; when it starts, the next may
+//! go at `start + interval`. So two starts of one key are always at least the interval apart,
+//! however long the queue.
+//!
+//! Keys are 64-bit hashes (a `&str` and a `String` with the same text are the same key). A key's
+//! entry is removed once it is idle and its interval has passed, so a crawl over millions of
+//! hosts does not grow the table for ever.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::cell::{CANCELLED, QUEUED, WAITING};
+
+use super::Job;
+
+pub(crate) struct KeyTable<J> {
+    max_per_key: usize,
+    interval: Option<Duration>,
+    keys: HashMap<u64, Key<J>>,
+    /// Table size after the last sweep of idle keys; the next sweep runs at twice that.
+    swept_at: usize,
+}
+
+struct Key<J> {
+    /// Jobs of this key in the queue or running.
+    active: usize,
+    /// A job of this key is in the queue and has not started (only tracked with an interval).
+    unstarted: bool,
+    waiting: VecDeque<J>,
+    /// Earliest start of the next job of this key.
+    next_start: Option<Instant>,
+    /// A timer wake-up is scheduled for this key.
+    wake_scheduled: bool,
+}
+
+impl<J> Default for Key<J> {
+    fn default() -> Self {
+        Key {
+            active: 0,
+            unstarted: false,
+            waiting: VecDeque::new(),
+            next_start: None,
+            wake_scheduled: false,
+        }
+    }
+}
+
+/// What the engine must do after a change to the table.
+pub(crate) struct Step<J> {
+    /// A job that may go into the queue now (already moved WAITING → QUEUED).
+    pub(crate) run: Option<J>,
+    /// Schedule a wake-up of this key at this instant.
+    pub(crate) wake_at: Option<Instant>,
+    /// Cancelled jobs removed from the key's deque: drop them outside the lock.
+    pub(crate) dead: Vec<J>,
+}
+
+impl<J> Step<J> {
+    fn new() -> Step<J> {
+        Step {
+            run: None,
+            wake_at: None,
+            dead: Vec::new(),
+        }
+    }
+}
+
+impl<J: Job> KeyTable<J> {
+    pub(crate) fn new(max_per_key: Option<usize>, interval: Option<Duration>) -> KeyTable<J> {
+        KeyTable {
+            max_per_key: max_per_key.unwrap_or(usize::MAX).max(1),
+            interval,
+            keys: HashMap::new(),
+            swept_at: 64,
+        }
+    }
+
+    /// A new keyed job (in state WAITING) arrives: it goes at once if its key has room, else it
+    /// waits at the back of its key's deque.
+    pub(crate) fn admit(&mut self, key: u64, job: J, now: Instant) -> Step<J> {
+        if self.keys.len() >= self.swept_at.saturating_mul(2) {
+            self.sweep(now);
+        }
+        self.keys.entry(key).or_default().waiting.push_back(job);
+        self.pump(key, now)
+    }
+
+    /// A job of `key` left the queue or ended: its place is free.
+    pub(crate) fn release(&mut self, key: u64, was_unstarted: bool, now: Instant) -> Step<J> {
+        if let Some(entry) = self.keys.get_mut(&key) {
+            entry.active = entry.active.saturating_sub(1);
+            if was_unstarted {
+                entry.unstarted = false;
+            }
+        }
+        self.pump(key, now)
+    }
+
+    /// A job of `key` started at `now`: with an interval, the next may start at `now + interval`.
+    pub(crate) fn started(&mut self, key: u64, now: Instant) -> Step<J> {
+        let Some(interval) = self.interval else {
+            return Step::new();
+        };
+        if let Some(entry) = self.keys.get_mut(&key) {
+            entry.unstarted = false;
+            entry.next_start = now.checked_add(interval);
+        }
+        self.pump(key, now)
+    }
+
+    /// The timer's wake-up for `key`.
+    pub(crate) fn wake(&mut self, key: u64, now: Instant) -> Step<J> {
+        if let Some(entry) = self.keys.get_mut(&key) {
+            entry.wake_scheduled = false;
+        }
+        self.pump(key, now)
+    }
+
+    /// Lets the next waiting job of `key` go if the key has room and its interval has passed.
+    fn pump(&mut self, key: u64, now: Instant) -> Step<J> {
+        let mut step = Step::new();
+        let Some(entry) = self.keys.get_mut(&key) else {
+            return step;
+        };
+        // Jobs cancelled while waiting stay in the deque until they reach its front.
+        while let Some(job) = entry.waiting.front() {
+            if job.control().header().state() != CANCELLED {
+                break;
+            }
+            step.dead.extend(entry.waiting.pop_front());
+        }
+        let has_room = entry.active < self.max_per_key && !entry.unstarted;
+        if has_room && !entry.waiting.is_empty() {
+            match entry.next_start {
+                Some(at) if at > now => {
+                    if !entry.wake_scheduled {
+                        entry.wake_scheduled = true;
+                        step.wake_at = Some(at);
+                    }
+                }
+                _ => {
+                    let job = entry.waiting.pop_front().expect("checked non-empty");
+                    if job.control().header().transition(WAITING, QUEUED) {
+                        entry.active += 1;
+                        entry.unstarted = self.interval.is_some();
+                        step.run = Some(job);
+                    } else {
+                        // Cancelled between the check above and now; the next pump goes on.
+                        step.dead.push(job);
+                    }
+                }
+            }
+        }
+        let idle = entry.active == 0
+            && entry.waiting.is_empty()
+            && !entry.wake_scheduled
+            && entry.next_start.map_or(true, |at| at <= now);
+        if idle {
+            self.keys.remove(&key);
+        }
+        step
+    }
+
+    /// Removes every job still waiting, in key order then arrival order.
+    pub(crate) fn drain(&mut self) -> Vec<J> {
+        let mut jobs = Vec::new();
+        for entry in self.keys.values_mut() {
+            jobs.extend(entry.waiting.drain(..));
+        }
+        jobs
+    }
+
+    /// Forgets keys that are idle and whose interval has passed.
+    fn sweep(&mut self, now: Instant) {
+        self.keys.retain(|_, entry| {
+            entry.active > 0
+                || !entry.waiting.is_empty()
+                || entry.wake_scheduled
+                || entry.next_start.is_some_and(|at| at > now)
+        });
+        self.swept_at = self.keys.len().max(64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
+    use crate::engine::RunContext;
+    use crate::task::TaskId;
+    use std::sync::Arc;
+
+    struct TestJob(Arc<Cell<()>>);
+
+    impl Job for TestJob {
+        type Runner = ();
+        type Input = ();
+        fn control(&self) -> &dyn Control {
+            &*self.0
+        }
+        fn control_arc(&self) -> Arc<dyn Control> {
+            self.0.clone()
+        }
+        fn run(self, _: &(), _: &RunContext<'_>) -> Ended {
+            Ended::Finished
+        }
+        fn into_input(self) {}
+    }
+
+    fn job(id: u64, key: u64) -> TestJob {
+        let header = Header::new(TaskId(id), Some(key), None);
+        TestJob(Arc::new(Cell::new(header, Output::Slot(Slot::new()))))
+    }
+
+    #[test]
+    fn a_full_key_holds_its_jobs_and_lets_the_next_go_on_release() {
+        let mut table = KeyTable::new(Some(1), None);
+        let now = Instant::now();
+        assert!(table.admit(7, job(1, 7), now).run.is_some());
+        assert!(table.admit(7, job(2, 7), now).run.is_none());
+        assert!(table.admit(8, job(3, 8), now).run.is_some(), "other keys go");
+        let next = table.release(7, false, now).run.expect("key 7 has room again");
+        assert_eq!(next.control().header().id, TaskId(2));
+        assert_eq!(next.control().header().state(), QUEUED);
+    }
+
+    #[test]
+    fn an_interval_counts_from_the_start_and_schedules_one_wake_up() {
+        let interval = Duration::from_millis(100);
+        let mut table = KeyTable::new(None, Some(interval));
+        let t0 = Instant::now();
+        assert!(table.admit(1, job(1, 1), t0).run.is_some());
+        // The first job is queued but has not started: the second waits.
+        let held = table.admit(1, job(2, 1), t0);
+        assert!(held.run.is_none() && held.wake_at.is_none());
+        let started = table.started(1, t0);
+        assert_eq!(started.wake_at, Some(t0 + interval));
+        assert!(table.wake(1, t0 + interval / 2).run.is_none());
+        assert!(table.wake(1, t0 + interval).run.is_some());
+    }
+
+    #[test]
+    fn cancelled_waiting_jobs_are_skipped() {
+        let mut table = KeyTable::new(Some(1), None);
+        let now = Instant::now();
+        assert!(table.admit(1, job(1, 1), now).run.is_some());
+        let second = job(2, 1);
+        second.control().header().cancel();
+        assert!(table.admit(1, second, now).run.is_none());
+        assert!(table.admit(1, job(3, 1), now).run.is_none());
+        let step = table.release(1, false, now);
+        assert_eq!(step.dead.len(), 1);
+        assert_eq!(step.run.unwrap().control().header().id, TaskId(3));
+    }
+
+    #[test]
+    fn idle_keys_are_forgotten() {
+        let mut table = KeyTable::new(Some(1), None);
+        let now = Instant::now();
+        for key in 0..1000 {
+            let _ = table.admit(key, job(key, key), now);
+            let _ = table.release(key, false, now);
+        }
+        assert!(table.keys.is_empty());
+    }
+}

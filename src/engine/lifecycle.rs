@@ -1,0 +1,197 @@
+//! Joining and shutting down.
+//!
+//! # Design
+//!
+//! Every shutdown starts with `close` (idempotent): set `closed`, wake adds blocked on a full
+//! queue (they hand their input back), and pass the write lock once so that every add that saw
+//! the pool open has enqueued. Then:
+//!
+//! - `shutdown` waits for the queue to drain and every task to end;
+//! - `shutdown_now` first cancels everything not started (inputs handed back, tasks told
+//!   `Cancelled`) and raises the stop flag that cancel tokens read, then waits for the running
+//!   tasks;
+//! - `shutdown_timeout` waits like `shutdown`, up to a deadline; then does what `shutdown_now`
+//!   does and also ends the tasks still running with `TimedOut`, abandoning their threads.
+//!
+//! The queue disconnects when the pool is closed and no accepted task is left (`after_finish`
+//! checks after every ending); workers then leave, and the shutdown joins them — except the
+//! calling thread when it is one of the pool's workers (a task that shuts down its own pool, or
+//! drops its last handle): joining itself would deadlock, so it returns and the workers finish
+//! on their own.
+
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Engine, Job};
+use crate::cell::RUNNING;
+
+/// Owns a pool: dropping the last owner shuts the pool down.
+pub(crate) struct Owner<J: Job>(pub(crate) Arc<Engine<J>>);
+
+impl<J: Job> Drop for Owner<J> {
+    fn drop(&mut self) {
+        self.0.shutdown();
+    }
+}
+
+impl<J: Job> Engine<J> {
+    /// Stops accepting work. Returns once every add that saw the pool open has enqueued.
+    fn close(&self) {
+        self.closed.store(true, SeqCst);
+        self.admission.close();
+        drop(self.sender.write());
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(SeqCst)
+    }
+
+    /// Closes, lets everything accepted run, joins the workers.
+    pub(crate) fn shutdown(&self) {
+        self.close();
+        self.after_finish();
+        self.wait_for_exit();
+    }
+
+    /// Closes, cancels everything not started (returned by task id), waits for the running
+    /// tasks, joins the workers.
+    pub(crate) fn shutdown_now(&self) -> Vec<J::Input> {
+        self.close();
+        let inputs = self.stop_now();
+        self.wait_for_exit();
+        inputs
+    }
+
+    /// Shuts down gracefully for at most `timeout`, then as `shutdown_now` and ends what still
+    /// runs with `TimedOut`. True if everything ended within the time.
+    pub(crate) fn shutdown_timeout(&self, timeout: Duration) -> bool {
+        self.close();
+        self.after_finish();
+        let deadline = Instant::now().checked_add(timeout);
+        let finished = self.wait_quiet(deadline);
+        if !finished {
+            drop(self.stop_now());
+            for control in self.registry.all() {
+                if control.header().state() == RUNNING && !self.is_own_task(&*control) {
+                    self.time_out(&*control, true);
+                }
+            }
+        }
+        self.wait_for_exit();
+        finished
+    }
+
+    /// Cancels what has not started and raises the stop flag for cancel tokens.
+    fn stop_now(&self) -> Vec<J::Input> {
+        self.stopping.store(true, SeqCst);
+        self.cancel_queued()
+    }
+
+    /// A task calling `shutdown_timeout` on its own pool is not ended by it.
+    fn is_own_task(&self, control: &dyn crate::cell::Control) -> bool {
+        self.current_worker()
+            .is_some_and(|index| index == control.header().worker())
+    }
+
+    /// Blocks until no task is queued or running.
+    ///
+    /// On one of the pool's own workers, a task cannot wait for itself: there it waits for every
+    /// task except those blocked in `join()` on a worker (itself included), and runs queued
+    /// tasks on its own thread meanwhile, so it cannot deadlock for lack of free workers.
+    pub(crate) fn join(&self) {
+        self.wait_quiet(None);
+    }
+
+    /// Waits until quiet or `deadline`; true if quiet.
+    fn wait_quiet(&self, deadline: Option<Instant>) -> bool {
+        let worker = self.current_worker();
+        if worker.is_some() {
+            self.joining.fetch_add(1, SeqCst);
+        }
+        self.quiet.waiters.fetch_add(1, SeqCst);
+        let mut guard = self.quiet.lock.lock();
+        let quiet = loop {
+            let excused = if worker.is_some() {
+                self.joining.load(SeqCst) as u64
+            } else {
+                0
+            };
+            if self.counters.outstanding() <= excused {
+                break true;
+            }
+            if let Some(index) = worker {
+                drop(guard);
+                let job = self.take_queued(index);
+                let helped = job.is_some();
+                if let Some(job) = job {
+                    self.execute(job);
+                }
+                guard = self.quiet.lock.lock();
+                // A job queued between `take_queued` and re-locking nudged nobody: look again
+                // rather than wait.
+                if helped || !self.receiver.is_empty() {
+                    continue;
+                }
+            }
+            match deadline {
+                None => self.quiet.changed.wait(&mut guard),
+                Some(deadline) => {
+                    if Instant::now() >= deadline {
+                        break false;
+                    }
+                    self.quiet.changed.wait_until(&mut guard, deadline);
+                }
+            }
+        };
+        drop(guard);
+        self.quiet.waiters.fetch_sub(1, SeqCst);
+        if worker.is_some() {
+            self.joining.fetch_sub(1, SeqCst);
+        }
+        quiet
+    }
+
+    /// Hook after any task ended: wake waiters, and disconnect the queue once the pool is closed
+    /// and nothing is left. (Races with `close` resolve because both sides write before they
+    /// read: `closed` then `outstanding`, or the ending then `closed`.)
+    pub(super) fn after_finish(&self) {
+        self.quiet.nudge();
+        if self.closed.load(SeqCst) && self.counters.outstanding() == 0 {
+            self.disconnect();
+        }
+    }
+
+    /// Drops the queue's sender: idle workers see the disconnection and leave.
+    fn disconnect(&self) {
+        let sender = self.sender.write().take();
+        drop(sender);
+        self.timer.stop();
+    }
+
+    /// Joins every worker and the timer, unless called from one of the pool's own workers.
+    fn wait_for_exit(&self) {
+        if self.current_worker().is_some() {
+            return;
+        }
+        loop {
+            let handles: Vec<_> = self.threads.lock().drain().map(|(_, h)| h).collect();
+            if handles.is_empty() {
+                break;
+            }
+            for handle in handles {
+                let _ = handle.join();
+            }
+        }
+        if let Some(timer) = self.timer.take_thread() {
+            let _ = timer.join();
+        }
+    }
+
+    /// Undoes a build that failed halfway: no thread is left behind.
+    pub(super) fn abort_build(&self) {
+        self.close();
+        self.disconnect();
+        self.wait_for_exit();
+    }
+}

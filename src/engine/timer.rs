@@ -1,0 +1,125 @@
+//! One timer thread per pool, started on first need: task deadlines and key wake-ups.
+//!
+//! Deadlines are removed when their task ends, so the map holds only tasks that are running now
+//! (plus keys waiting for their interval), not every task of the last `task_timeout`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::cell::Control;
+
+/// Something to do at an instant.
+pub(crate) enum Event {
+    /// The task's deadline: end it with `TimedOut` if it still runs.
+    Deadline(Arc<dyn Control>),
+    /// A key's interval has passed: let its next job go.
+    WakeKey(u64),
+}
+
+/// Where an event sits in the timer, to remove it.
+pub(crate) type EventId = (Instant, u64);
+
+pub(crate) struct Timer {
+    state: Mutex<State>,
+    changed: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct State {
+    events: BTreeMap<EventId, Event>,
+    next_seq: u64,
+    started: bool,
+    stopped: bool,
+}
+
+/// What the timer thread should do next.
+pub(crate) enum Next {
+    Fire(Event),
+    Stop,
+}
+
+impl Timer {
+    pub(crate) fn new() -> Timer {
+        Timer {
+            state: Mutex::new(State {
+                events: BTreeMap::new(),
+                next_seq: 0,
+                started: false,
+                stopped: false,
+            }),
+            changed: Condvar::new(),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Adds an event. Returns its id and whether the caller must start the timer thread (the
+    /// first event ever).
+    pub(crate) fn schedule(&self, at: Instant, event: Event) -> (EventId, bool) {
+        let mut state = self.state.lock();
+        let id = (at, state.next_seq);
+        state.next_seq += 1;
+        let earliest = state.events.first_key_value().map_or(true, |(first, _)| id < *first);
+        state.events.insert(id, event);
+        let start = !state.started;
+        state.started = true;
+        drop(state);
+        if earliest {
+            self.changed.notify_one();
+        }
+        (id, start)
+    }
+
+    /// Removes an event that is no longer needed (its task ended in time).
+    pub(crate) fn cancel(&self, id: EventId) {
+        // Dropping an `Event` may drop the last reference to a task's cell: outside the lock.
+        let removed = self.state.lock().events.remove(&id);
+        drop(removed);
+    }
+
+    pub(crate) fn set_thread(&self, handle: JoinHandle<()>) {
+        *self.thread.lock() = Some(handle);
+    }
+
+    /// The thread could not be started: the next `schedule` tries again.
+    pub(crate) fn thread_failed(&self) {
+        self.state.lock().started = false;
+    }
+
+    pub(crate) fn take_thread(&self) -> Option<JoinHandle<()>> {
+        self.thread.lock().take()
+    }
+
+    /// Asks the timer thread to exit; pending events are dropped.
+    pub(crate) fn stop(&self) {
+        let events = {
+            let mut state = self.state.lock();
+            state.stopped = true;
+            std::mem::take(&mut state.events)
+        };
+        self.changed.notify_one();
+        drop(events);
+    }
+
+    /// Waits for the next due event (timer thread only).
+    pub(crate) fn next(&self) -> Next {
+        let mut state = self.state.lock();
+        loop {
+            if state.stopped {
+                return Next::Stop;
+            }
+            let Some((&id, _)) = state.events.first_key_value() else {
+                self.changed.wait(&mut state);
+                continue;
+            };
+            if id.0 <= Instant::now() {
+                let event = state.events.remove(&id).expect("first key exists");
+                return Next::Fire(event);
+            }
+            self.changed.wait_until(&mut state, id.0);
+        }
+    }
+}

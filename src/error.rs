@@ -1,0 +1,181 @@
+//! Errors: why an add was refused, why a pool could not be built, how a task failed.
+//!
+//! Every error that refuses an input hands that input back (`AddError::into_inner`), so a
+//! rejected add never loses the caller's data. `Debug` is written by hand so that the input type
+//! never needs to implement `Debug` itself.
+
+use std::error::Error;
+use std::fmt;
+use std::io;
+
+/// An input the pool did not accept, handed back to the caller.
+///
+/// Returned by the adding methods (`add_task`, `try_add_task`, `add_task_to`, `spawn`, ...). The
+/// input inside is exactly the one that was passed in: nothing was queued and nothing will run.
+///
+/// # Examples
+///
+/// ```
+/// use async_pool::{AddError, AsyncPool};
+///
+/// let pool = AsyncPool::new(1, |n: u32| n + 1)?;
+/// pool.shutdown();
+/// match pool.add_task(41) {
+///     Err(AddError::ShutDown(input)) => assert_eq!(input, 41),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// # Ok::<(), async_pool::BuildError>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum AddError<I> {
+    /// The queue is at its capacity (`queue_capacity`) and the add was not allowed to wait.
+    Full(I),
+    /// The pool is shut down, or shutting down: it accepts no more work.
+    ShutDown(I),
+}
+
+impl<I> AddError<I> {
+    /// Returns the input that was not accepted.
+    ///
+    /// ```
+    /// use async_pool::AddError;
+    /// assert_eq!(AddError::Full("page").into_inner(), "page");
+    /// ```
+    pub fn into_inner(self) -> I {
+        match self {
+            AddError::Full(input) | AddError::ShutDown(input) => input,
+        }
+    }
+
+    /// Returns `true` if the add failed because the queue was full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, AddError::Full(_))
+    }
+
+    /// Returns `true` if the add failed because the pool is shut down.
+    pub fn is_shut_down(&self) -> bool {
+        matches!(self, AddError::ShutDown(_))
+    }
+
+}
+
+impl<I> fmt::Debug for AddError<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddError::Full(_) => f.write_str("Full(..)"),
+            AddError::ShutDown(_) => f.write_str("ShutDown(..)"),
+        }
+    }
+}
+
+impl<I> fmt::Display for AddError<I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AddError::Full(_) => f.write_str("adding to a full queue"),
+            AddError::ShutDown(_) => f.write_str("adding to a pool that is shut down"),
+        }
+    }
+}
+
+impl<I> Error for AddError<I> {}
+
+/// Why a task produced no output.
+///
+/// Every accepted task ends in exactly one of `Ok(output)`, [`TaskError::Panicked`],
+/// [`TaskError::Cancelled`] or [`TaskError::TimedOut`]. [`TaskError::AlreadyReceived`] is not an
+/// ending: it tells a caller who asks a second time that the one result was already taken.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// The callback or closure panicked. The message is the panic's payload when it is a `&str`
+    /// or a `String`, and `"non-string panic payload"` otherwise. The worker survives.
+    Panicked(String),
+    /// The task was cancelled before it started (by `cancel`, `cancel_all`, `shutdown_now` or
+    /// `shutdown_timeout`). It never ran.
+    Cancelled,
+    /// The task was still running at its deadline (`task_timeout`, `add_task_with_timeout`, or
+    /// the end of `shutdown_timeout`). Its thread was left to finish on its own; whatever it
+    /// returns later is dropped.
+    TimedOut,
+    /// The result of this task was already received through this handle or its receiver.
+    AlreadyReceived,
+}
+
+/// The placeholder message of a panic whose payload is neither `&str` nor `String`.
+pub(crate) const NON_STRING_PANIC: &str = "non-string panic payload";
+
+impl TaskError {
+    /// Builds `Panicked` from a payload caught by `catch_unwind`.
+    pub(crate) fn from_panic(payload: &(dyn std::any::Any + Send)) -> TaskError {
+        let message = if let Some(s) = payload.downcast_ref::<&str>() {
+            (*s).to_string()
+        } else if let Some(s) = payload.downcast_ref::<String>() {
+            s.clone()
+        } else {
+            NON_STRING_PANIC.to_string()
+        };
+        TaskError::Panicked(message)
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskError::Panicked(message) => write!(f, "task panicked: {message}"),
+            TaskError::Cancelled => f.write_str("task was cancelled before it started"),
+            TaskError::TimedOut => f.write_str("task timed out"),
+            TaskError::AlreadyReceived => f.write_str("task result was already received"),
+        }
+    }
+}
+
+impl Error for TaskError {}
+
+/// Why a pool could not be built. No thread is left running when a build fails.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// `max_workers` was 0: a pool needs at least one worker.
+    ZeroWorkers,
+    /// `min_workers` was greater than `max_workers`.
+    MinAboveMax {
+        /// The requested minimum.
+        min: usize,
+        /// The requested maximum.
+        max: usize,
+    },
+    /// `max_workers` was above [`MAX_WORKERS`](crate::MAX_WORKERS).
+    TooManyWorkers {
+        /// The requested maximum.
+        requested: usize,
+    },
+    /// The operating system refused to start a worker thread. The threads already started were
+    /// stopped and joined.
+    Spawn(io::Error),
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::ZeroWorkers => f.write_str("a pool needs at least one worker"),
+            BuildError::MinAboveMax { min, max } => {
+                write!(f, "min_workers ({min}) is greater than max_workers ({max})")
+            }
+            BuildError::TooManyWorkers { requested } => write!(
+                f,
+                "max_workers ({requested}) is above the limit of {}",
+                crate::MAX_WORKERS
+            ),
+            BuildError::Spawn(_) => f.write_str("the operating system refused a worker thread"),
+        }
+    }
+}
+
+impl Error for BuildError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        match self {
+            BuildError::Spawn(err) => Some(err),
+            _ => None,
+        }
+    }
+}

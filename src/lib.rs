@@ -1,0 +1,130 @@
+//! A pool of blocking OS threads for slow, unpredictable work — scraping or archiving websites
+//! from a queue, calling a slow endpoint — with each result delivered as soon as its task ends.
+//! No async runtime: plain threads, plain blocking code, and
+//! [`crossbeam_channel`](https://docs.rs/crossbeam-channel) to wait on results.
+//!
+//! Work arrives at any time and most of it waits on the network, so a pool of many mostly-idle
+//! workers keeps the network busy; the slowest jobs never hold back the fast ones, because every
+//! result is delivered the moment its own task ends. This is the Rust form of the Elixir
+//! package `async_pool` (`AsyncPool.start_link(callback: &process/1, max_workers: 3)`,
+//! `AsyncPool.add_task(pool, data)`, the callback's return value delivered later as
+//! `{ref, value}`).
+//!
+//! # Three ways to use it
+//!
+//! **A handle per task.** [`AsyncPool::add_task`] returns at once with a [`Task`]; read it when
+//! you need it.
+//!
+//! ```
+//! use async_pool::AsyncPool;
+//!
+//! let pool = AsyncPool::new(3, |url: String| url.len())?; // the callback: fetch, parse, ...
+//! let task = pool.add_task("https://example.com/".to_string())?;
+//! assert_eq!(task.recv(), Ok(20));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! **A mailbox, the Elixir way.** [`AsyncPool::add_task_to`] sends `(TaskId, result)` to a
+//! channel you own, in completion order; an event loop `select!`s over it together with its
+//! inputs and tickers.
+//!
+//! ```
+//! use async_pool::{AsyncPool, TaskError, TaskId};
+//! use crossbeam_channel::{select, tick, unbounded};
+//! use std::time::Duration;
+//!
+//! let pool = AsyncPool::new(4, |n: u64| n * n)?;
+//! let (mailbox, results) = unbounded::<(TaskId, Result<u64, TaskError>)>();
+//! for n in 1..=10 {
+//!     pool.add_task_to(n, &mailbox)?;
+//! }
+//! let ticker = tick(Duration::from_millis(100));
+//! let (mut received, mut sum) = (0, 0);
+//! while received < 10 {
+//!     select! {
+//!         recv(results) -> msg => {
+//!             let (_id, result) = msg?;
+//!             sum += result?;
+//!             received += 1;
+//!         }
+//!         recv(ticker) -> _ => println!("{received} results so far"),
+//!     }
+//! }
+//! assert_eq!(sum, 385);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! **Any closure.** [`ThreadPool::spawn`] runs a different closure per task, on the same engine.
+//!
+//! ```
+//! use async_pool::ThreadPool;
+//!
+//! let pool = ThreadPool::new(2)?;
+//! let task = pool.spawn(|| 6 * 7)?;
+//! assert_eq!(task.recv(), Ok(42));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! For a stream of inputs with bounded memory, see `map_unordered` and `map_ordered`; for
+//! per-host limits, [`AsyncPool::add_task_keyed`].
+//!
+//! # Guarantees
+//!
+//! - **Every accepted task ends exactly once**, in one of: `Ok(output)`,
+//!   `Err(TaskError::Panicked(message))`, `Err(TaskError::Cancelled)` (it never ran), or
+//!   `Err(TaskError::TimedOut)` (it was still running at its deadline). `shutdown_now` and
+//!   `cancel_all` also hand back the inputs of the tasks they cancelled. [`Pool
+//!   stats`](AsyncPool::stats) count each ending before the result is delivered.
+//! - **A refused add hands the input back**: [`AddError::ShutDown`] once the pool is shut down,
+//!   [`AddError::Full`] from `try_add_task` on a full bounded queue.
+//! - **A panic stays in its task**: the caller gets `Panicked` with the message, the worker
+//!   lives on, the pool keeps its size.
+//! - **`add_task` never waits for a worker**, only for room in a bounded queue
+//!   ([`Builder::queue_capacity`]). Tasks start in the order they were added; results arrive
+//!   as tasks finish.
+//! - **Shutdown** (`shutdown`, or dropping the last [`AsyncPool`] clone) stops accepting work,
+//!   runs everything accepted and joins every thread. `shutdown_now` cancels what has not
+//!   started. `shutdown_timeout` bounds the wait. Called from inside one of the pool's own
+//!   tasks, none of them waits (the task would wait for itself): they return and the workers
+//!   finish on their own.
+//! - **Dropping a [`Task`] does not cancel it**; a mailbox whose receiver is gone never blocks
+//!   or panics a worker.
+//!
+//! What is **not** promised: a running task cannot be killed — a timeout or `shutdown_timeout`
+//! stops *waiting* for it, delivers `TimedOut`, and leaves its thread to finish on its own (a
+//! [`CancelToken`] lets a callback that checks stop early). A stack overflow in a callback
+//! aborts the process, as anywhere in Rust. Keyed tasks are compared by 64-bit hash.
+//!
+//! # Threads
+//!
+//! A fixed pool starts `max_workers` threads at build and keeps them; an elastic pool
+//! (`min_workers < max_workers`) starts threads as work arrives and retires them after
+//! `keep_alive` idle. A pool that uses timeouts or per-key intervals starts one timer thread.
+//! Nothing else: no thread per task, key or deadline.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![deny(missing_debug_implementations)]
+#![deny(unreachable_pub)]
+
+mod async_pool;
+mod builder;
+mod cell;
+mod engine;
+mod error;
+mod stats;
+mod task;
+mod thread_pool;
+mod token;
+
+pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle};
+pub use crate::builder::Builder;
+pub use crate::error::{AddError, BuildError, TaskError};
+pub use crate::stats::Stats;
+pub use crate::task::{Task, TaskId};
+pub use crate::thread_pool::ThreadPool;
+pub use crate::token::CancelToken;
+
+/// The most workers a pool may have. A larger `max_workers` is refused with
+/// [`BuildError::TooManyWorkers`] rather than left to exhaust the machine.
+pub const MAX_WORKERS: usize = 1 << 16;

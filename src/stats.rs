@@ -1,0 +1,164 @@
+//! What a pool is doing: the public [`Stats`] snapshot and the counters behind it.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
+
+use crossbeam_utils::CachePadded;
+
+use crate::error::TaskError;
+
+/// A snapshot of a pool's workers and tasks, from `stats()`.
+///
+/// Counts of ended tasks (`completed`, `panicked`, `cancelled`, `timed_out`) are raised before
+/// the task's result is delivered, so a caller holding a result sees it counted. The gauges
+/// (`busy`, `queued`, ...) are read one after another while the pool runs, so under load they
+/// are a recent picture rather than one instant.
+///
+/// ```
+/// use async_pool::AsyncPool;
+///
+/// let pool = AsyncPool::new(3, |n: u32| n)?;
+/// pool.add_task(1)?.recv()?;
+/// let stats = pool.stats();
+/// assert_eq!(stats.workers, 3);
+/// assert_eq!(stats.completed, 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Live worker threads (abandoned threads not included).
+    pub workers: usize,
+    /// Tasks running now.
+    pub busy: usize,
+    /// Tasks in the queue, waiting for a worker.
+    pub queued: usize,
+    /// Keyed tasks held back by their key's limit or interval (not in `queued`).
+    pub waiting_on_key: usize,
+    /// Threads abandoned by a timeout and still running their callback.
+    pub abandoned: usize,
+    /// Tasks accepted since the pool was built.
+    pub submitted: u64,
+    /// Tasks that returned a value.
+    pub completed: u64,
+    /// Tasks whose callback panicked.
+    pub panicked: u64,
+    /// Tasks cancelled before they started.
+    pub cancelled: u64,
+    /// Tasks still running at their deadline.
+    pub timed_out: u64,
+}
+
+/// The task counters of one pool.
+///
+/// Who raises each one, and when:
+/// - `submitted`: the adding thread, before the job becomes visible to any worker, so a task is
+///   never finished before it was counted as submitted;
+/// - `started`: the worker that won QUEUED → RUNNING;
+/// - `completed`/`panicked`: the worker that won RUNNING → DONE (in `Cell::complete`);
+/// - `cancelled`: whoever won WAITING/QUEUED → CANCELLED (the engine's cancel paths);
+/// - `timed_out`: the engine when it won RUNNING → TIMED_OUT/ABANDONED;
+/// - `waiting_on_key`: up when a keyed task is accepted, down when it leaves WAITING.
+///
+/// Each ended count is raised before the result is delivered. `outstanding()` reads the ended
+/// counts before `submitted`, so it never underflows.
+pub(crate) struct Counters {
+    submitted: CachePadded<AtomicU64>,
+    started: CachePadded<AtomicU64>,
+    ended: CachePadded<Ended>,
+    waiting_on_key: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Ended {
+    completed: AtomicU64,
+    panicked: AtomicU64,
+    cancelled: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn new() -> Counters {
+        Counters {
+            submitted: CachePadded::new(AtomicU64::new(0)),
+            started: CachePadded::new(AtomicU64::new(0)),
+            ended: CachePadded::new(Ended::default()),
+            waiting_on_key: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn submitted(&self, keyed: bool) {
+        if keyed {
+            self.waiting_on_key.fetch_add(1, SeqCst);
+        }
+        self.submitted.fetch_add(1, SeqCst);
+    }
+
+
+    pub(crate) fn started(&self) {
+        self.started.fetch_add(1, SeqCst);
+    }
+
+    /// A keyed task left WAITING (into the queue, or cancelled).
+    pub(crate) fn left_key(&self) {
+        self.waiting_on_key.fetch_sub(1, SeqCst);
+    }
+
+    pub(crate) fn record<T>(&self, result: &Result<T, TaskError>) {
+        let counter = match result {
+            Ok(_) => &self.ended.completed,
+            Err(_) => &self.ended.panicked,
+        };
+        counter.fetch_add(1, SeqCst);
+    }
+
+    pub(crate) fn cancelled(&self) {
+        self.ended.cancelled.fetch_add(1, SeqCst);
+    }
+
+    pub(crate) fn timed_out(&self) {
+        self.ended.timed_out.fetch_add(1, SeqCst);
+    }
+
+    fn ended(&self) -> u64 {
+        let e = &self.ended;
+        e.completed.load(SeqCst)
+            + e.panicked.load(SeqCst)
+            + e.cancelled.load(SeqCst)
+            + e.timed_out.load(SeqCst)
+    }
+
+    /// Accepted tasks that have not ended (waiting, queued or running).
+    pub(crate) fn outstanding(&self) -> u64 {
+        let ended = self.ended();
+        self.submitted.load(SeqCst).saturating_sub(ended)
+    }
+
+    pub(crate) fn snapshot(&self, workers: usize, abandoned: usize) -> Stats {
+        // Read in the order things happen to a task, latest first, so that each derived gauge
+        // is computed from counts that were at least as large as the ones subtracted.
+        let e = &self.ended;
+        let completed = e.completed.load(SeqCst);
+        let panicked = e.panicked.load(SeqCst);
+        let timed_out = e.timed_out.load(SeqCst);
+        let cancelled = e.cancelled.load(SeqCst);
+        let started = self.started.load(SeqCst);
+        let waiting_on_key = self.waiting_on_key.load(SeqCst);
+        let submitted = self.submitted.load(SeqCst);
+        let busy = started.saturating_sub(completed + panicked + timed_out);
+        let queued = submitted
+            .saturating_sub(started + cancelled)
+            .saturating_sub(waiting_on_key as u64);
+        Stats {
+            workers,
+            busy: busy as usize,
+            queued: queued as usize,
+            waiting_on_key,
+            abandoned,
+            submitted,
+            completed,
+            panicked,
+            cancelled,
+            timed_out,
+        }
+    }
+}

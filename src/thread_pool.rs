@@ -1,0 +1,295 @@
+//! [`ThreadPool`]: any closure per task, on the same engine as [`AsyncPool`](crate::AsyncPool).
+
+use std::any::Any;
+use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Sender;
+
+use crate::builder::Builder;
+use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
+use crate::engine::{Engine, Job, Owner, Refused, RunContext};
+use crate::error::{AddError, BuildError, TaskError};
+use crate::stats::Stats;
+use crate::task::{Task, TaskId};
+
+/// A pool of worker threads that run any closure, each closure one task.
+///
+/// The same engine and the same guarantees as [`AsyncPool`](crate::AsyncPool): results through
+/// a [`Task`] or a mailbox, panics reported, nothing lost on shutdown. Cheap to clone; the last
+/// clone dropped shuts the pool down gracefully.
+///
+/// # Examples
+///
+/// ```
+/// use async_pool::ThreadPool;
+///
+/// let pool = ThreadPool::new(4)?;
+/// let hello = pool.spawn(|| "hi".to_string())?;
+/// let sum = pool.spawn(|| (1..=10).sum::<u32>())?;
+/// assert_eq!(hello.recv().as_deref(), Ok("hi"));
+/// assert_eq!(sum.recv(), Ok(55));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct ThreadPool {
+    owner: Arc<Owner<Closure>>,
+}
+
+/// A closure with its task's cell, type-erased so that one queue carries closures of any
+/// output type.
+pub(crate) struct Closure(Box<dyn Body>);
+
+trait Body: Send {
+    fn control(&self) -> &dyn Control;
+    fn control_arc(&self) -> Arc<dyn Control>;
+    fn run(self: Box<Self>, cx: &RunContext<'_>) -> Ended;
+    /// For handing the closure back to the caller when an add is refused.
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
+
+struct Spawned<F, T> {
+    f: F,
+    cell: Arc<Cell<T>>,
+}
+
+impl<F, T> Body for Spawned<F, T>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    fn control(&self) -> &dyn Control {
+        &*self.cell
+    }
+
+    fn control_arc(&self) -> Arc<dyn Control> {
+        self.cell.clone()
+    }
+
+    fn run(self: Box<Self>, cx: &RunContext<'_>) -> Ended {
+        let Spawned { f, cell } = *self;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(f));
+        cell.complete(outcome, cx.counters)
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+}
+
+impl Job for Closure {
+    type Runner = ();
+    /// A cancelled closure is dropped; the pool reports how many.
+    type Input = ();
+
+    fn control(&self) -> &dyn Control {
+        self.0.control()
+    }
+
+    fn control_arc(&self) -> Arc<dyn Control> {
+        self.0.control_arc()
+    }
+
+    fn run(self, _: &(), cx: &RunContext<'_>) -> Ended {
+        self.0.run(cx)
+    }
+
+    fn into_input(self) {
+        crate::cell::drop_quietly(self);
+    }
+}
+
+impl ThreadPool {
+    /// Builds a fixed pool of `max_workers` threads.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::ZeroWorkers`] for 0 workers; [`BuildError::Spawn`] if the operating system
+    /// refuses a thread (the threads already started are stopped first).
+    pub fn new(max_workers: usize) -> Result<ThreadPool, BuildError> {
+        ThreadPool::builder().max_workers(max_workers).build()
+    }
+
+    /// Returns a [`Builder`] for a pool whose settings are not the defaults.
+    pub fn builder() -> Builder<ThreadPool> {
+        Builder::new()
+    }
+
+    fn engine(&self) -> &Arc<Engine<Closure>> {
+        &self.owner.0
+    }
+
+    fn submit<F, T>(&self, f: F, output: Output<T>, wait: bool) -> Result<Arc<Cell<T>>, AddError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let engine = self.engine();
+        let cell = Arc::new(Cell::new(Header::new(engine.next_id(), None, None), output));
+        let job = Closure(Box::new(Spawned {
+            f,
+            cell: cell.clone(),
+        }));
+        match engine.add(job, wait) {
+            Ok(()) => Ok(cell),
+            Err((refused, job)) => {
+                cell.reject();
+                let spawned = job
+                    .0
+                    .into_any()
+                    .downcast::<Spawned<F, T>>()
+                    .expect("a refused job is the one just built");
+                let f = spawned.f;
+                Err(match refused {
+                    Refused::Full => AddError::Full(f),
+                    Refused::ShutDown => AddError::ShutDown(f),
+                })
+            }
+        }
+    }
+
+    /// Runs `f` on a worker and returns at once with a [`Task`] for its result. With a bounded
+    /// queue, waits while the queue is full.
+    ///
+    /// # Errors
+    ///
+    /// `AddError::ShutDown(f)` once the pool is shut down: the closure is handed back, unrun.
+    pub fn spawn<F, T>(&self, f: F) -> Result<Task<T>, AddError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let cell = self.submit(f, Output::Slot(Slot::new()), true)?;
+        Ok(Task::new(cell, self.engine().clone()))
+    }
+
+    /// Like [`spawn`](ThreadPool::spawn), but never blocks: with a full bounded queue it
+    /// returns `AddError::Full(f)`.
+    pub fn try_spawn<F, T>(&self, f: F) -> Result<Task<T>, AddError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let cell = self.submit(f, Output::Slot(Slot::new()), false)?;
+        Ok(Task::new(cell, self.engine().clone()))
+    }
+
+    /// Runs `f` on a worker; its result is sent to `mailbox` as `(TaskId, result)`.
+    ///
+    /// ```
+    /// use async_pool::{TaskError, TaskId, ThreadPool};
+    /// use crossbeam_channel::unbounded;
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// let (tx, rx) = unbounded::<(TaskId, Result<i32, TaskError>)>();
+    /// let id = pool.spawn_to(|| 7, &tx)?;
+    /// assert_eq!(rx.recv()?, (id, Ok(7)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`spawn`](ThreadPool::spawn).
+    pub fn spawn_to<F, T>(
+        &self,
+        f: F,
+        mailbox: &Sender<(TaskId, Result<T, TaskError>)>,
+    ) -> Result<TaskId, AddError<F>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let cell = self.submit(f, Output::Mailbox(mailbox.clone()), true)?;
+        Ok(cell.header.id)
+    }
+
+    /// Cancels the task with this id if it has not started (see
+    /// [`AsyncPool::cancel`](crate::AsyncPool::cancel)).
+    pub fn cancel(&self, id: TaskId) -> bool {
+        self.engine().cancel_id(id)
+    }
+
+    /// Cancels every task that has not started, without shutting down; returns how many. Each
+    /// cancelled task's result is `Err(TaskError::Cancelled)`.
+    pub fn cancel_all(&self) -> usize {
+        self.engine().cancel_all().len()
+    }
+
+    /// Blocks until no task is queued or running (see
+    /// [`AsyncPool::join`](crate::AsyncPool::join) for a call from inside a task).
+    pub fn join(&self) {
+        self.engine().join();
+    }
+
+    /// Returns a snapshot of the pool's workers and tasks.
+    pub fn stats(&self) -> Stats {
+        self.engine().stats()
+    }
+
+    /// Changes the number of workers (see
+    /// [`AsyncPool::set_max_workers`](crate::AsyncPool::set_max_workers)).
+    pub fn set_max_workers(&self, max_workers: usize) -> bool {
+        self.engine().set_max_workers(max_workers)
+    }
+
+    /// Stops accepting work, runs everything accepted, joins the workers (see
+    /// [`AsyncPool::shutdown`](crate::AsyncPool::shutdown)).
+    pub fn shutdown(&self) {
+        self.engine().shutdown();
+    }
+
+    /// Stops accepting work, cancels every task not started (each gets
+    /// `Err(TaskError::Cancelled)`), waits for the running ones; returns how many were
+    /// cancelled.
+    pub fn shutdown_now(&self) -> usize {
+        self.engine().shutdown_now().len()
+    }
+
+    /// Shuts down gracefully for at most `timeout`, then as
+    /// [`AsyncPool::shutdown_timeout`](crate::AsyncPool::shutdown_timeout). True if everything
+    /// ended in time.
+    pub fn shutdown_timeout(&self, timeout: Duration) -> bool {
+        self.engine().shutdown_timeout(timeout)
+    }
+
+    /// Returns `true` once a shutdown has begun.
+    pub fn is_shut_down(&self) -> bool {
+        self.engine().is_closed()
+    }
+
+    /// The pool's current maximum number of workers.
+    pub fn max_workers(&self) -> usize {
+        self.engine().max_workers()
+    }
+}
+
+impl Builder<ThreadPool> {
+    /// Builds the pool.
+    ///
+    /// # Errors
+    ///
+    /// See [`BuildError`]: no thread is left running when a build fails.
+    pub fn build(self) -> Result<ThreadPool, BuildError> {
+        let engine = Engine::start(self.config, |_| ())?;
+        Ok(ThreadPool {
+            owner: Arc::new(Owner(engine)),
+        })
+    }
+}
+
+impl Clone for ThreadPool {
+    fn clone(&self) -> Self {
+        ThreadPool {
+            owner: self.owner.clone(),
+        }
+    }
+}
+
+impl fmt::Debug for ThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadPool")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}

@@ -1,0 +1,62 @@
+//! A cooperative stop signal for callbacks that can check one: [`CancelToken`].
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::cell::Control;
+
+/// Tells a running callback that nobody waits for its result any more, so a loop inside it can
+/// stop early.
+///
+/// Given to callbacks built with
+/// [`build_with_token`](crate::Builder::build_with_token). It is raised when the task timed out
+/// (its caller already got `TimedOut`), and when the pool is shut down with `shutdown_now`, or
+/// by `shutdown_timeout` once its time ran out. Nothing forces the callback to look: a thread
+/// cannot be killed.
+///
+/// The token is cheap to clone and may be moved to another thread.
+///
+/// ```
+/// use async_pool::{AsyncPool, TaskError};
+/// use std::time::Duration;
+///
+/// let pool = AsyncPool::builder()
+///     .max_workers(1)
+///     .task_timeout(Duration::from_millis(20))
+///     .build_with_token(|pages: u32, token| {
+///         let mut fetched = 0;
+///         while fetched < pages && !token.is_cancelled() {
+///             std::thread::sleep(Duration::from_millis(5)); // one page
+///             fetched += 1;
+///         }
+///         fetched
+///     })?;
+/// assert_eq!(pool.add_task(2)?.recv(), Ok(2));
+/// assert_eq!(pool.add_task(u32::MAX)?.recv(), Err(TaskError::TimedOut));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct CancelToken {
+    task: Arc<dyn Control>,
+    pool: Arc<AtomicBool>,
+}
+
+impl CancelToken {
+    pub(crate) fn new(task: Arc<dyn Control>, pool: Arc<AtomicBool>) -> CancelToken {
+        CancelToken { task, pool }
+    }
+
+    /// Returns `true` once the task should stop: it timed out, or the pool is stopping.
+    pub fn is_cancelled(&self) -> bool {
+        self.task.header().stop_requested() || self.pool.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for CancelToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelToken")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
