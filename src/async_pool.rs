@@ -86,6 +86,10 @@ impl<I: Send + 'static, O: Send + 'static> Job for Envelope<I, O> {
         self.cell.clone()
     }
 
+    fn control_weak(&self) -> Weak<dyn Control> {
+        Arc::downgrade(&self.cell) as Weak<dyn Control>
+    }
+
     fn run(self, callback: &Callback<I, O>, cx: &RunContext<'_>) -> Ended {
         let Envelope { cell, input } = self;
         let outcome = match callback {

@@ -3,7 +3,7 @@
 use std::any::Any;
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -44,6 +44,7 @@ pub(crate) struct Closure(Box<dyn Body>);
 trait Body: Send {
     fn control(&self) -> &dyn Control;
     fn control_arc(&self) -> Arc<dyn Control>;
+    fn control_weak(&self) -> Weak<dyn Control>;
     fn run(self: Box<Self>, cx: &RunContext<'_>) -> Ended;
     /// For handing the closure back to the caller when an add is refused.
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
@@ -65,6 +66,10 @@ where
 
     fn control_arc(&self) -> Arc<dyn Control> {
         self.cell.clone()
+    }
+
+    fn control_weak(&self) -> Weak<dyn Control> {
+        Arc::downgrade(&self.cell) as Weak<dyn Control>
     }
 
     fn run(self: Box<Self>, cx: &RunContext<'_>) -> Ended {
@@ -89,6 +94,10 @@ impl Job for Closure {
 
     fn control_arc(&self) -> Arc<dyn Control> {
         self.0.control_arc()
+    }
+
+    fn control_weak(&self) -> Weak<dyn Control> {
+        self.0.control_weak()
     }
 
     fn run(self, _: &(), cx: &RunContext<'_>) -> Ended {

@@ -213,6 +213,9 @@ mod tests {
         fn control_arc(&self) -> Arc<dyn Control> {
             self.0.clone()
         }
+        fn control_weak(&self) -> std::sync::Weak<dyn Control> {
+            Arc::downgrade(&self.0) as std::sync::Weak<dyn Control>
+        }
         fn run(self, _: &(), _: &RunContext<'_>) -> Ended {
             Ended::Finished
         }

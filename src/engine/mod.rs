@@ -64,6 +64,7 @@ pub(crate) trait Job: Send + 'static {
 
     fn control(&self) -> &dyn Control;
     fn control_arc(&self) -> Arc<dyn Control>;
+    fn control_weak(&self) -> Weak<dyn Control>;
     /// Runs the job (already RUNNING) under `catch_unwind`, counts and delivers its ending.
     fn run(self, runner: &Self::Runner, cx: &RunContext<'_>) -> Ended;
     /// Takes the input back out of a job that will not run.
@@ -265,7 +266,7 @@ impl<J: Job> Engine<J> {
         let key = job.control().header().key;
         // Counted before any worker can see the job, so it cannot end before it began.
         self.counters.submitted(key.is_some());
-        self.registry.insert(job.control_arc());
+        self.registry.insert(job.control().header().id, job.control_weak());
         match key {
             None => {
                 let _ = tx.send(Msg::Job(job));
@@ -463,7 +464,6 @@ impl<J: Job> Engine<J> {
             self.counters.left_key();
         }
         self.counters.cancelled();
-        self.registry.remove(header.id);
         control.fail(TaskError::Cancelled);
     }
 
@@ -573,7 +573,6 @@ impl<J: Job> Engine<J> {
             return false;
         }
         self.counters.timed_out();
-        self.registry.remove(header.id);
         control.fail(TaskError::TimedOut);
         if let Some(key) = header.key {
             self.release_key(key, false);

@@ -1,55 +1,91 @@
 //! Every task that has not ended, by id: for `cancel(id)` and for ending running tasks at the
 //! end of `shutdown_timeout`.
 //!
-//! Sharded by id so that the adding threads and the workers rarely meet on one lock: an entry
-//! is inserted by the adding thread and removed by whoever ends the task.
+//! # Design
+//!
+//! The registry is off the workers' path entirely: the adding thread appends a `Weak` to the
+//! task's cell, and nobody removes it when the task ends. Entries of ended tasks are swept out
+//! when a shard has doubled since its last sweep, so a shard holds at most about twice the
+//! tasks outstanding in it, and the work per add stays constant on average. A `Weak` does not
+//! keep the task's result alive, only the small allocation around it until the next sweep.
+//!
+//! Shards are picked by id, so concurrent adds rarely meet on one lock. Lookups (`cancel(id)`)
+//! scan one shard; they are rare next to adds.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::cell::Control;
+use crate::cell::{Control, WAITING, QUEUED, RUNNING};
 use crate::task::TaskId;
 
-const SHARDS: usize = 32;
+const SHARDS: usize = 16;
+const MIN_SWEEP: usize = 64;
 
 pub(crate) struct Registry {
-    shards: Box<[CachePadded<Mutex<HashMap<u64, Arc<dyn Control>>>>]>,
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+}
+
+struct Shard {
+    entries: Vec<(u64, Weak<dyn Control>)>,
+    /// Sweep when `entries` reaches this length.
+    sweep_at: usize,
+}
+
+fn outstanding(entry: &Weak<dyn Control>) -> Option<Arc<dyn Control>> {
+    entry
+        .upgrade()
+        .filter(|control| matches!(control.header().state(), WAITING | QUEUED | RUNNING))
 }
 
 impl Registry {
     pub(crate) fn new() -> Registry {
         Registry {
-            shards: (0..SHARDS).map(|_| CachePadded::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    CachePadded::new(Mutex::new(Shard {
+                        entries: Vec::new(),
+                        sweep_at: MIN_SWEEP,
+                    }))
+                })
+                .collect(),
         }
     }
 
-    fn shard(&self, id: TaskId) -> &Mutex<HashMap<u64, Arc<dyn Control>>> {
+    fn shard(&self, id: TaskId) -> &Mutex<Shard> {
         &self.shards[id.0 as usize % SHARDS]
     }
 
-    pub(crate) fn insert(&self, control: Arc<dyn Control>) {
-        let id = control.header().id;
-        self.shard(id).lock().insert(id.0, control);
+    pub(crate) fn insert(&self, id: TaskId, weak: Weak<dyn Control>) {
+        let mut shard = self.shard(id).lock();
+        if shard.entries.len() >= shard.sweep_at {
+            // Most ended tasks have no strong reference left: no upgrade needed to see it.
+            shard
+                .entries
+                .retain(|(_, entry)| entry.strong_count() > 0 && outstanding(entry).is_some());
+            shard.sweep_at = (shard.entries.len() * 2).max(MIN_SWEEP);
+        }
+        shard.entries.push((id.0, weak));
     }
 
-    pub(crate) fn remove(&self, id: TaskId) {
-        // The entry may hold the last reference to the cell (and its result): drop it unlocked.
-        let removed = self.shard(id).lock().remove(&id.0);
-        crate::cell::drop_quietly(removed);
-    }
-
+    /// The task with this id, if it has not ended.
     pub(crate) fn get(&self, id: TaskId) -> Option<Arc<dyn Control>> {
-        self.shard(id).lock().get(&id.0).cloned()
+        let shard = self.shard(id).lock();
+        // Ids are appended nearly in order: the newest tasks are at the back.
+        shard
+            .entries
+            .iter()
+            .rev()
+            .find(|(entry_id, _)| *entry_id == id.0)
+            .and_then(|(_, entry)| outstanding(entry))
     }
 
     /// Every task not yet ended.
     pub(crate) fn all(&self) -> Vec<Arc<dyn Control>> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
-            all.extend(shard.lock().values().cloned());
+            all.extend(shard.lock().entries.iter().filter_map(|(_, e)| outstanding(e)));
         }
         all
     }

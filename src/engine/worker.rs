@@ -93,7 +93,7 @@ impl<J: Job> Engine<J> {
     /// Runs a started job: arms its deadline, runs it, then releases its key and wakes joiners.
     pub(super) fn execute(&self, job: J) {
         let header = job.control().header();
-        let (id, key) = (header.id, header.key);
+        let key = header.key;
         let deadline = header
             .timeout
             .or(self.settings.task_timeout)
@@ -112,7 +112,6 @@ impl<J: Job> Engine<J> {
         }
         match ended {
             Ended::Finished => {
-                self.registry.remove(id);
                 if let Some(key) = key {
                     self.release_key(key, false);
                 }
