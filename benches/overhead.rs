@@ -69,58 +69,72 @@ fn overhead(c: &mut Criterion) {
     group.sample_size(10);
     for workers in worker_counts() {
         let floor = Floor::new(workers);
-        group.bench_with_input(BenchmarkId::new("floor_shared_channel", workers), &workers, |b, _| {
-            b.iter(|| {
-                let (tx, rx) = unbounded::<u64>();
-                for i in 0..TASKS as u64 {
-                    let tx = tx.clone();
-                    floor.send(Box::new(move || {
-                        let _ = tx.send(black_box(i));
-                    }));
-                }
-                for _ in 0..TASKS {
-                    black_box(rx.recv().unwrap());
-                }
-            })
-        });
-        group.bench_with_input(BenchmarkId::new("floor_bounded1_per_task", workers), &workers, |b, _| {
-            b.iter(|| {
-                let receivers: Vec<Receiver<u64>> = (0..TASKS as u64)
-                    .map(|i| {
-                        let (tx, rx) = bounded(1);
+        group.bench_with_input(
+            BenchmarkId::new("floor_shared_channel", workers),
+            &workers,
+            |b, _| {
+                b.iter(|| {
+                    let (tx, rx) = unbounded::<u64>();
+                    for i in 0..TASKS as u64 {
+                        let tx = tx.clone();
                         floor.send(Box::new(move || {
                             let _ = tx.send(black_box(i));
                         }));
-                        rx
-                    })
-                    .collect();
-                for rx in receivers {
-                    black_box(rx.recv().unwrap());
-                }
-            })
-        });
+                    }
+                    for _ in 0..TASKS {
+                        black_box(rx.recv().unwrap());
+                    }
+                })
+            },
+        );
+        group.bench_with_input(
+            BenchmarkId::new("floor_bounded1_per_task", workers),
+            &workers,
+            |b, _| {
+                b.iter(|| {
+                    let receivers: Vec<Receiver<u64>> = (0..TASKS as u64)
+                        .map(|i| {
+                            let (tx, rx) = bounded(1);
+                            floor.send(Box::new(move || {
+                                let _ = tx.send(black_box(i));
+                            }));
+                            rx
+                        })
+                        .collect();
+                    for rx in receivers {
+                        black_box(rx.recv().unwrap());
+                    }
+                })
+            },
+        );
         drop(floor);
 
         let pool = AsyncPool::new(workers, |i: u64| black_box(i)).unwrap();
         group.bench_with_input(BenchmarkId::new("add_task", workers), &workers, |b, _| {
             b.iter(|| {
-                let tasks: Vec<_> = (0..TASKS as u64).map(|i| pool.add_task(i).unwrap()).collect();
+                let tasks: Vec<_> = (0..TASKS as u64)
+                    .map(|i| pool.add_task(i).unwrap())
+                    .collect();
                 for task in tasks {
                     black_box(task.recv().unwrap());
                 }
             })
         });
-        group.bench_with_input(BenchmarkId::new("add_task_to", workers), &workers, |b, _| {
-            b.iter(|| {
-                let (tx, rx) = unbounded::<(TaskId, Result<u64, TaskError>)>();
-                for i in 0..TASKS as u64 {
-                    pool.add_task_to(i, &tx).unwrap();
-                }
-                for _ in 0..TASKS {
-                    black_box(rx.recv().unwrap());
-                }
-            })
-        });
+        group.bench_with_input(
+            BenchmarkId::new("add_task_to", workers),
+            &workers,
+            |b, _| {
+                b.iter(|| {
+                    let (tx, rx) = unbounded::<(TaskId, Result<u64, TaskError>)>();
+                    for i in 0..TASKS as u64 {
+                        pool.add_task_to(i, &tx).unwrap();
+                    }
+                    for _ in 0..TASKS {
+                        black_box(rx.recv().unwrap());
+                    }
+                })
+            },
+        );
     }
     group.finish();
 }

@@ -187,7 +187,9 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     where
         F: Fn(I) -> O + Send + Sync + 'static,
     {
-        AsyncPool::builder().max_workers(max_workers).build(callback)
+        AsyncPool::builder()
+            .max_workers(max_workers)
+            .build(callback)
     }
 
     /// Returns a [`Builder`] for a pool whose settings are not the defaults.
@@ -278,7 +280,11 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// assert_eq!(stuck.recv(), Err(TaskError::TimedOut));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn add_task_with_timeout(&self, input: I, timeout: Duration) -> Result<Task<O>, AddError<I>> {
+    pub fn add_task_with_timeout(
+        &self,
+        input: I,
+        timeout: Duration,
+    ) -> Result<Task<O>, AddError<I>> {
         let mut how = Submission::slot(true);
         how.timeout = Some(timeout);
         let cell = submit(self.engine(), input, how)?;
@@ -548,7 +554,9 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
 
     /// Returns `true` once the pool is shut down or gone.
     pub fn is_shut_down(&self) -> bool {
-        self.engine.upgrade().map_or(true, |engine| engine.is_closed())
+        self.engine
+            .upgrade()
+            .map_or(true, |engine| engine.is_closed())
     }
 }
 

@@ -162,6 +162,7 @@ impl<T: Send + 'static> Cell<T> {
         if self.header.transition(RUNNING, DONE) {
             counters.record(&result);
             self.deliver(result, true);
+            counters.settled();
             return Ended::Finished;
         }
         // The timer ended the task while it ran: the caller already has `TimedOut`.
@@ -184,11 +185,14 @@ impl<T: Send + 'static> Cell<T> {
                 let message = (self.header.id, result);
                 if may_block {
                     // A receiver that is gone gives the message back; it is dropped here.
-                    let _ = tx.send(message);
+                    if let Err(refused) = tx.send(message) {
+                        drop_quietly(refused);
+                    }
                     return;
                 }
                 match tx.try_send(message) {
-                    Ok(()) | Err(TrySendError::Disconnected(_)) => {}
+                    Ok(()) => {}
+                    Err(TrySendError::Disconnected(message)) => drop_quietly(message),
                     Err(TrySendError::Full(message)) => send_later(tx.clone(), message),
                 }
             }
@@ -278,11 +282,16 @@ impl<T> Slot<T> {
                 drop(state);
                 if let Some(tx) = tx {
                     // Capacity 1 and one value: never blocks. A dropped receiver hands it back.
-                    let _ = tx.send(result);
+                    if let Err(refused) = tx.send(result) {
+                        drop_quietly(refused);
+                    }
                 }
             }
             // A cell delivers once (the state machine guarantees it); keep the first.
-            SlotState::Full(_) | SlotState::Taken => drop(state),
+            SlotState::Full(_) | SlotState::Taken => {
+                drop(state);
+                drop_quietly(result);
+            }
         }
     }
 

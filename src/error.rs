@@ -56,7 +56,6 @@ impl<I> AddError<I> {
     pub fn is_shut_down(&self) -> bool {
         matches!(self, AddError::ShutDown(_))
     }
-
 }
 
 impl<I> fmt::Debug for AddError<I> {

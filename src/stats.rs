@@ -59,8 +59,10 @@ pub struct Stats {
 /// - `timed_out`: the engine when it won RUNNING → TIMED_OUT/ABANDONED;
 /// - `waiting_on_key`: up when a keyed task is accepted, down when it leaves WAITING.
 ///
-/// Each ended count is raised before the result is delivered. `outstanding()` reads the ended
-/// counts before `submitted`, so it never underflows.
+/// Each ended count is raised before the result is delivered; `settled` is raised after it, by
+/// the same party. `outstanding()` (submitted − settled) is what `join` and shutdown wait on,
+/// so when they return every result has reached its `Task` or mailbox. It reads `settled`
+/// before `submitted`, so it never underflows.
 pub(crate) struct Counters {
     submitted: CachePadded<AtomicU64>,
     started: CachePadded<AtomicU64>,
@@ -74,6 +76,8 @@ struct Ended {
     panicked: AtomicU64,
     cancelled: AtomicU64,
     timed_out: AtomicU64,
+    /// Tasks whose ending was delivered.
+    settled: AtomicU64,
 }
 
 impl Counters {
@@ -92,7 +96,6 @@ impl Counters {
         }
         self.submitted.fetch_add(1, SeqCst);
     }
-
 
     pub(crate) fn started(&self) {
         self.started.fetch_add(1, SeqCst);
@@ -119,18 +122,16 @@ impl Counters {
         self.ended.timed_out.fetch_add(1, SeqCst);
     }
 
-    fn ended(&self) -> u64 {
-        let e = &self.ended;
-        e.completed.load(SeqCst)
-            + e.panicked.load(SeqCst)
-            + e.cancelled.load(SeqCst)
-            + e.timed_out.load(SeqCst)
+    /// A task's ending was delivered.
+    pub(crate) fn settled(&self) {
+        self.ended.settled.fetch_add(1, SeqCst);
     }
 
-    /// Accepted tasks that have not ended (waiting, queued or running).
+    /// Accepted tasks whose ending has not been delivered yet (waiting, queued, running, or
+    /// being delivered).
     pub(crate) fn outstanding(&self) -> u64 {
-        let ended = self.ended();
-        self.submitted.load(SeqCst).saturating_sub(ended)
+        let settled = self.ended.settled.load(SeqCst);
+        self.submitted.load(SeqCst).saturating_sub(settled)
     }
 
     pub(crate) fn snapshot(&self, workers: usize, abandoned: usize) -> Stats {

@@ -233,8 +233,14 @@ mod tests {
         let now = Instant::now();
         assert!(table.admit(7, job(1, 7), now).run.is_some());
         assert!(table.admit(7, job(2, 7), now).run.is_none());
-        assert!(table.admit(8, job(3, 8), now).run.is_some(), "other keys go");
-        let next = table.release(7, false, now).run.expect("key 7 has room again");
+        assert!(
+            table.admit(8, job(3, 8), now).run.is_some(),
+            "other keys go"
+        );
+        let next = table
+            .release(7, false, now)
+            .run
+            .expect("key 7 has room again");
         assert_eq!(next.control().header().id, TaskId(2));
         assert_eq!(next.control().header().state(), QUEUED);
     }

@@ -227,15 +227,12 @@ impl<J: Job> Engine<J> {
     /// The key a keyed task is filed under, or `None` when the pool has no per-key limits (the
     /// key then changes nothing).
     pub(crate) fn key_of<K: Hash>(&self, key: &K) -> Option<u64> {
-        self.settings
-            .keyed
-            .then(|| self.hasher.hash_one(key))
+        self.settings.keyed.then(|| self.hasher.hash_one(key))
     }
 
     pub(crate) fn max_workers(&self) -> usize {
         self.max_workers.load(SeqCst)
     }
-
 
     fn elastic(&self) -> bool {
         self.settings.keep_alive.is_some()
@@ -266,7 +263,8 @@ impl<J: Job> Engine<J> {
         let key = job.control().header().key;
         // Counted before any worker can see the job, so it cannot end before it began.
         self.counters.submitted(key.is_some());
-        self.registry.insert(job.control().header().id, job.control_weak());
+        self.registry
+            .insert(job.control().header().id, job.control_weak());
         match key {
             None => {
                 let _ = tx.send(Msg::Job(job));
@@ -276,7 +274,10 @@ impl<J: Job> Engine<J> {
             Some(key) => {
                 // A keyed job holds no place in the queue until its key lets it in.
                 self.admission.release();
-                let keys = self.keys.as_ref().expect("keyed jobs exist only with a key table");
+                let keys = self
+                    .keys
+                    .as_ref()
+                    .expect("keyed jobs exist only with a key table");
                 let mut table = keys.lock();
                 let step = table.admit(key, job, Instant::now());
                 self.apply(key, step, table);
@@ -465,6 +466,7 @@ impl<J: Job> Engine<J> {
         }
         self.counters.cancelled();
         control.fail(TaskError::Cancelled);
+        self.counters.settled();
     }
 
     /// Cancels a job that is in this thread's hands, in state `from`.
@@ -574,6 +576,7 @@ impl<J: Job> Engine<J> {
         }
         self.counters.timed_out();
         control.fail(TaskError::TimedOut);
+        self.counters.settled();
         if let Some(key) = header.key {
             self.release_key(key, false);
         }

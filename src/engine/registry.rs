@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::cell::{Control, WAITING, QUEUED, RUNNING};
+use crate::cell::{Control, QUEUED, RUNNING, WAITING};
 use crate::task::TaskId;
 
 const SHARDS: usize = 16;
@@ -85,7 +85,13 @@ impl Registry {
     pub(crate) fn all(&self) -> Vec<Arc<dyn Control>> {
         let mut all = Vec::new();
         for shard in self.shards.iter() {
-            all.extend(shard.lock().entries.iter().filter_map(|(_, e)| outstanding(e)));
+            all.extend(
+                shard
+                    .lock()
+                    .entries
+                    .iter()
+                    .filter_map(|(_, e)| outstanding(e)),
+            );
         }
         all
     }

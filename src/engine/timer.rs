@@ -62,7 +62,10 @@ impl Timer {
         let mut state = self.state.lock();
         let id = (at, state.next_seq);
         state.next_seq += 1;
-        let earliest = state.events.first_key_value().map_or(true, |(first, _)| id < *first);
+        let earliest = state
+            .events
+            .first_key_value()
+            .map_or(true, |(first, _)| id < *first);
         state.events.insert(id, event);
         let start = !state.started;
         state.started = true;

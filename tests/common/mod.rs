@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests: gates, watchdogs, thread counts.
+#![allow(dead_code)]
+
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{unbounded, Receiver, Sender};
+
+/// How long any single wait in a test may take before the test fails instead of hanging CI.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs `f` on its own thread and fails the test (naming `what`) if it does not return within
+/// `PATIENCE`: a deadlock fails instead of hanging.
+pub fn watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let worker = thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(PATIENCE) {
+        Ok(value) => {
+            let _ = worker.join();
+            value
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
+            Err(panic) => std::panic::resume_unwind(panic),
+            Ok(()) => unreachable!("the closure returned without sending"),
+        },
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            panic!("watchdog: `{what}` did not finish in {PATIENCE:?}")
+        }
+    }
+}
+
+/// Polls `condition` (yielding the CPU) until it holds; fails the test after `PATIENCE`.
+/// For states the pool reaches on its own (a worker retiring); never a substitute for a gate.
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        thread::yield_now();
+        thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// A gate tasks block on until the test opens it, one pass or all at once.
+#[derive(Clone)]
+pub struct Gate {
+    pass: Receiver<()>,
+}
+
+pub struct GateKey {
+    tx: Option<Sender<()>>,
+}
+
+pub fn gate() -> (GateKey, Gate) {
+    let (tx, rx) = unbounded();
+    (GateKey { tx: Some(tx) }, Gate { pass: rx })
+}
+
+impl Gate {
+    /// Blocks until the test lets one task through (or opens the gate for good).
+    pub fn wait(&self) {
+        let _ = self.pass.recv();
+    }
+}
+
+impl GateKey {
+    /// Lets `n` waiting (or future) tasks through.
+    pub fn pass(&self, n: usize) {
+        if let Some(tx) = &self.tx {
+            for _ in 0..n {
+                tx.send(()).unwrap();
+            }
+        }
+    }
+
+    /// Lets every task through, now and later.
+    pub fn open(&mut self) {
+        self.tx = None;
+    }
+}
+
+impl Drop for GateKey {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+/// Names of this process's threads (Linux: /proc/self/task/*/comm).
+pub fn thread_names() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let path = entry.ok()?.path().join("comm");
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim_end().to_string())
+    })
+    .collect()
+}
+
+/// Number of live threads whose name starts with `prefix` followed by `-`.
+pub fn threads_named(prefix: &str) -> usize {
+    let prefix = format!("{prefix}-");
+    thread_names()
+        .iter()
+        .filter(|n| n.starts_with(&prefix))
+        .count()
+}
+
+/// Resident memory of this process in bytes (Linux).
+pub fn rss_bytes() -> usize {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse::<usize>().ok())
+        .unwrap_or(0)
+        * 4096
+}
