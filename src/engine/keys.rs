@@ -265,13 +265,18 @@ mod tests {
         let mut table = KeyTable::new(Some(1), None);
         let now = Instant::now();
         assert!(table.admit(1, job(1, 1), now).run.is_some());
-        let second = job(2, 1);
-        second.control().header().cancel();
-        assert!(table.admit(1, second, now).run.is_none());
-        assert!(table.admit(1, job(3, 1), now).run.is_none());
+        let third = job(3, 1);
+        let mut dead = table.admit(1, third, now).dead.len();
+        // The third is cancelled while it waits; the fourth waits behind it.
+        let cancelled = table.keys[&1].waiting[0].control().header().cancel();
+        assert_eq!(cancelled, Some(WAITING));
+        let step = table.admit(1, job(4, 1), now);
+        dead += step.dead.len();
+        assert!(step.run.is_none(), "key 1 is still full");
         let step = table.release(1, false, now);
-        assert_eq!(step.dead.len(), 1);
-        assert_eq!(step.run.unwrap().control().header().id, TaskId(3));
+        dead += step.dead.len();
+        assert_eq!(dead, 1, "the cancelled job is dropped, not run");
+        assert_eq!(step.run.unwrap().control().header().id, TaskId(4));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use crate::task::{Canceller, TaskId};
 pub(crate) use admission::Refused;
 pub(crate) use lifecycle::Owner;
 #[cfg(test)]
-pub(crate) use spawn::fault;
+use spawn::fault;
 
 use admission::Admission;
 use keys::{KeyTable, Step};
@@ -575,20 +575,21 @@ impl<J: Job> Engine<J> {
             return false;
         }
         self.counters.timed_out();
+        if abandon {
+            // The abandoned thread is no longer joined; its place in `live` passes to a
+            // replacement so the pool keeps its capacity. Done before the caller hears of the
+            // timeout, so `stats().workers` is already right when it does.
+            let handle = self.threads.lock().remove(&header.worker());
+            drop(handle);
+            let needed = !(self.closed.load(SeqCst) && self.counters.outstanding() <= 1);
+            if !needed || self.spawn_worker().is_err() {
+                self.live.fetch_sub(1, SeqCst);
+            }
+        }
         control.fail(TaskError::TimedOut);
         self.counters.settled();
         if let Some(key) = header.key {
             self.release_key(key, false);
-        }
-        if abandon {
-            // The abandoned thread is no longer joined; its place in `live` passes to a
-            // replacement so the pool keeps its capacity.
-            let handle = self.threads.lock().remove(&header.worker());
-            drop(handle);
-            let needed = !(self.closed.load(SeqCst) && self.counters.outstanding() == 0);
-            if !needed || self.spawn_worker().is_err() {
-                self.live.fetch_sub(1, SeqCst);
-            }
         }
         self.after_finish();
         true
@@ -616,3 +617,6 @@ impl<J: Job> Drop for Engine<J> {
         drop_quietly(self.cancel_queued());
     }
 }
+
+#[cfg(test)]
+mod tests;
