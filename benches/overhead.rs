@@ -130,7 +130,7 @@ fn overhead(c: &mut Criterion) {
                         pool.add_task_to(i, &tx).unwrap();
                     }
                     for _ in 0..TASKS {
-                        black_box(rx.recv().unwrap());
+                        let _ = black_box(rx.recv().unwrap());
                     }
                 })
             },
