@@ -99,7 +99,7 @@ impl<I: Send + 'static, O: Send + 'static> Job for Envelope<I, O> {
                 panic::catch_unwind(AssertUnwindSafe(|| f(input, &token)))
             }
         };
-        cell.complete(outcome, cx.counters)
+        cell.complete(outcome, cx)
     }
 
     fn into_input(self) -> I {

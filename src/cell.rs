@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, TrySendError};
 use parking_lot::{Condvar, Mutex};
 
+use crate::engine::RunContext;
 use crate::error::TaskError;
-use crate::stats::Counters;
 use crate::task::TaskId;
 
 /// Held back by its key (per-key concurrency or politeness); not in the queue yet.
@@ -153,7 +153,8 @@ impl<T: Send + 'static> Cell<T> {
 
     /// Ends a running task with the callback's outcome: counts it, then delivers it. Runs on a
     /// worker, so a full mailbox applies backpressure here.
-    pub(crate) fn complete(&self, outcome: thread::Result<T>, counters: &Counters) -> Ended {
+    pub(crate) fn complete(&self, outcome: thread::Result<T>, cx: &RunContext<'_>) -> Ended {
+        let counters = cx.counters;
         let result = outcome.map_err(|payload| {
             let error = TaskError::from_panic(&*payload);
             drop_quietly(payload);
@@ -161,6 +162,11 @@ impl<T: Send + 'static> Cell<T> {
         });
         if self.header.transition(RUNNING, DONE) {
             counters.record(&result);
+            if let Some(admission) = cx.free_worker {
+                // The worker is free from here on: a caller who adds the next task as soon as
+                // it has this result finds it idle, rather than growing the pool.
+                admission.enter_idle();
+            }
             self.deliver(result, true);
             counters.settled();
             return Ended::Finished;

@@ -75,7 +75,7 @@ where
     fn run(self: Box<Self>, cx: &RunContext<'_>) -> Ended {
         let Spawned { f, cell } = *self;
         let outcome = panic::catch_unwind(AssertUnwindSafe(f));
-        cell.complete(outcome, cx.counters)
+        cell.complete(outcome, cx)
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {

@@ -125,7 +125,7 @@ impl<J: Job> Engine<J> {
                 let job = self.take_queued(index);
                 let helped = job.is_some();
                 if let Some(job) = job {
-                    self.execute(job);
+                    self.execute(job, false);
                 }
                 guard = self.quiet.lock.lock();
                 // A job queued between `take_queued` and re-locking nudged nobody: look again

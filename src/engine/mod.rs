@@ -76,6 +76,9 @@ pub(crate) struct RunContext<'a> {
     pub(crate) counters: &'a Counters,
     /// Set by `shutdown_now` and at the end of `shutdown_timeout`: cancel tokens read it.
     pub(crate) stopping: &'a Arc<AtomicBool>,
+    /// On a worker's own loop: counts the worker idle as soon as its task has ended, before
+    /// the (possibly blocking) delivery. `None` for a task run inside `join()`.
+    pub(crate) free_worker: Option<&'a Admission>,
 }
 
 /// A message on the job channel.

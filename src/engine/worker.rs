@@ -29,12 +29,11 @@ pub(super) fn main_loop<J: Job>(engine: Arc<Engine<J>>, index: usize) {
         if !counted_idle {
             engine.admission.enter_idle();
         }
-        counted_idle = false;
         let Some(job) = engine.next_job(index) else {
             break;
         };
         // BUSY
-        engine.execute(job);
+        counted_idle = engine.execute(job, true);
         if ABANDONED.with(|abandoned| abandoned.replace(false)) {
             // A replacement already holds this thread's place in the pool.
             engine.abandoned.fetch_sub(1, SeqCst);
@@ -91,7 +90,9 @@ impl<J: Job> Engine<J> {
     }
 
     /// Runs a started job: arms its deadline, runs it, then releases its key and wakes joiners.
-    pub(super) fn execute(&self, job: J) {
+    /// On a worker's own loop (`own_loop`), returns whether the worker was already counted idle
+    /// again (it is, once its task ended normally).
+    pub(super) fn execute(&self, job: J, own_loop: bool) -> bool {
         let header = job.control().header();
         let key = header.key;
         let deadline = header
@@ -102,6 +103,7 @@ impl<J: Job> Engine<J> {
         let cx = RunContext {
             counters: &self.counters,
             stopping: &self.stopping,
+            free_worker: own_loop.then_some(&self.admission),
         };
         // `run` catches the callback's panic itself; what can still unwind here is a `Drop`
         // of the result after it was counted and delivered: the task has finished.
@@ -116,12 +118,14 @@ impl<J: Job> Engine<J> {
                     self.release_key(key, false);
                 }
                 self.after_finish();
+                own_loop
             }
             // The timer ended the task and did its bookkeeping.
             Ended::Lost { abandoned } => {
                 if abandoned {
                     ABANDONED.with(|flag| flag.set(true));
                 }
+                false
             }
         }
     }

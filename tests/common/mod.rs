@@ -101,12 +101,14 @@ pub fn thread_names() -> Vec<String> {
     .collect()
 }
 
-/// Number of live threads whose name starts with `prefix` followed by `-`.
+/// Number of live worker threads of the pool named `prefix`: `{prefix}-{index}` (the pool's
+/// `{prefix}-timer` is not a worker).
 pub fn threads_named(prefix: &str) -> usize {
     let prefix = format!("{prefix}-");
     thread_names()
         .iter()
-        .filter(|n| n.starts_with(&prefix))
+        .filter_map(|name| name.strip_prefix(&prefix))
+        .filter(|index| !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()))
         .count()
 }
 
