@@ -12,6 +12,7 @@ use crate::builder::Builder;
 use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
 use crate::engine::{Engine, Job, Owner, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
+use crate::map::{MapOrdered, MapUnordered};
 use crate::stats::Stats;
 use crate::task::{Task, TaskId};
 use crate::token::CancelToken;
@@ -410,6 +411,64 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// Returns `true` once a shutdown has begun: adds are refused from then on.
     pub fn is_shut_down(&self) -> bool {
         self.engine().is_closed()
+    }
+
+    /// Streams `inputs` through the pool and yields `(index, result)` in the order tasks
+    /// finish. Inputs are pulled lazily, at most [`in_flight`](MapUnordered::in_flight) tasks
+    /// outstanding (default: twice `max_workers`), so an endless iterator runs in constant
+    /// memory. Dropping the iterator cancels what it queued.
+    ///
+    /// ```
+    /// use async_pool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(4, |n: u64| n * n)?;
+    /// let mut squares: Vec<(usize, u64)> = pool
+    ///     .map_unordered(1..=10)
+    ///     .in_flight(3)
+    ///     .map(|(index, result)| (index, result.unwrap()))
+    ///     .collect();
+    /// squares.sort();
+    /// assert_eq!(squares[9], (9, 100));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_unordered<It>(&self, inputs: It) -> MapUnordered<I, O, It::IntoIter>
+    where
+        It: IntoIterator<Item = I>,
+    {
+        let (pool, canceller) = (self.clone(), self.clone());
+        MapUnordered::new(
+            inputs.into_iter(),
+            2 * self.max_workers(),
+            Box::new(move |input, mailbox| pool.add_task_to(input, mailbox)),
+            Box::new(move |id| canceller.cancel(id)),
+        )
+    }
+
+    /// Like [`map_unordered`](AsyncPool::map_unordered), but yields results in input order.
+    /// At most `in_flight` inputs past the next one to yield are pulled, so a slow task at the
+    /// head stalls intake instead of growing the reorder buffer.
+    ///
+    /// ```
+    /// use async_pool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(4, |s: &'static str| s.len())?;
+    /// let lengths: Vec<usize> = pool
+    ///     .map_ordered(["a", "bbb", "cc"])
+    ///     .collect::<Result<_, _>>()?;
+    /// assert_eq!(lengths, [1, 3, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_ordered<It>(&self, inputs: It) -> MapOrdered<I, O, It::IntoIter>
+    where
+        It: IntoIterator<Item = I>,
+    {
+        let (pool, canceller) = (self.clone(), self.clone());
+        MapOrdered::new(
+            inputs.into_iter(),
+            2 * self.max_workers(),
+            Box::new(move |input, mailbox| pool.add_task_to(input, mailbox)),
+            Box::new(move |id| canceller.cancel(id)),
+        )
     }
 
     /// Returns a [`PoolHandle`]: it can add work but does not keep the pool alive.

@@ -65,8 +65,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! For a stream of inputs with bounded memory, see `map_unordered` and `map_ordered`; for
-//! per-host limits, [`AsyncPool::add_task_keyed`].
+//! For a stream of inputs with bounded memory, see [`AsyncPool::map_unordered`] and
+//! [`AsyncPool::map_ordered`]; for per-host limits and politeness,
+//! [`AsyncPool::add_task_keyed`] with [`Builder::max_per_key`] and
+//! [`Builder::min_interval_per_key`].
 //!
 //! # Guarantees
 //!
@@ -112,6 +114,7 @@ mod builder;
 mod cell;
 mod engine;
 mod error;
+mod map;
 mod stats;
 mod task;
 mod thread_pool;
@@ -120,6 +123,7 @@ mod token;
 pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle};
 pub use crate::builder::Builder;
 pub use crate::error::{AddError, BuildError, TaskError};
+pub use crate::map::{MapOrdered, MapUnordered};
 pub use crate::stats::Stats;
 pub use crate::task::{Task, TaskId};
 pub use crate::thread_pool::ThreadPool;

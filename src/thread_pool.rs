@@ -12,6 +12,7 @@ use crate::builder::Builder;
 use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
 use crate::engine::{Engine, Job, Owner, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
+use crate::map::{MapOrdered, MapUnordered};
 use crate::stats::Stats;
 use crate::task::{Task, TaskId};
 
@@ -211,6 +212,52 @@ impl ThreadPool {
     {
         let cell = self.submit(f, Output::Mailbox(mailbox.clone()), true)?;
         Ok(cell.header.id)
+    }
+
+    /// Runs a stream of closures, yielding `(index, result)` in the order they finish, with at
+    /// most [`in_flight`](MapUnordered::in_flight) outstanding (default: twice `max_workers`).
+    /// See [`AsyncPool::map_unordered`](crate::AsyncPool::map_unordered).
+    ///
+    /// ```
+    /// use async_pool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// let jobs = (0..5u32).map(|n| move || n * 2);
+    /// let mut doubled: Vec<u32> = pool.map_unordered(jobs).map(|(_, r)| r.unwrap()).collect();
+    /// doubled.sort();
+    /// assert_eq!(doubled, [0, 2, 4, 6, 8]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_unordered<F, T, It>(&self, closures: It) -> MapUnordered<F, T, It::IntoIter>
+    where
+        It: IntoIterator<Item = F>,
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (pool, canceller) = (self.clone(), self.clone());
+        MapUnordered::new(
+            closures.into_iter(),
+            2 * self.max_workers(),
+            Box::new(move |f, mailbox| pool.spawn_to(f, mailbox)),
+            Box::new(move |id| canceller.cancel(id)),
+        )
+    }
+
+    /// Runs a stream of closures, yielding their results in input order (see
+    /// [`AsyncPool::map_ordered`](crate::AsyncPool::map_ordered)).
+    pub fn map_ordered<F, T, It>(&self, closures: It) -> MapOrdered<F, T, It::IntoIter>
+    where
+        It: IntoIterator<Item = F>,
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let (pool, canceller) = (self.clone(), self.clone());
+        MapOrdered::new(
+            closures.into_iter(),
+            2 * self.max_workers(),
+            Box::new(move |f, mailbox| pool.spawn_to(f, mailbox)),
+            Box::new(move |id| canceller.cancel(id)),
+        )
     }
 
     /// Cancels the task with this id if it has not started (see

@@ -1,0 +1,248 @@
+//! Per-key concurrency and politeness: keyed tasks wait on their key, never on a worker.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_pool::{AsyncPool, TaskError};
+use common::{eventually, gate, watchdog};
+use crossbeam_channel::unbounded;
+
+/// Running-count and peak per key, kept by the callback itself.
+#[derive(Default)]
+struct PerKey {
+    running: Mutex<HashMap<String, usize>>,
+    peak: Mutex<HashMap<String, usize>>,
+}
+
+impl PerKey {
+    fn enter(&self, key: &str) {
+        let mut running = self.running.lock().unwrap();
+        let now = running.entry(key.to_string()).or_default();
+        *now += 1;
+        let mut peak = self.peak.lock().unwrap();
+        let p = peak.entry(key.to_string()).or_default();
+        *p = (*p).max(*now);
+    }
+
+    fn leave(&self, key: &str) {
+        *self.running.lock().unwrap().get_mut(key).unwrap() -= 1;
+    }
+}
+
+#[test]
+fn the_per_key_cap_holds_under_sixteen_producers() {
+    let counts = Arc::new(PerKey::default());
+    let probe = counts.clone();
+    let pool = AsyncPool::builder()
+        .max_workers(16)
+        .max_per_key(3)
+        .build(move |(host, n): (String, u64)| {
+            probe.enter(&host);
+            std::thread::sleep(Duration::from_micros(n % 300));
+            probe.leave(&host);
+            n
+        })
+        .unwrap();
+    let producers: Vec<_> = (0..16)
+        .map(|p| {
+            let pool = pool.clone();
+            std::thread::spawn(move || {
+                let tasks: Vec<_> = (0..200u64)
+                    .map(|n| {
+                        let host = format!("host-{}", (n + p) % 5);
+                        pool.add_task_keyed(host.clone(), (host, n)).unwrap()
+                    })
+                    .collect();
+                tasks.iter().all(|t| t.recv().is_ok())
+            })
+        })
+        .collect();
+    for producer in producers {
+        assert!(watchdog("producer", move || producer.join().unwrap()));
+    }
+    let peaks = counts.peak.lock().unwrap();
+    assert_eq!(peaks.len(), 5);
+    for (host, peak) in peaks.iter() {
+        assert!(*peak <= 3, "{host} ran {peak} at once");
+    }
+    assert_eq!(pool.stats().completed, 3_200);
+}
+
+#[test]
+fn a_saturated_key_does_not_hold_back_the_other_keys() {
+    let (mut key, gate) = gate();
+    let pool = AsyncPool::builder()
+        .max_workers(8)
+        .max_per_key(2)
+        .build(move |host: &'static str| {
+            if host == "slow.example" {
+                gate.wait();
+            }
+            host
+        })
+        .unwrap();
+    let slow: Vec<_> = (0..50)
+        .map(|_| pool.add_task_keyed("slow.example", "slow.example").unwrap())
+        .collect();
+    eventually("two slow tasks running", || pool.stats().busy == 2);
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.waiting_on_key, stats.queued),
+        (48, 0),
+        "waiting keyed tasks hold no worker"
+    );
+    // Six workers are free: the other hosts' work runs on them while slow.example is full.
+    let fast: Vec<_> = (0..300)
+        .map(|n| {
+            let host = ["a.example", "b.example", "c.example"][n % 3];
+            pool.add_task_keyed(host, host).unwrap()
+        })
+        .collect();
+    for task in &fast {
+        assert!(task.recv().is_ok());
+    }
+    assert!(slow.iter().filter(|t| t.is_finished()).count() == 0);
+    key.open();
+    assert!(slow.iter().all(|t| t.recv() == Ok("slow.example")));
+}
+
+#[test]
+fn a_str_and_a_string_with_the_same_text_are_the_same_key() {
+    let (mut key, gate) = gate();
+    let pool = AsyncPool::builder()
+        .max_workers(4)
+        .max_per_key(1)
+        .build(move |_: u32| gate.wait())
+        .unwrap();
+    let first = pool.add_task_keyed("host", 1).unwrap();
+    let second = pool.add_task_keyed(String::from("host"), 2).unwrap();
+    eventually("first running", || first.is_running());
+    assert_eq!(
+        pool.stats().waiting_on_key,
+        1,
+        "the String key waits behind the &str key"
+    );
+    assert!(!second.is_running());
+    key.open();
+    assert!(first.recv().is_ok() && second.recv().is_ok());
+}
+
+#[test]
+fn starts_of_one_key_are_spaced_by_the_interval_and_other_keys_are_not() {
+    let interval = Duration::from_millis(30);
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let log = starts.clone();
+    let pool = AsyncPool::builder()
+        .max_workers(8)
+        .min_interval_per_key(interval)
+        .build(move |host: &'static str| {
+            log.lock().unwrap().push((host, Instant::now()));
+        })
+        .unwrap();
+    let began = Instant::now();
+    let tasks: Vec<_> = (0..16)
+        .map(|n| {
+            let host = if n % 2 == 0 {
+                "polite.example"
+            } else {
+                "other.example"
+            };
+            pool.add_task_keyed(host, host).unwrap()
+        })
+        .collect();
+    for task in &tasks {
+        task.recv().unwrap();
+    }
+    let starts = starts.lock().unwrap();
+    for host in ["polite.example", "other.example"] {
+        let times: Vec<Instant> = starts
+            .iter()
+            .filter(|(h, _)| *h == host)
+            .map(|(_, t)| *t)
+            .collect();
+        assert_eq!(times.len(), 8);
+        for pair in times.windows(2) {
+            let gap = pair[1] - pair[0];
+            // Generous tolerance: the timestamp is taken inside the callback, after the start.
+            assert!(
+                gap + Duration::from_millis(5) >= interval,
+                "{host}: starts {gap:?} apart"
+            );
+        }
+    }
+    // The two keys ran side by side: 8 starts each take ~7 intervals, not 15.
+    assert!(
+        began.elapsed() < interval * 14,
+        "keys were serialised: {:?}",
+        began.elapsed()
+    );
+}
+
+#[test]
+fn keyed_tasks_take_part_in_cancel_shutdown_now_and_stats() {
+    let (mut key, gate) = gate();
+    let pool = AsyncPool::builder()
+        .max_workers(2)
+        .max_per_key(1)
+        .build(move |n: u32| {
+            gate.wait();
+            n
+        })
+        .unwrap();
+    let running = pool.add_task_keyed("k", 0).unwrap();
+    eventually("running", || running.is_running());
+    let waiting: Vec<_> = (1..6)
+        .map(|n| pool.add_task_keyed("k", n).unwrap())
+        .collect();
+    let (tx, rx) = unbounded();
+    let mailed = pool.add_task_keyed_to("k", 6, &tx).unwrap();
+    assert_eq!(pool.stats().waiting_on_key, 6);
+    assert!(waiting[0].cancel());
+    assert!(pool.cancel(mailed));
+    assert_eq!(rx.recv().unwrap(), (mailed, Err(TaskError::Cancelled)));
+    assert_eq!(pool.stats().waiting_on_key, 4);
+    let releaser = {
+        let first = waiting[1].receiver().clone();
+        std::thread::spawn(move || {
+            assert_eq!(first.recv().unwrap(), Err(TaskError::Cancelled));
+            key.open();
+        })
+    };
+    assert_eq!(pool.shutdown_now(), vec![2, 3, 4, 5]);
+    releaser.join().unwrap();
+    assert_eq!(running.recv(), Ok(0));
+    let stats = pool.stats();
+    assert_eq!(
+        (stats.waiting_on_key, stats.cancelled, stats.completed),
+        (0, 6, 1)
+    );
+}
+
+#[test]
+fn a_released_key_lets_its_next_task_go_when_one_ends_or_times_out() {
+    let (release, stuck) = crossbeam_channel::bounded::<()>(0);
+    let ran = Arc::new(AtomicUsize::new(0));
+    let counter = ran.clone();
+    let pool = AsyncPool::builder()
+        .max_workers(2)
+        .max_per_key(1)
+        .task_timeout(Duration::from_millis(30))
+        .build(move |n: u32| {
+            if n == 0 {
+                let _ = stuck.recv();
+            }
+            counter.fetch_add(1, Ordering::SeqCst);
+            n
+        })
+        .unwrap();
+    let release = release;
+    let stuck_task = pool.add_task_keyed("k", 0).unwrap();
+    let next = pool.add_task_keyed("k", 1).unwrap();
+    assert_eq!(stuck_task.recv(), Err(TaskError::TimedOut));
+    assert_eq!(watchdog("the key's next task", move || next.recv()), Ok(1));
+    drop(release);
+}
