@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_pool::{AsyncPool, TaskError, ThreadPool};
-use common::{eventually, gate, rss_bytes, threads_named};
+use common::{assert_threads_gone, eventually, gate, rss_bytes};
 
 #[test]
 fn an_endless_input_streams_with_in_flight_bounded_and_memory_flat() {
@@ -133,7 +133,7 @@ fn dropping_a_stream_early_cancels_what_it_queued() {
         "the first result and the two that were running"
     );
     drop(pool);
-    assert_eq!(threads_named("map-drop"), 0);
+    assert_threads_gone("map-drop");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_pool::{AddError, AsyncPool, TaskError, ThreadPool};
-use common::{eventually, gate, threads_named, watchdog};
+use common::{assert_threads_gone, eventually, gate, threads_named, watchdog};
 use crossbeam_channel::unbounded;
 
 #[test]
@@ -26,7 +26,7 @@ fn shutdown_runs_everything_accepted_and_joins_every_thread() {
     }
     pool.shutdown();
     assert_eq!(ran.load(Ordering::SeqCst), 1_000);
-    assert_eq!(threads_named("sd-all"), 0, "shutdown joined every worker");
+    assert_threads_gone("sd-all");
     assert_eq!(pool.stats().workers, 0);
 }
 
@@ -152,7 +152,7 @@ fn dropping_the_last_pool_finishes_queued_work_and_joins() {
     });
     drop(clone);
     assert_eq!(ran.load(Ordering::SeqCst), 100);
-    assert_eq!(threads_named("sd-drop"), 0);
+    assert_threads_gone("sd-drop");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_pool::{AsyncPool, ThreadPool};
-use common::{eventually, gate, threads_named};
+use common::{assert_threads_gone, eventually, gate, threads_named};
 
 /// A callback that records how many run at once, blocking on a gate.
 fn concurrency_probe() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {
@@ -24,7 +24,7 @@ fn growing_starts_workers_at_once() {
     assert_eq!(pool.stats().workers, 10);
     eventually("ten threads", || threads_named("grow") == 10);
     pool.shutdown();
-    assert_eq!(threads_named("grow"), 0);
+    assert_threads_gone("grow");
 }
 
 #[test]

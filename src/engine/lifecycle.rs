@@ -51,6 +51,9 @@ impl<J: Job> Engine<J> {
     pub(crate) fn shutdown(&self) {
         self.close();
         self.after_finish();
+        if self.current_worker().is_none() {
+            self.wait_quiet(None);
+        }
         self.wait_for_exit();
     }
 
@@ -59,6 +62,9 @@ impl<J: Job> Engine<J> {
     pub(crate) fn shutdown_now(&self) -> Vec<J::Input> {
         self.close();
         let inputs = self.stop_now();
+        if self.current_worker().is_none() {
+            self.wait_quiet(None);
+        }
         self.wait_for_exit();
         inputs
     }
@@ -174,11 +180,20 @@ impl<J: Job> Engine<J> {
         if self.current_worker().is_some() {
             return;
         }
+        // One joiner at a time: a second shutdown must not find the handles already taken by
+        // the first and return while those threads are still being joined.
+        let _joining = self.exit_lock.lock();
         loop {
-            let handles: Vec<_> = self.threads.lock().drain().map(|(_, h)| h).collect();
-            if handles.is_empty() {
-                break;
-            }
+            let handles: Vec<_> = {
+                let mut threads = self.threads.lock();
+                if threads.handles.is_empty() {
+                    // Every task has ended (the caller waited for it): no worker is needed
+                    // again, and none may start behind this join.
+                    threads.sealed = true;
+                    break;
+                }
+                threads.handles.drain().map(|(_, h)| h).collect()
+            };
             for handle in handles {
                 let _ = handle.join();
             }

@@ -132,10 +132,19 @@ pub(crate) struct Engine<J: Job> {
     keys: Option<Mutex<KeyTable<J>>>,
     hasher: std::collections::hash_map::RandomState,
     timer: Timer,
-    threads: Mutex<HashMap<usize, JoinHandle<()>>>,
+    threads: Mutex<Threads>,
+    /// Held by the shutdown that joins the threads.
+    exit_lock: Mutex<()>,
     quiet: Quiet,
     /// Tasks blocked in `join()` on one of this pool's workers.
     joining: AtomicUsize,
+}
+
+/// The worker threads a shutdown joins.
+struct Threads {
+    handles: HashMap<usize, JoinHandle<()>>,
+    /// Set once a shutdown has joined every worker: no thread may start after that.
+    sealed: bool,
 }
 
 /// Wakes threads waiting for the pool to become quiet (`join`, `shutdown_timeout`).
@@ -203,7 +212,11 @@ impl<J: Job> Engine<J> {
             }),
             hasher: Default::default(),
             timer: Timer::new(),
-            threads: Mutex::new(HashMap::new()),
+            exit_lock: Mutex::new(()),
+            threads: Mutex::new(Threads {
+                handles: HashMap::new(),
+                sealed: false,
+            }),
             quiet: Quiet {
                 waiters: AtomicUsize::new(0),
                 lock: Mutex::new(()),
@@ -373,6 +386,12 @@ impl<J: Job> Engine<J> {
         let Some(engine) = self.me.upgrade() else {
             return Err(io::Error::other("pool is being dropped"));
         };
+        // Held while the thread starts, so a shutdown joining the workers either sees its
+        // handle or has sealed the pool first.
+        let mut threads = self.threads.lock();
+        if threads.sealed {
+            return Err(io::Error::other("pool has shut down"));
+        }
         let index = self.next_thread.fetch_add(1, SeqCst);
         let name = format!("{}-{}", self.settings.thread_name, index);
         self.admission.enter_idle();
@@ -380,10 +399,20 @@ impl<J: Job> Engine<J> {
             worker::main_loop(engine, index)
         });
         let handle = spawned.inspect_err(|_| self.admission.force_leave_idle())?;
-        let mut threads = self.threads.lock();
-        // Retired workers leave their handles behind; forget the finished ones.
-        threads.retain(|_, handle| !handle.is_finished());
-        threads.insert(index, handle);
+        // Retired workers leave their handles behind: join the finished ones (at once, they
+        // have returned) so that no thread outlives the pool's knowledge of it.
+        let finished: Vec<usize> = threads
+            .handles
+            .iter()
+            .filter(|(_, handle)| handle.is_finished())
+            .map(|(index, _)| *index)
+            .collect();
+        for index in finished {
+            if let Some(done) = threads.handles.remove(&index) {
+                let _ = done.join();
+            }
+        }
+        threads.handles.insert(index, handle);
         Ok(())
     }
 
@@ -582,7 +611,7 @@ impl<J: Job> Engine<J> {
             // The abandoned thread is no longer joined; its place in `live` passes to a
             // replacement so the pool keeps its capacity. Done before the caller hears of the
             // timeout, so `stats().workers` is already right when it does.
-            let handle = self.threads.lock().remove(&header.worker());
+            let handle = self.threads.lock().handles.remove(&header.worker());
             drop(handle);
             let needed = !(self.closed.load(SeqCst) && self.counters.outstanding() <= 1);
             if !needed || self.spawn_worker().is_err() {

@@ -122,3 +122,18 @@ pub fn rss_bytes() -> usize {
         .unwrap_or(0)
         * 4096
 }
+
+/// Asserts that the pool named `prefix` has no worker thread left. A joined thread can stay
+/// listed in /proc for a moment after `pthread_join` returns (the kernel removes its entry
+/// after waking the joiner), so this allows it a short grace period.
+pub fn assert_threads_gone(prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while threads_named(prefix) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "threads of {prefix} still alive: {:?}",
+            thread_names()
+        );
+        thread::yield_now();
+    }
+}

@@ -1,0 +1,370 @@
+//! A model-based property test of the accounting invariant: random sequences of adds, joins,
+//! resizes, cancels, shutdowns and drops from several producer threads, with callbacks that
+//! return, sleep or panic. After each case every accepted task ended exactly once, in a way its
+//! caller was told, `stats()` agrees, and no pool thread is left.
+//!
+//! `PROPTEST_CASES` sets the number of cases (default 64). Each case runs under a watchdog that
+//! prints the case and aborts instead of hanging CI.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_pool::{AddError, AsyncPool, TaskError, TaskId, ThreadPool};
+use common::assert_threads_gone;
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use proptest::prelude::*;
+
+/// What a task's callback does.
+#[derive(Debug, Clone, Copy)]
+enum Behaviour {
+    Return,
+    Sleep(u8),
+    PanicStr,
+    PanicString,
+    PanicOther,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Add(Behaviour),
+    TryAdd(Behaviour),
+    AddTo(Behaviour),
+    /// Add to a mailbox whose receiver is dropped at once.
+    AddToGone(Behaviour),
+    /// Add, then drop the `Task` handle.
+    AddAndDrop(Behaviour),
+    Spawn(Behaviour),
+    CancelLast,
+    Join,
+    SetMaxWorkers(usize),
+    Shutdown,
+    ShutdownNow,
+}
+
+fn behaviour() -> impl Strategy<Value = Behaviour> {
+    prop_oneof![
+        4 => Just(Behaviour::Return),
+        4 => (0u8..=5).prop_map(Behaviour::Sleep),
+        1 => Just(Behaviour::PanicStr),
+        1 => Just(Behaviour::PanicString),
+        1 => Just(Behaviour::PanicOther),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => behaviour().prop_map(Op::Add),
+        2 => behaviour().prop_map(Op::TryAdd),
+        4 => behaviour().prop_map(Op::AddTo),
+        1 => behaviour().prop_map(Op::AddToGone),
+        1 => behaviour().prop_map(Op::AddAndDrop),
+        2 => behaviour().prop_map(Op::Spawn),
+        1 => Just(Op::CancelLast),
+        1 => Just(Op::Join),
+        1 => (1usize..=64).prop_map(Op::SetMaxWorkers),
+        1 => Just(Op::Shutdown),
+        1 => Just(Op::ShutdownNow),
+    ]
+}
+
+/// Input = sequence number << 6 | sleep milliseconds << 3 | behaviour code: unique, and the
+/// callback can decode it.
+fn encode(seq: u64, b: Behaviour) -> u64 {
+    let (code, ms) = match b {
+        Behaviour::Return => (0, 0),
+        Behaviour::Sleep(ms) => (1, u64::from(ms.min(7))),
+        Behaviour::PanicStr => (2, 0),
+        Behaviour::PanicString => (3, 0),
+        Behaviour::PanicOther => (4, 0),
+    };
+    (seq << 6) | (ms << 3) | code
+}
+
+fn run(input: u64) -> u64 {
+    match input & 7 {
+        1 => std::thread::sleep(Duration::from_millis((input >> 3) & 7)),
+        2 => panic!("str panic"),
+        3 => panic!("String panic {}", input >> 6),
+        4 => std::panic::panic_any(input),
+        _ => {}
+    }
+    input >> 6
+}
+
+fn expected(input: u64) -> Result<u64, TaskError> {
+    match input & 7 {
+        2 => Err(TaskError::Panicked("str panic".into())),
+        3 => Err(TaskError::Panicked(format!("String panic {}", input >> 6))),
+        4 => Err(TaskError::Panicked("non-string panic payload".into())),
+        _ => Ok(input >> 6),
+    }
+}
+
+/// What one producer saw.
+#[derive(Default)]
+struct Seen {
+    /// Inputs accepted, with how their ending will be observed.
+    tasks: Vec<(u64, async_pool::Task<u64>)>,
+    spawned: Vec<(u64, async_pool::Task<u64>)>,
+    mailed: HashMap<TaskId, u64>,
+    /// Accepted but never observed (dropped handle or mailbox).
+    unobserved: u64,
+    /// Inputs handed back by shutdown_now.
+    handed_back: Vec<u64>,
+    accepted: u64,
+    spawned_accepted: u64,
+}
+
+fn producer(
+    ops: Vec<Op>,
+    pool: AsyncPool<u64, u64>,
+    threads: ThreadPool,
+    seq: Arc<AtomicU64>,
+    mailbox: Sender<(TaskId, Result<u64, TaskError>)>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let next = |b| encode(seq.fetch_add(1, Ordering::SeqCst), b);
+    for op in ops {
+        match op {
+            Op::Add(b) => {
+                let input = next(b);
+                match pool.add_task(input) {
+                    Ok(task) => {
+                        seen.accepted += 1;
+                        seen.tasks.push((input, task));
+                    }
+                    Err(e) => assert_eq!(
+                        e,
+                        AddError::ShutDown(input),
+                        "refused adds hand the input back"
+                    ),
+                }
+            }
+            Op::TryAdd(b) => {
+                let input = next(b);
+                match pool.try_add_task(input) {
+                    Ok(task) => {
+                        seen.accepted += 1;
+                        seen.tasks.push((input, task));
+                    }
+                    Err(e) => assert_eq!(e.into_inner(), input),
+                }
+            }
+            Op::AddTo(b) => {
+                let input = next(b);
+                match pool.add_task_to(input, &mailbox) {
+                    Ok(id) => {
+                        seen.accepted += 1;
+                        seen.mailed.insert(id, input);
+                    }
+                    Err(e) => assert_eq!(e.into_inner(), input),
+                }
+            }
+            Op::AddToGone(b) => {
+                let input = next(b);
+                let (tx, rx) = unbounded();
+                drop(rx);
+                match pool.add_task_to(input, &tx) {
+                    Ok(_) => {
+                        seen.accepted += 1;
+                        seen.unobserved += 1;
+                    }
+                    Err(e) => assert_eq!(e.into_inner(), input),
+                }
+            }
+            Op::AddAndDrop(b) => {
+                let input = next(b);
+                match pool.add_task(input) {
+                    Ok(task) => {
+                        drop(task);
+                        seen.accepted += 1;
+                        seen.unobserved += 1;
+                    }
+                    Err(e) => assert_eq!(e.into_inner(), input),
+                }
+            }
+            Op::Spawn(b) => {
+                let input = next(b);
+                match threads.spawn(move || run(input)) {
+                    Ok(task) => {
+                        seen.spawned_accepted += 1;
+                        seen.spawned.push((input, task));
+                    }
+                    Err(e) => assert!(e.is_shut_down()),
+                }
+            }
+            Op::CancelLast => {
+                if let Some((_, task)) = seen.tasks.last() {
+                    task.cancel();
+                }
+            }
+            Op::Join => {
+                pool.join();
+                threads.join();
+            }
+            Op::SetMaxWorkers(n) => {
+                pool.set_max_workers(n);
+                threads.set_max_workers(n);
+            }
+            Op::Shutdown => {
+                pool.shutdown();
+                threads.shutdown();
+            }
+            Op::ShutdownNow => {
+                seen.handed_back.extend(pool.shutdown_now());
+                threads.shutdown_now();
+            }
+        }
+    }
+    seen
+}
+
+fn check_case(case: u64, workers: usize, capacity: Option<usize>, producers: Vec<Vec<Op>>) {
+    let name = format!("m{case}");
+    let mut builder = AsyncPool::builder()
+        .max_workers(workers)
+        .thread_name(name.clone());
+    if let Some(c) = capacity {
+        builder = builder.queue_capacity(c);
+    }
+    let pool = builder.build(run).unwrap();
+    let threads_name = format!("t{case}");
+    let threads = ThreadPool::builder()
+        .max_workers(workers)
+        .thread_name(threads_name.clone())
+        .build()
+        .unwrap();
+    let seq = Arc::new(AtomicU64::new(1));
+    let (mailbox, mail): (_, Receiver<(TaskId, Result<u64, TaskError>)>) = unbounded();
+    let handles: Vec<_> = producers
+        .into_iter()
+        .map(|ops| {
+            let (pool, threads, seq, mailbox) =
+                (pool.clone(), threads.clone(), seq.clone(), mailbox.clone());
+            std::thread::spawn(move || producer(ops, pool, threads, seq, mailbox))
+        })
+        .collect();
+    let seen: Vec<Seen> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    pool.shutdown();
+    threads.shutdown();
+
+    // No pool thread is left after shutdown.
+    assert_threads_gone(&name);
+    assert_threads_gone(&threads_name);
+
+    // Every observed task ended exactly once, the way its behaviour says, or was cancelled.
+    let handed_back: HashSet<u64> = seen
+        .iter()
+        .flat_map(|s| s.handed_back.iter().copied())
+        .collect();
+    let mut outcomes = (0u64, 0u64, 0u64); // ok, panicked, cancelled
+    let mut tally = |input: u64, result: Result<u64, TaskError>| {
+        match &result {
+            Ok(_) => outcomes.0 += 1,
+            Err(TaskError::Panicked(_)) => outcomes.1 += 1,
+            Err(TaskError::Cancelled) => outcomes.2 += 1,
+            Err(other) => panic!("unexpected ending {other:?}"),
+        }
+        if result != Err(TaskError::Cancelled) {
+            assert_eq!(result, expected(input), "input {input:#x}");
+            assert!(
+                !handed_back.contains(&input),
+                "ran and was handed back: {input:#x}"
+            );
+        }
+    };
+    let mut mailed = HashMap::new();
+    for s in &seen {
+        for (input, task) in &s.tasks {
+            tally(*input, task.recv());
+            assert_eq!(task.recv(), Err(TaskError::AlreadyReceived));
+        }
+        mailed.extend(s.mailed.iter().map(|(id, input)| (*id, *input)));
+    }
+    drop(mailbox);
+    for (id, result) in mail.iter() {
+        let input = mailed
+            .remove(&id)
+            .expect("one message per mailed task, no strays");
+        tally(input, result);
+    }
+    assert!(mailed.is_empty(), "mailed tasks never reported: {mailed:?}");
+    // Handed-back inputs are exactly accepted tasks that ended Cancelled (or were unobserved).
+    let accepted: u64 = seen.iter().map(|s| s.accepted).sum();
+    let unobserved: u64 = seen.iter().map(|s| s.unobserved).sum();
+    let stats = pool.stats();
+    assert_eq!(stats.submitted, accepted);
+    assert_eq!(
+        stats.completed + stats.panicked + stats.cancelled + stats.timed_out,
+        accepted,
+        "every accepted task ended once: {stats:?}"
+    );
+    assert_eq!((stats.busy, stats.queued, stats.workers), (0, 0, 0));
+    assert!(stats.completed >= outcomes.0 && stats.completed <= outcomes.0 + unobserved);
+    assert!(stats.panicked >= outcomes.1 && stats.panicked <= outcomes.1 + unobserved);
+    assert!(stats.cancelled >= outcomes.2 && stats.cancelled <= outcomes.2 + unobserved);
+    assert!(handed_back.len() as u64 <= stats.cancelled);
+
+    // The ThreadPool side.
+    let spawned: u64 = seen.iter().map(|s| s.spawned_accepted).sum();
+    for s in &seen {
+        for (input, task) in &s.spawned {
+            let result = task.recv();
+            if result != Err(TaskError::Cancelled) {
+                assert_eq!(result, expected(*input));
+            }
+        }
+    }
+    let t = threads.stats();
+    assert_eq!(t.submitted, spawned);
+    assert_eq!(
+        t.completed + t.panicked + t.cancelled + t.timed_out,
+        spawned
+    );
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(64)
+}
+
+static CASE: AtomicU64 = AtomicU64::new(0);
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_accepted_task_ends_exactly_once(
+        workers in 1usize..=8,
+        capacity in prop::option::of(0usize..=4),
+        producers in prop::collection::vec(prop::collection::vec(op(), 0..40), 1..=4),
+    ) {
+        // Silence the expected panics of callbacks.
+        std::panic::set_hook(Box::new(|_| {}));
+        let case = CASE.fetch_add(1, Ordering::SeqCst);
+        let description = format!("workers={workers} capacity={capacity:?} producers={producers:?}");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let runner = std::thread::spawn(move || {
+            check_case(case, workers, capacity, producers);
+            let _ = done_tx.send(());
+        });
+        match done_rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => runner.join().unwrap(),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = std::panic::take_hook();
+                std::panic::resume_unwind(runner.join().unwrap_err())
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                eprintln!("watchdog: case did not finish in 60 s: {description}");
+                std::process::abort();
+            }
+        }
+        let _ = std::panic::take_hook();
+    }
+}
