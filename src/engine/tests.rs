@@ -5,16 +5,28 @@ use std::time::Duration;
 use super::fault::{allow_spawns, fail_spawns};
 use crate::{AsyncPool, BuildError, ThreadPool};
 
-/// Live threads of this process whose name starts with `prefix-`.
+/// Live worker threads of this process named `prefix-*`, once joined threads have left /proc
+/// (their entry can outlive `pthread_join` by a moment).
 fn threads_named(prefix: &str) -> usize {
     let prefix = format!("{prefix}-");
-    std::fs::read_dir("/proc/self/task")
-        .map(|dir| {
-            dir.filter_map(|entry| std::fs::read_to_string(entry.ok()?.path().join("comm")).ok())
-                .filter(|name| name.starts_with(&prefix))
+    let count = || {
+        std::fs::read_dir("/proc/self/task")
+            .map(|dir| {
+                dir.filter_map(|entry| {
+                    std::fs::read_to_string(entry.ok()?.path().join("comm")).ok()
+                })
+                .filter(|name| name.starts_with(&prefix) && !name.contains("timer"))
                 .count()
-        })
-        .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut n = count();
+    while n > 0 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+        n = count();
+    }
+    n
 }
 
 #[test]
