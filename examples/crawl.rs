@@ -117,7 +117,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(5)))
+        // Per-phase timeouts: a global one would make ureq resolve every address on a
+        // thread of its own.
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_recv_body(Some(Duration::from_secs(5)))
         .build()
         .into();
     let pool = AsyncPool::builder()

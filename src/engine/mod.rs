@@ -399,19 +399,6 @@ impl<J: Job> Engine<J> {
             worker::main_loop(engine, index)
         });
         let handle = spawned.inspect_err(|_| self.admission.force_leave_idle())?;
-        // Retired workers leave their handles behind: join the finished ones (at once, they
-        // have returned) so that no thread outlives the pool's knowledge of it.
-        let finished: Vec<usize> = threads
-            .handles
-            .iter()
-            .filter(|(_, handle)| handle.is_finished())
-            .map(|(index, _)| *index)
-            .collect();
-        for index in finished {
-            if let Some(done) = threads.handles.remove(&index) {
-                let _ = done.join();
-            }
-        }
         threads.handles.insert(index, handle);
         Ok(())
     }

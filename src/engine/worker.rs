@@ -16,37 +16,55 @@ pub(super) fn main_loop<J: Job>(engine: Arc<Engine<J>>, index: usize) {
     CURRENT.with(|current| current.set(Some((engine.id, index))));
     // A new worker was counted idle when it was started (see `Engine::spawn_worker`).
     let mut counted_idle = true;
-    loop {
+    let exit = loop {
         // A worker checks "too many workers?" before it takes its next job, not after.
         if engine.retire_if_over_max() {
             if counted_idle {
                 engine.admission.force_leave_idle();
             }
-            break;
+            break Exit::Retired;
         }
-        // IDLE: wait for a job; `None` means retired (idle too long, or the pool shrank) or
-        // the pool has shut down.
+        // IDLE
         if !counted_idle {
             engine.admission.enter_idle();
         }
-        let Some(job) = engine.next_job(index) else {
-            break;
+        let job = match engine.next_job(index) {
+            Ok(job) => job,
+            Err(exit) => break exit,
         };
         // BUSY
         counted_idle = engine.execute(job, true);
         if ABANDONED.with(|abandoned| abandoned.replace(false)) {
-            // A replacement already holds this thread's place in the pool.
+            // A replacement already holds this thread's place in the pool, and the timer
+            // already let go of this thread's handle.
             engine.abandoned.fetch_sub(1, SeqCst);
-            break;
+            break Exit::Abandoned;
         }
+    };
+    if exit == Exit::Retired {
+        // Nobody will join a retired worker: let go of its handle, so that the thread's stack
+        // is freed as it exits instead of when the pool shuts down.
+        let handle = engine.threads.lock().handles.remove(&index);
+        drop(handle);
     }
     CURRENT.with(|current| current.set(None));
+}
+
+/// Why a worker leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Idle past `keep_alive` above the minimum, or the pool shrank.
+    Retired,
+    /// The pool shut down and every task has ended: the shutdown joins this thread.
+    ShutDown,
+    /// Its task timed out and a replacement took its place.
+    Abandoned,
 }
 
 impl<J: Job> Engine<J> {
     /// Waits for the next job this worker may run, and marks it started. The caller has
     /// counted this worker idle.
-    fn next_job(&self, index: usize) -> Option<J> {
+    fn next_job(&self, index: usize) -> Result<J, Exit> {
         loop {
             let received = match self.settings.keep_alive {
                 // Elastic pool: an idle worker above the minimum retires after `keep_alive`.
@@ -54,7 +72,7 @@ impl<J: Job> Engine<J> {
                     Ok(msg) => Ok(msg),
                     Err(RecvTimeoutError::Timeout) => {
                         if self.retire_idle() {
-                            return None;
+                            return Err(Exit::Retired);
                         }
                         continue;
                     }
@@ -65,13 +83,13 @@ impl<J: Job> Engine<J> {
             let Ok(msg) = received else {
                 // Disconnected: the pool is closed and every accepted task has ended.
                 self.live.fetch_sub(1, SeqCst);
-                return None;
+                return Err(Exit::ShutDown);
             };
             match msg {
                 Msg::Job(job) => {
                     if job.control().header().start(index) {
                         self.on_start(&job);
-                        return Some(job);
+                        return Ok(job);
                     }
                     // Cancelled while queued: its canceller did the bookkeeping. Still idle.
                     drop_quietly(job);
@@ -80,7 +98,7 @@ impl<J: Job> Engine<J> {
                     if self.live.load(SeqCst) > self.max_workers() {
                         self.admission.force_leave_idle();
                         if self.try_retire() {
-                            return None;
+                            return Err(Exit::Retired);
                         }
                         self.admission.enter_idle();
                     }
