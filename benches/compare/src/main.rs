@@ -50,7 +50,14 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("child") => child(&args[1..]),
         Some("idle") => idle_child(&args[1..]),
-        _ => parent(args.iter().any(|a| a == "--quick")),
+        _ => {
+            let only = args
+                .iter()
+                .position(|a| a == "--only")
+                .and_then(|i| args.get(i + 1))
+                .cloned();
+            parent(args.iter().any(|a| a == "--quick"), only)
+        }
     }
 }
 
@@ -76,7 +83,10 @@ fn child(args: &[String]) {
     let threads = sampler.finish();
     let total: usize = outcomes.iter().map(|o| o.0).sum();
     if outcomes.len() != tasks || total != expected {
-        println!("FAILED got {} results totalling {total} bytes, expected {tasks} and {expected}", outcomes.len());
+        println!(
+            "FAILED got {} results totalling {total} bytes, expected {tasks} and {expected}",
+            outcomes.len()
+        );
         return;
     }
     let mut latencies: Vec<Duration> = outcomes.iter().map(|o| o.1).collect();
@@ -142,7 +152,12 @@ fn idle_child(args: &[String]) {
             }
             Box::new(pool)
         }
-        "rayon_spawn" => Box::new(rayon::ThreadPoolBuilder::new().num_threads(workers).build().unwrap()),
+        "rayon_spawn" => Box::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(workers)
+                .build()
+                .unwrap(),
+        ),
         "std_threads" => {
             let (tx, rx) = crossbeam_channel::unbounded::<()>();
             let threads: Vec<_> = (0..workers)
@@ -179,7 +194,11 @@ fn spawn_child(args: &[String], timeout: Duration) -> Result<String, String> {
             let stdout = String::from_utf8_lossy(&output.stdout).to_string();
             if !status.success() {
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                let last = stderr.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or("");
+                let last = stderr
+                    .lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .last()
+                    .unwrap_or("");
                 return Err(format!("exited with {status}: {last}"));
             }
             return Ok(stdout);
@@ -203,7 +222,10 @@ fn measure_run(
 ) -> Run {
     let jobs = work::jobs(tasks, lo, hi, SEED, base);
     let sum: f64 = jobs.iter().map(|j| j.delay.as_secs_f64()).sum();
-    let longest = jobs.iter().map(|j| j.delay.as_secs_f64()).fold(0.0, f64::max);
+    let longest = jobs
+        .iter()
+        .map(|j| j.delay.as_secs_f64())
+        .fold(0.0, f64::max);
     let lower_bound = (sum / concurrency as f64).max(longest);
     let args: Vec<String> = vec![
         "child".into(),
@@ -217,10 +239,16 @@ fn measure_run(
     ];
     let timeout = Duration::from_secs_f64(lower_bound * 10.0 + 60.0);
     let result = spawn_child(&args, timeout).and_then(|out| {
-        let line = out.lines().find(|l| l.starts_with("RESULT") || l.starts_with("FAILED"));
+        let line = out
+            .lines()
+            .find(|l| l.starts_with("RESULT") || l.starts_with("FAILED"));
         match line {
             Some(l) if l.starts_with("RESULT") => {
-                let f: Vec<f64> = l.split_whitespace().skip(1).map(|x| x.parse().unwrap()).collect();
+                let f: Vec<f64> = l
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|x| x.parse().unwrap())
+                    .collect();
                 Ok(Figures {
                     makespan: f[0],
                     p50_ms: f[1],
@@ -256,7 +284,8 @@ fn measure_run(
     run
 }
 
-fn parent(quick: bool) {
+fn parent(quick: bool, only: Option<String>) {
+    let wanted = |workload: &str| only.as_deref().map_or(true, |o| o == workload);
     let started = Instant::now();
     let addr = server::start();
     let base = format!("http://{addr}");
@@ -264,53 +293,112 @@ fn parent(quick: bool) {
 
     let mut runs = Vec::new();
     for (workload, kind) in [("http", "http"), ("sleep", "sleep")] {
+        if !wanted(workload) {
+            continue;
+        }
         for contender in CONTENDERS {
-            runs.push(measure_run(workload, contender, kind, 256, scale(2_000), (5, 100), &base));
+            runs.push(measure_run(
+                workload,
+                contender,
+                kind,
+                256,
+                scale(2_000),
+                (5, 100),
+                &base,
+            ));
         }
     }
-    let sweep_levels: &[usize] = if quick { &[16, 256] } else { &[16, 64, 256, 1024, 4096] };
+    let sweep_levels: &[usize] = if !wanted("sweep") {
+        &[]
+    } else if quick {
+        &[16, 256]
+    } else {
+        &[16, 64, 256, 1024, 4096]
+    };
     for &concurrency in sweep_levels {
         for contender in CONTENDERS {
-            runs.push(measure_run("sweep", contender, "sleep", concurrency, scale(20_000), (1, 20), &base));
+            runs.push(measure_run(
+                "sweep",
+                contender,
+                "sleep",
+                concurrency,
+                scale(20_000),
+                (1, 20),
+                &base,
+            ));
         }
     }
 
     // Per-task overhead: empty tasks, median of three runs each.
     let mut overhead = Vec::new();
-    for workers in [2usize, 64] {
+    let overhead_sizes: &[usize] = if wanted("overhead") { &[2, 64] } else { &[] };
+    for &workers in overhead_sizes {
         for contender in CONTENDERS.iter().filter(|c| **c != "thread_per_request") {
             let mut rates: Vec<f64> = (0..3)
                 .filter_map(|_| {
-                    let run = measure_run("overhead", contender, "empty", workers, scale(200_000), (0, 0), &base);
+                    let run = measure_run(
+                        "overhead",
+                        contender,
+                        "empty",
+                        workers,
+                        scale(200_000),
+                        (0, 0),
+                        &base,
+                    );
                     run.result.ok().map(|f| run.tasks as f64 / f.makespan)
                 })
                 .collect();
             rates.sort_by(f64::total_cmp);
-            overhead.push((contender.to_string(), workers, rates.get(rates.len() / 2).copied()));
+            overhead.push((
+                contender.to_string(),
+                workers,
+                rates.get(rates.len() / 2).copied(),
+            ));
         }
     }
 
     // Idle cost per worker.
     let idle_workers = if quick { 100 } else { 1_000 };
-    let idle: Vec<(String, Option<f64>)> =
-        ["async_pool", "async_pool_retired", "threadpool", "rayon_spawn", "std_threads"]
-            .iter()
-            .map(|c| {
-                let out = spawn_child(&["idle".into(), c.to_string(), idle_workers.to_string()], Duration::from_secs(120));
-                let kib = out.ok().and_then(|o| {
-                    o.lines().find(|l| l.starts_with("IDLE")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-                });
-                eprintln!("idle {c:<20} {kib:?} KiB per worker");
-                (c.to_string(), kib)
-            })
-            .collect();
+    let idle_pools: &[&str] = if wanted("idle") {
+        &[
+            "async_pool",
+            "async_pool_retired",
+            "threadpool",
+            "rayon_spawn",
+            "std_threads",
+        ]
+    } else {
+        &[]
+    };
+    let idle: Vec<(String, Option<f64>)> = idle_pools
+        .iter()
+        .map(|c| {
+            let out = spawn_child(
+                &["idle".into(), c.to_string(), idle_workers.to_string()],
+                Duration::from_secs(120),
+            );
+            let kib = out.ok().and_then(|o| {
+                o.lines()
+                    .find(|l| l.starts_with("IDLE"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            });
+            eprintln!("idle {c:<20} {kib:?} KiB per worker");
+            (c.to_string(), kib)
+        })
+        .collect();
 
     let elapsed = started.elapsed();
-    if quick {
-        eprintln!("quick run done in {:.1} s (nothing written)", elapsed.as_secs_f64());
+    if quick || only.is_some() {
+        eprintln!(
+            "partial run done in {:.1} s (nothing written)",
+            elapsed.as_secs_f64()
+        );
         return;
     }
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
     report::write(&docs, &runs, &overhead, &idle, idle_workers, elapsed).expect("write docs");
-    eprintln!("wrote docs/benchmarks.md and charts in {:.1} s", elapsed.as_secs_f64());
+    eprintln!(
+        "wrote docs/benchmarks.md and charts in {:.1} s",
+        elapsed.as_secs_f64()
+    );
 }

@@ -14,7 +14,12 @@ pub fn cpu_seconds() -> f64 {
     // Fields after the command name (which may contain spaces) start at field 3.
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime is field 14 and stime field 15 of the whole line: 11 and 12 after the name.
     (ticks(11) + ticks(12)) / TICKS_PER_SECOND
 }
@@ -63,7 +68,11 @@ impl ThreadSampler {
                 std::thread::sleep(Duration::from_millis(1));
             }
         });
-        ThreadSampler { stop, peak, handle: Some(handle) }
+        ThreadSampler {
+            stop,
+            peak,
+            handle: Some(handle),
+        }
     }
 
     /// Stops sampling; the peak, not counting the sampler itself.

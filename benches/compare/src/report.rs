@@ -24,7 +24,9 @@ fn machine() -> String {
         .lines()
         .find(|l| l.starts_with("MemTotal"))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .map_or("?".into(), |kib| format!("{:.0} GiB", kib as f64 / 1048576.0));
+        .map_or("?".into(), |kib| {
+            format!("{:.0} GiB", kib as f64 / 1048576.0)
+        });
     let kernel = read("/proc/sys/kernel/osrelease").trim().to_string();
     format!("{cores} logical CPUs ({model}), {mem} RAM, Linux {kernel}")
 }
@@ -102,7 +104,9 @@ fn chart(
                 .iter()
                 .filter_map(|&level| {
                     runs.iter()
-                        .find(|r| r.workload == "sweep" && r.contender == *c && r.concurrency == level)
+                        .find(|r| {
+                            r.workload == "sweep" && r.contender == *c && r.concurrency == level
+                        })
                         .and_then(&value)
                         .map(|v| ((level as f64).log2(), v))
                 })
@@ -110,9 +114,21 @@ fn chart(
             (*c, line)
         })
         .collect();
-    let max_y = points.iter().flat_map(|(_, l)| l.iter().map(|p| p.1)).fold(0.0, f64::max) * 1.1;
-    let min_y = points.iter().flat_map(|(_, l)| l.iter().map(|p| p.1)).fold(f64::MAX, f64::min).min(1.0) * 0.95;
-    let (x0, x1) = ((levels[0] as f64).log2(), (*levels.last().unwrap() as f64).log2());
+    let max_y = points
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|p| p.1))
+        .fold(0.0, f64::max)
+        * 1.1;
+    let min_y = points
+        .iter()
+        .flat_map(|(_, l)| l.iter().map(|p| p.1))
+        .fold(f64::MAX, f64::min)
+        .min(1.0)
+        * 0.95;
+    let (x0, x1) = (
+        (levels[0] as f64).log2(),
+        (*levels.last().unwrap() as f64).log2(),
+    );
     let root = SVGBackend::new(path, (800, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -134,7 +150,9 @@ fn chart(
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(width)))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+            });
         chart.draw_series(line.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
     }
     chart
@@ -156,7 +174,11 @@ pub fn write(
     elapsed: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(docs)?;
-    let mut levels: Vec<usize> = runs.iter().filter(|r| r.workload == "sweep").map(|r| r.concurrency).collect();
+    let mut levels: Vec<usize> = runs
+        .iter()
+        .filter(|r| r.workload == "sweep")
+        .map(|r| r.concurrency)
+        .collect();
     levels.sort();
     levels.dedup();
     chart(
@@ -173,7 +195,12 @@ pub fn write(
         "peak RSS (MiB)",
         runs,
         &levels,
-        |r| r.result.as_ref().ok().map(|f| f.peak_rss_kib as f64 / 1024.0),
+        |r| {
+            r.result
+                .as_ref()
+                .ok()
+                .map(|f| f.peak_rss_kib as f64 / 1024.0)
+        },
     )?;
 
     let mut out = String::new();
@@ -191,32 +218,57 @@ pub fn write(
         elapsed.as_secs_f64()
     );
     let _ = writeln!(out, "Contenders: `async_pool` (one `Task` per request), `async_pool_mailbox` (`add_task_to`), `threadpool` 1.8, rayon 1.x `ThreadPool::spawn`, tokio `spawn_blocking` (`max_blocking_threads` = concurrency), `tokio_async` (reqwest or `tokio::time::sleep`, `buffer_unordered(concurrency)`), a thread per request (at most `concurrency` alive), and `crossbeam_floor` (raw threads on a crossbeam channel of boxed closures — the floor any pool sits on). All blocking contenders use ureq.\n");
-    let _ = writeln!(out, "## http: 2,000 requests, delays 5–100 ms, concurrency 256\n");
+    let _ = writeln!(
+        out,
+        "## http: 2,000 requests, delays 5–100 ms, concurrency 256\n"
+    );
     workload_table(&mut out, runs, "http");
     let _ = writeln!(out, "\n## sleep: the same without the network\n");
     workload_table(&mut out, runs, "sleep");
     let _ = writeln!(out, "\n## Concurrency sweep: 20,000 sleeps of 1–20 ms\n");
-    let _ = writeln!(out, "![makespan ratio](sweep_ratio.svg)\n\nMakespan ÷ lower bound:\n");
+    let _ = writeln!(
+        out,
+        "![makespan ratio](sweep_ratio.svg)\n\nMakespan ÷ lower bound:\n"
+    );
     sweep_table(&mut out, runs, &levels, |r| {
-        r.result.as_ref().map_or("failed".into(), |f| format!("{:.3}", f.makespan / r.lower_bound))
+        r.result.as_ref().map_or("failed".into(), |f| {
+            format!("{:.3}", f.makespan / r.lower_bound)
+        })
     });
     let _ = writeln!(out, "\n![peak RSS](sweep_rss.svg)\n\nPeak RSS (MiB):\n");
     sweep_table(&mut out, runs, &levels, |r| {
-        r.result.as_ref().map_or("failed".into(), |f| format!("{:.1}", f.peak_rss_kib as f64 / 1024.0))
+        r.result.as_ref().map_or("failed".into(), |f| {
+            format!("{:.1}", f.peak_rss_kib as f64 / 1024.0)
+        })
     });
     let _ = writeln!(out, "\nPeak threads:\n");
     sweep_table(&mut out, runs, &levels, |r| {
-        r.result.as_ref().map_or("failed".into(), |f| f.peak_threads.to_string())
+        r.result
+            .as_ref()
+            .map_or("failed".into(), |f| f.peak_threads.to_string())
     });
     let _ = writeln!(out, "\nCPU seconds:\n");
     sweep_table(&mut out, runs, &levels, |r| {
-        r.result.as_ref().map_or("failed".into(), |f| format!("{:.2}", f.cpu))
+        r.result
+            .as_ref()
+            .map_or("failed".into(), |f| format!("{:.2}", f.cpu))
     });
 
-    let _ = writeln!(out, "\n## Per-task overhead: 200,000 empty tasks, then every result\n");
+    let _ = writeln!(
+        out,
+        "\n## Per-task overhead: 200,000 empty tasks, then every result\n"
+    );
     let _ = writeln!(out, "Median of three runs, tasks per second (× the crossbeam floor measured in the same run). `tokio_async` is one `tokio::spawn` per task on a runtime with that many worker threads.\n");
-    let _ = writeln!(out, "| contender | 2 workers | 64 workers |\n|---|---:|---:|");
-    let rate = |c: &str, w: usize| overhead.iter().find(|o| o.0 == c && o.1 == w).and_then(|o| o.2);
+    let _ = writeln!(
+        out,
+        "| contender | 2 workers | 64 workers |\n|---|---:|---:|"
+    );
+    let rate = |c: &str, w: usize| {
+        overhead
+            .iter()
+            .find(|o| o.0 == c && o.1 == w)
+            .and_then(|o| o.2)
+    };
     for contender in CONTENDERS.iter().filter(|c| **c != "thread_per_request") {
         let _ = write!(out, "| {contender} |");
         for w in [2, 64] {
@@ -235,7 +287,11 @@ pub fn write(
     let _ = writeln!(out, "Resident memory added per idle worker, {idle_workers} workers started and idle. `async_pool_retired` is an elastic pool (`min_workers(0)`) after its {idle_workers} workers retired.\n");
     let _ = writeln!(out, "| pool | KiB per idle worker |\n|---|---:|");
     for (name, kib) in idle {
-        let _ = writeln!(out, "| {name} | {} |", kib.map_or("failed".into(), |k| format!("{k:.1}")));
+        let _ = writeln!(
+            out,
+            "| {name} | {} |",
+            kib.map_or("failed".into(), |k| format!("{k:.1}"))
+        );
     }
     std::fs::write(docs.join("benchmarks.md"), out)?;
     Ok(())

@@ -33,7 +33,12 @@ pub fn start() -> SocketAddr {
                 .build()
                 .expect("server runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                // A backlog of 4096, not the usual 128: 256 clients connecting at once would
+                // overflow the accept queue, and a dropped SYN costs a one-second retransmit.
+                let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                socket.set_reuseaddr(true).expect("reuseaddr");
+                socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+                let listener = socket.listen(4096).expect("listen");
                 tx.send(listener.local_addr().unwrap()).unwrap();
                 let app = Router::new().route("/", get(page));
                 axum::serve(listener, app).await.expect("serve");

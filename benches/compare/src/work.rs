@@ -35,8 +35,14 @@ pub fn jobs(n: usize, lo: u64, hi: u64, seed: u64, base: &str) -> Vec<Job> {
     let mut state = seed;
     (0..n)
         .map(|i| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            let delay = if hi == 0 { 0 } else { lo + (state >> 33) % (hi - lo + 1) };
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let delay = if hi == 0 {
+                0
+            } else {
+                lo + (state >> 33) % (hi - lo + 1)
+            };
             let len = 16 + i % 64;
             Job {
                 delay: Duration::from_millis(delay),
@@ -105,26 +111,34 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
     let n = jobs.len();
     match name {
         "async_pool" => {
-            let pool = async_pool::AsyncPool::new(concurrency, move |(job, added): (Job, Instant)| {
-                run_blocking(kind, &job, &agent, added)
-            })
-            .unwrap();
+            let pool =
+                async_pool::AsyncPool::new(concurrency, move |(job, added): (Job, Instant)| {
+                    run_blocking(kind, &job, &agent, added)
+                })
+                .unwrap();
             let tasks: Vec<_> = jobs
                 .into_iter()
                 .map(|job| pool.add_task((job, Instant::now())).unwrap())
                 .collect();
-            (tasks.iter().map(|t| t.recv().unwrap()).collect(), Instant::now())
+            (
+                tasks.iter().map(|t| t.recv().unwrap()).collect(),
+                Instant::now(),
+            )
         }
         "async_pool_mailbox" => {
-            let pool = async_pool::AsyncPool::new(concurrency, move |(job, added): (Job, Instant)| {
-                run_blocking(kind, &job, &agent, added)
-            })
-            .unwrap();
+            let pool =
+                async_pool::AsyncPool::new(concurrency, move |(job, added): (Job, Instant)| {
+                    run_blocking(kind, &job, &agent, added)
+                })
+                .unwrap();
             let (tx, rx) = unbounded();
             for job in jobs {
                 pool.add_task_to((job, Instant::now()), &tx).unwrap();
             }
-            ((0..n).map(|_| rx.recv().unwrap().1.unwrap()).collect(), Instant::now())
+            (
+                (0..n).map(|_| rx.recv().unwrap().1.unwrap()).collect(),
+                Instant::now(),
+            )
         }
         "threadpool" => {
             let pool = threadpool::ThreadPool::new(concurrency);
@@ -138,7 +152,10 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
             out
         }
         "rayon_spawn" => {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(concurrency).build().unwrap();
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(concurrency)
+                .build()
+                .unwrap();
             let (tx, rx) = unbounded();
             for job in jobs {
                 let (tx, agent, added) = (tx.clone(), agent.clone(), Instant::now());
@@ -179,7 +196,9 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                     out.push(alive.pop_front().unwrap().join().unwrap());
                 }
                 let agent = agent.clone();
-                alive.push_back(std::thread::spawn(move || run_blocking(kind, &job, &agent, added)));
+                alive.push_back(std::thread::spawn(move || {
+                    run_blocking(kind, &job, &agent, added)
+                }));
             }
             out.extend(alive.into_iter().map(|h| h.join().unwrap()));
             (out, Instant::now())
@@ -203,7 +222,9 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
             for job in jobs {
                 let (tx, agent, added) = (tx.clone(), agent.clone(), Instant::now());
                 jobs_tx
-                    .send(Box::new(move || tx.send(run_blocking(kind, &job, &agent, added)).unwrap()))
+                    .send(Box::new(move || {
+                        tx.send(run_blocking(kind, &job, &agent, added)).unwrap()
+                    }))
                     .unwrap();
             }
             let out = ((0..n).map(|_| rx.recv().unwrap()).collect(), Instant::now());
