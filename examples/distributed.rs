@@ -30,7 +30,10 @@ fn url() -> String {
 /// The work: a payload is a number of milliseconds to spend (a stand-in for a fetch).
 fn process(entry: Entry) -> Result<Vec<u8>, String> {
     let text = String::from_utf8(entry.payload).map_err(|e| e.to_string())?;
-    let ms: u64 = text.trim().parse().map_err(|_| format!("not a number: {text:?}"))?;
+    let ms: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("not a number: {text:?}"))?;
     if ms > 0 {
         std::thread::sleep(Duration::from_millis(ms));
     }
@@ -43,12 +46,18 @@ fn produce(n: usize, ms: u64) -> Result<(), Box<dyn std::error::Error>> {
     for batch in (0..n).collect::<Vec<_>>().chunks(1_000) {
         producer.push_batch(batch.iter().map(|_| ms.to_string()))?;
     }
-    println!("added {n} entries of {ms} ms to {STREAM} in {:.2} s", started.elapsed().as_secs_f64());
+    println!(
+        "added {n} entries of {ms} ms to {STREAM} in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
 fn work(name: &str, drain: bool) -> Result<(), Box<dyn std::error::Error>> {
-    let pool = AsyncPool::builder().max_workers(32).thread_name("work").build(process)?;
+    let pool = AsyncPool::builder()
+        .max_workers(32)
+        .thread_name("work")
+        .build(process)?;
     let mut worker = StreamWorker::builder(&url(), STREAM, GROUP, name)
         .result_stream(format!("{STREAM}:results"))
         .claim_after(Duration::from_secs(5))
@@ -64,7 +73,10 @@ fn work(name: &str, drain: bool) -> Result<(), Box<dyn std::error::Error>> {
             std::thread::sleep(Duration::from_millis(250));
             let s = progress.stats();
             if !drain {
-                eprintln!("read {} acked {} in flight {} retried {} claimed {} dead {}", s.read, s.acked, s.in_flight, s.retried, s.claimed, s.dead_lettered);
+                eprintln!(
+                    "read {} acked {} in flight {} retried {} claimed {} dead {}",
+                    s.read, s.acked, s.in_flight, s.retried, s.claimed, s.dead_lettered
+                );
             }
             if s.acked + s.dead_lettered != last || s.in_flight > 0 {
                 last = s.acked + s.dead_lettered;
@@ -111,7 +123,11 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
         let started = Instant::now();
         let tasks: Vec<_> = (0..n)
             .map(|i| {
-                let entry = Entry { id: i.to_string(), payload: ms.to_string().into_bytes(), deliveries: 1 };
+                let entry = Entry {
+                    id: i.to_string(),
+                    payload: ms.to_string().into_bytes(),
+                    deliveries: 1,
+                };
                 pool.add_task(entry)
             })
             .collect::<Result<_, _>>()?;
@@ -134,7 +150,9 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
                 .collect::<Result<_, _>>()?;
             let mut con = redis::Client::open(url().as_str())?.get_connection()?;
             loop {
-                let done: usize = redis::cmd("XLEN").arg(format!("{STREAM}:results")).query(&mut con)?;
+                let done: usize = redis::cmd("XLEN")
+                    .arg(format!("{STREAM}:results"))
+                    .query(&mut con)?;
                 if done >= n {
                     break;
                 }
@@ -154,7 +172,12 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
     match args.first().map(String::as_str) {
         Some("produce") => {
             let n = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1_000);

@@ -115,6 +115,9 @@ mod cell;
 mod engine;
 mod error;
 mod map;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
 mod stats;
 mod task;
 mod thread_pool;

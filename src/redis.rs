@@ -149,7 +149,9 @@ impl Producer {
 
 impl fmt::Debug for Producer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Producer").field("stream", &self.stream).finish()
+        f.debug_struct("Producer")
+            .field("stream", &self.stream)
+            .finish()
     }
 }
 
@@ -377,13 +379,19 @@ impl StreamWorker {
     ///
     /// A Redis command failed. Entries read and not acknowledged stay pending; another
     /// consumer (or this one, run again) claims them after `claim_after`.
-    pub fn run<O, E>(&mut self, pool: &AsyncPool<Entry, Result<O, E>>) -> Result<StreamStats, StreamError>
+    pub fn run<O, E>(
+        &mut self,
+        pool: &AsyncPool<Entry, Result<O, E>>,
+    ) -> Result<StreamStats, StreamError>
     where
         O: AsRef<[u8]> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
         let limit = self.settings.in_flight.unwrap_or(2 * pool.max_workers());
-        let claim_every = self.settings.claim_every.unwrap_or(self.settings.claim_after / 2);
+        let claim_every = self
+            .settings
+            .claim_every
+            .unwrap_or(self.settings.claim_after / 2);
         let (mailbox, results) = unbounded::<Settled<O, E>>();
         let mut outstanding: HashMap<TaskId, String> = HashMap::new();
         let mut next_claim = Instant::now();
@@ -441,7 +449,11 @@ impl StreamWorker {
     {
         let s = &self.settings;
         let mut cmd = redis::cmd("XREADGROUP");
-        cmd.arg("GROUP").arg(&s.group).arg(&s.consumer).arg("COUNT").arg(room);
+        cmd.arg("GROUP")
+            .arg(&s.group)
+            .arg(&s.consumer)
+            .arg("COUNT")
+            .arg(room);
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }

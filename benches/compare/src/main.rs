@@ -194,11 +194,7 @@ fn spawn_child(args: &[String], timeout: Duration) -> Result<String, String> {
             let stdout = String::from_utf8_lossy(&output.stdout).to_string();
             if !status.success() {
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                let last = stderr
-                    .lines()
-                    .filter(|l| !l.trim().is_empty())
-                    .last()
-                    .unwrap_or("");
+                let last = stderr.lines().rfind(|l| !l.trim().is_empty()).unwrap_or("");
                 return Err(format!("exited with {status}: {last}"));
             }
             return Ok(stdout);
@@ -285,7 +281,7 @@ fn measure_run(
 }
 
 fn parent(quick: bool, only: Option<String>) {
-    let wanted = |workload: &str| only.as_deref().map_or(true, |o| o == workload);
+    let wanted = |workload: &str| only.as_deref().is_none_or(|o| o == workload);
     let started = Instant::now();
     let addr = server::start();
     let base = format!("http://{addr}");
