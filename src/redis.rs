@@ -601,7 +601,7 @@ impl StreamWorker {
         added
     }
 
-    /// Settles every result already in the mailbox.
+    /// Settles every result already in the mailbox, in one round trip.
     fn settle_ready<O, E>(
         &mut self,
         results: &Receiver<Settled<O, E>>,
@@ -611,13 +611,11 @@ impl StreamWorker {
         O: AsRef<[u8]>,
         E: fmt::Display,
     {
-        while let Ok(result) = results.try_recv() {
-            self.settle(result, outstanding)?;
-        }
-        Ok(())
+        let ready: Vec<_> = results.try_iter().collect();
+        self.settle(ready, outstanding)
     }
 
-    /// Waits (at most `block`) for one result and settles it.
+    /// Waits (at most `block`) for a result, then settles it with any others ready.
     fn settle_next<O, E>(
         &mut self,
         results: &Receiver<Settled<O, E>>,
@@ -628,75 +626,79 @@ impl StreamWorker {
         E: fmt::Display,
     {
         match results.recv_timeout(self.settings.block) {
-            Ok(result) => self.settle(result, outstanding),
+            Ok(first) => {
+                let ready: Vec<_> = std::iter::once(first).chain(results.try_iter()).collect();
+                self.settle(ready, outstanding)
+            }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Ok(()),
         }
     }
 
-    /// One task ended: on `Ok`, write the output and acknowledge; otherwise record the error and
-    /// leave the entry pending for a later claim.
+    /// Tasks ended: for each `Ok`, write the output and acknowledge; for each failure, record
+    /// the error and leave the entry pending for a later claim. One atomic pipeline for all.
     fn settle<O, E>(
         &mut self,
-        (task, result): Settled<O, E>,
+        ready: Vec<Settled<O, E>>,
         outstanding: &mut HashMap<TaskId, String>,
     ) -> Result<(), StreamError>
     where
         O: AsRef<[u8]>,
         E: fmt::Display,
     {
-        let Some(entry) = outstanding.remove(&task) else {
-            return Ok(());
-        };
-        let in_flight = outstanding.len();
         let s = &self.settings;
-        match result {
-            Ok(Ok(output)) => {
-                let mut pipe = redis::pipe();
-                pipe.atomic();
-                if let Some(results) = &s.result_stream {
-                    pipe.cmd("XADD")
-                        .arg(results)
-                        .arg("*")
-                        .arg("entry")
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let (mut acked, mut retried) = (0, 0);
+        for (task, result) in ready {
+            let Some(entry) = outstanding.remove(&task) else {
+                continue;
+            };
+            let error = match result {
+                Ok(Ok(output)) => {
+                    if let Some(results) = &s.result_stream {
+                        pipe.cmd("XADD")
+                            .arg(results)
+                            .arg("*")
+                            .arg("entry")
+                            .arg(&entry)
+                            .arg("output")
+                            .arg(output.as_ref())
+                            .arg("consumer")
+                            .arg(&s.consumer)
+                            .ignore();
+                    }
+                    pipe.cmd("XACK")
+                        .arg(&s.stream)
+                        .arg(&s.group)
                         .arg(&entry)
-                        .arg("output")
-                        .arg(output.as_ref())
-                        .arg("consumer")
-                        .arg(&s.consumer)
+                        .ignore()
+                        .cmd("HDEL")
+                        .arg(&self.errors_key)
+                        .arg(&entry)
                         .ignore();
+                    acked += 1;
+                    continue;
                 }
-                pipe.cmd("XACK")
-                    .arg(&s.stream)
-                    .arg(&s.group)
-                    .arg(&entry)
-                    .ignore()
-                    .cmd("HDEL")
-                    .arg(&self.errors_key)
-                    .arg(&entry)
-                    .ignore();
-                pipe.query::<()>(&mut self.con)?;
-                self.count(|s| {
-                    s.acked += 1;
-                    s.in_flight = in_flight;
-                });
-            }
-            failed => {
-                let error = match failed {
-                    Ok(Err(error)) => error.to_string(),
-                    Err(error) => error.to_string(),
-                    Ok(Ok(_)) => unreachable!("handled above"),
-                };
-                redis::cmd("HSET")
-                    .arg(&self.errors_key)
-                    .arg(&entry)
-                    .arg(error)
-                    .query::<()>(&mut self.con)?;
-                self.count(|s| {
-                    s.retried += 1;
-                    s.in_flight = in_flight;
-                });
-            }
+                Ok(Err(error)) => error.to_string(),
+                Err(error) => error.to_string(),
+            };
+            pipe.cmd("HSET")
+                .arg(&self.errors_key)
+                .arg(&entry)
+                .arg(error)
+                .ignore();
+            retried += 1;
         }
+        if acked + retried == 0 {
+            return Ok(());
+        }
+        pipe.query::<()>(&mut self.con)?;
+        let in_flight = outstanding.len();
+        self.count(|s| {
+            s.acked += acked;
+            s.retried += retried;
+            s.in_flight = in_flight;
+        });
         Ok(())
     }
 }
