@@ -12,7 +12,7 @@ use crate::builder::Builder;
 use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
 use crate::engine::{Engine, Job, Owner, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
-use crate::map::{MapOrdered, MapUnordered};
+use crate::map::{MapOrdered, MapUnordered, Source};
 use crate::stats::Stats;
 use crate::task::{Task, TaskId};
 use crate::token::CancelToken;
@@ -435,13 +435,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     where
         It: IntoIterator<Item = I>,
     {
-        let (pool, canceller) = (self.clone(), self.clone());
-        MapUnordered::new(
-            inputs.into_iter(),
-            2 * self.max_workers(),
-            Box::new(move |input, mailbox| pool.add_task_to(input, mailbox)),
-            Box::new(move |id| canceller.cancel(id)),
-        )
+        MapUnordered::new(inputs.into_iter(), self.source())
     }
 
     /// Like [`map_unordered`](AsyncPool::map_unordered), but yields results in input order.
@@ -462,12 +456,16 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     where
         It: IntoIterator<Item = I>,
     {
+        MapOrdered::new(inputs.into_iter(), self.source())
+    }
+
+    /// How a streaming map reaches this pool (it keeps the pool alive while it runs).
+    fn source(&self) -> Source<I, O> {
         let (pool, canceller) = (self.clone(), self.clone());
-        MapOrdered::new(
-            inputs.into_iter(),
+        Source::new(
             2 * self.max_workers(),
-            Box::new(move |input, mailbox| pool.add_task_to(input, mailbox)),
-            Box::new(move |id| canceller.cancel(id)),
+            move |input, mailbox| pool.add_task_to(input, mailbox),
+            move |id| canceller.cancel(id),
         )
     }
 

@@ -23,6 +23,28 @@ type SubmitFn<Item, O> =
     dyn FnMut(Item, &Sender<Message<O>>) -> Result<TaskId, AddError<Item>> + Send;
 type CancelFn = dyn Fn(TaskId) -> bool + Send;
 
+/// How a stream reaches its pool: add an input to a mailbox, cancel a task; and the pool's
+/// default number of tasks in flight. Each face of the pool makes one.
+pub(crate) struct Source<Item, O> {
+    submit: Box<SubmitFn<Item, O>>,
+    cancel: Box<CancelFn>,
+    in_flight: usize,
+}
+
+impl<Item, O> Source<Item, O> {
+    pub(crate) fn new(
+        in_flight: usize,
+        submit: impl FnMut(Item, &Sender<Message<O>>) -> Result<TaskId, AddError<Item>> + Send + 'static,
+        cancel: impl Fn(TaskId) -> bool + Send + 'static,
+    ) -> Self {
+        Source {
+            submit: Box::new(submit),
+            cancel: Box::new(cancel),
+            in_flight: in_flight.max(1),
+        }
+    }
+}
+
 /// What both streams share: the inputs, the pool's adding and cancelling, the mailbox.
 struct Stream<Item, O, It> {
     inputs: Fuse<It>,
@@ -40,12 +62,12 @@ struct Stream<Item, O, It> {
 }
 
 impl<Item, O, It: Iterator<Item = Item>> Stream<Item, O, It> {
-    fn new(inputs: It, submit: Box<SubmitFn<Item, O>>, cancel: Box<CancelFn>) -> Self {
+    fn new(inputs: It, source: Source<Item, O>) -> Self {
         let (tx, rx) = unbounded();
         Stream {
             inputs: inputs.fuse(),
-            submit,
-            cancel,
+            submit: source.submit,
+            cancel: source.cancel,
             tx,
             rx,
             outstanding: HashMap::new(),
@@ -121,15 +143,10 @@ pub struct MapUnordered<Item, O, It> {
 }
 
 impl<Item, O, It: Iterator<Item = Item>> MapUnordered<Item, O, It> {
-    pub(crate) fn new(
-        inputs: It,
-        in_flight: usize,
-        submit: Box<SubmitFn<Item, O>>,
-        cancel: Box<CancelFn>,
-    ) -> Self {
+    pub(crate) fn new(inputs: It, source: Source<Item, O>) -> Self {
         MapUnordered {
-            stream: Stream::new(inputs, submit, cancel),
-            in_flight: in_flight.max(1),
+            in_flight: source.in_flight,
+            stream: Stream::new(inputs, source),
         }
     }
 
@@ -173,15 +190,10 @@ pub struct MapOrdered<Item, O, It> {
 }
 
 impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
-    pub(crate) fn new(
-        inputs: It,
-        in_flight: usize,
-        submit: Box<SubmitFn<Item, O>>,
-        cancel: Box<CancelFn>,
-    ) -> Self {
+    pub(crate) fn new(inputs: It, source: Source<Item, O>) -> Self {
         MapOrdered {
-            stream: Stream::new(inputs, submit, cancel),
-            in_flight: in_flight.max(1),
+            in_flight: source.in_flight,
+            stream: Stream::new(inputs, source),
             buffer: VecDeque::new(),
             next_out: 0,
         }

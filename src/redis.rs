@@ -61,7 +61,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 use redis::streams::{StreamAutoClaimReply, StreamPendingCountReply, StreamReadReply};
 
@@ -342,6 +342,37 @@ impl fmt::Debug for StreamWorker {
 
 type Settled<O, E> = (TaskId, Result<Result<O, E>, TaskError>);
 
+/// One run's link to its pool: where entries go, where their results come back, and which
+/// entries are out.
+struct Feed<'p, O: Send + 'static, E: Send + 'static> {
+    pool: &'p AsyncPool<Entry, Result<O, E>>,
+    mailbox: Sender<Settled<O, E>>,
+    results: Receiver<Settled<O, E>>,
+    /// Task → entry id, for every entry handed to the pool and not yet settled.
+    outstanding: HashMap<TaskId, String>,
+    /// The worker was asked to stop, or the pool shut down: read and claim nothing more.
+    stopping: bool,
+}
+
+impl<O: Send + 'static, E: Send + 'static> Feed<'_, O, E> {
+    /// Hands entries to the pool; returns how many it took.
+    fn submit(&mut self, entries: Vec<Entry>) -> usize {
+        let mut added = 0;
+        for entry in entries {
+            let id = entry.id.clone();
+            match self.pool.add_task_to(entry, &self.mailbox) {
+                Ok(task) => {
+                    self.outstanding.insert(task, id);
+                    added += 1;
+                }
+                // The pool shut down: the entry stays pending in Redis and is claimed later.
+                Err(_) => self.stopping = true,
+            }
+        }
+        added
+    }
+}
+
 impl StreamWorker {
     /// Starts configuring a worker for `consumer` in `group` on `stream` at `url`.
     pub fn builder(
@@ -392,37 +423,40 @@ impl StreamWorker {
             .settings
             .claim_every
             .unwrap_or(self.settings.claim_after / 2);
-        let (mailbox, results) = unbounded::<Settled<O, E>>();
-        let mut outstanding: HashMap<TaskId, String> = HashMap::new();
+        let (mailbox, results) = unbounded();
+        let mut feed = Feed {
+            pool,
+            mailbox,
+            results,
+            outstanding: HashMap::new(),
+            stopping: false,
+        };
         let mut next_claim = Instant::now();
-        let mut stopping = false;
         loop {
-            self.settle_ready(&results, &mut outstanding)?;
-            let in_flight = outstanding.len();
+            self.settle_ready(&mut feed)?;
+            let in_flight = feed.outstanding.len();
             self.count(|s| s.in_flight = in_flight);
-            stopping |= self.shared.stop.load(Ordering::SeqCst) || pool.is_shut_down();
-            if stopping {
-                if outstanding.is_empty() {
+            feed.stopping |= self.shared.stop.load(Ordering::SeqCst) || pool.is_shut_down();
+            if feed.stopping {
+                if feed.outstanding.is_empty() {
                     break;
                 }
-                self.settle_next(&results, &mut outstanding)?;
+                self.settle_next(&mut feed)?;
                 continue;
             }
-            let room = limit.saturating_sub(outstanding.len());
             let mut added = 0;
-            if room > 0 && Instant::now() >= next_claim {
-                added += self.claim(room, pool, &mailbox, &mut outstanding, &mut stopping)?;
+            if limit > feed.outstanding.len() && Instant::now() >= next_claim {
+                added += self.claim(limit - feed.outstanding.len(), &mut feed)?;
                 next_claim = Instant::now() + claim_every;
             }
-            let room = limit.saturating_sub(outstanding.len());
-            if room > 0 && !stopping {
+            if limit > feed.outstanding.len() && !feed.stopping {
                 // Block on Redis only when nothing is in flight; otherwise look and move on,
                 // so finished entries are acknowledged promptly.
-                let block = outstanding.is_empty().then_some(self.settings.block);
-                added += self.read(room, block, pool, &mailbox, &mut outstanding, &mut stopping)?;
+                let block = feed.outstanding.is_empty().then_some(self.settings.block);
+                added += self.read(limit - feed.outstanding.len(), block, &mut feed)?;
             }
-            if added == 0 && !outstanding.is_empty() {
-                self.settle_next(&results, &mut outstanding)?;
+            if added == 0 && !feed.outstanding.is_empty() {
+                self.settle_next(&mut feed)?;
             }
         }
         self.shared.stats.lock().in_flight = 0;
@@ -438,10 +472,7 @@ impl StreamWorker {
         &mut self,
         room: usize,
         block: Option<Duration>,
-        pool: &AsyncPool<Entry, Result<O, E>>,
-        mailbox: &crossbeam_channel::Sender<Settled<O, E>>,
-        outstanding: &mut HashMap<TaskId, String>,
-        stopping: &mut bool,
+        feed: &mut Feed<'_, O, E>,
     ) -> Result<usize, StreamError>
     where
         O: Send + 'static,
@@ -470,18 +501,15 @@ impl StreamWorker {
             })
             .collect();
         self.count(|s| s.read += entries.len() as u64);
-        Ok(Self::submit(entries, pool, mailbox, outstanding, stopping))
+        Ok(feed.submit(entries))
     }
 
     /// Claims entries idle past `claim_after`; dead-letters those delivered too often and hands
     /// the rest to the pool.
-    fn claim<O, E>(
+    fn claim<O: Send + 'static, E: Send + 'static>(
         &mut self,
         room: usize,
-        pool: &AsyncPool<Entry, Result<O, E>>,
-        mailbox: &crossbeam_channel::Sender<Settled<O, E>>,
-        outstanding: &mut HashMap<TaskId, String>,
-        stopping: &mut bool,
+        feed: &mut Feed<'_, O, E>,
     ) -> Result<usize, StreamError>
     where
         O: Send + 'static,
@@ -536,7 +564,7 @@ impl StreamWorker {
         for entry in dead {
             self.dead_letter(&entry)?;
         }
-        Ok(Self::submit(runnable, pool, mailbox, outstanding, stopping))
+        Ok(feed.submit(runnable))
     }
 
     /// Moves a poison entry to the dead-letter stream with its last error, and acknowledges it.
@@ -575,60 +603,34 @@ impl StreamWorker {
         Ok(())
     }
 
-    fn submit<O, E>(
-        entries: Vec<Entry>,
-        pool: &AsyncPool<Entry, Result<O, E>>,
-        mailbox: &crossbeam_channel::Sender<Settled<O, E>>,
-        outstanding: &mut HashMap<TaskId, String>,
-        stopping: &mut bool,
-    ) -> usize
-    where
-        O: Send + 'static,
-        E: Send + 'static,
-    {
-        let mut added = 0;
-        for entry in entries {
-            let id = entry.id.clone();
-            match pool.add_task_to(entry, mailbox) {
-                Ok(task) => {
-                    outstanding.insert(task, id);
-                    added += 1;
-                }
-                // The pool shut down: the entry stays pending in Redis and is claimed later.
-                Err(_) => *stopping = true,
-            }
-        }
-        added
-    }
-
     /// Settles every result already in the mailbox, in one round trip.
-    fn settle_ready<O, E>(
+    fn settle_ready<O: Send + 'static, E: Send + 'static>(
         &mut self,
-        results: &Receiver<Settled<O, E>>,
-        outstanding: &mut HashMap<TaskId, String>,
+        feed: &mut Feed<'_, O, E>,
     ) -> Result<(), StreamError>
     where
         O: AsRef<[u8]>,
         E: fmt::Display,
     {
-        let ready: Vec<_> = results.try_iter().collect();
-        self.settle(ready, outstanding)
+        let ready: Vec<_> = feed.results.try_iter().collect();
+        self.settle(ready, &mut feed.outstanding)
     }
 
     /// Waits (at most `block`) for a result, then settles it with any others ready.
-    fn settle_next<O, E>(
+    fn settle_next<O: Send + 'static, E: Send + 'static>(
         &mut self,
-        results: &Receiver<Settled<O, E>>,
-        outstanding: &mut HashMap<TaskId, String>,
+        feed: &mut Feed<'_, O, E>,
     ) -> Result<(), StreamError>
     where
         O: AsRef<[u8]>,
         E: fmt::Display,
     {
-        match results.recv_timeout(self.settings.block) {
+        match feed.results.recv_timeout(self.settings.block) {
             Ok(first) => {
-                let ready: Vec<_> = std::iter::once(first).chain(results.try_iter()).collect();
-                self.settle(ready, outstanding)
+                let ready: Vec<_> = std::iter::once(first)
+                    .chain(feed.results.try_iter())
+                    .collect();
+                self.settle(ready, &mut feed.outstanding)
             }
             Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => Ok(()),
         }

@@ -12,7 +12,7 @@ use crate::builder::Builder;
 use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
 use crate::engine::{Engine, Job, Owner, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
-use crate::map::{MapOrdered, MapUnordered};
+use crate::map::{MapOrdered, MapUnordered, Source};
 use crate::stats::Stats;
 use crate::task::{Task, TaskId};
 
@@ -234,13 +234,7 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let (pool, canceller) = (self.clone(), self.clone());
-        MapUnordered::new(
-            closures.into_iter(),
-            2 * self.max_workers(),
-            Box::new(move |f, mailbox| pool.spawn_to(f, mailbox)),
-            Box::new(move |id| canceller.cancel(id)),
-        )
+        MapUnordered::new(closures.into_iter(), self.source())
     }
 
     /// Runs a stream of closures, yielding their results in input order (see
@@ -251,12 +245,20 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
+        MapOrdered::new(closures.into_iter(), self.source())
+    }
+
+    /// How a streaming map reaches this pool (it keeps the pool alive while it runs).
+    fn source<F, T>(&self) -> Source<F, T>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
         let (pool, canceller) = (self.clone(), self.clone());
-        MapOrdered::new(
-            closures.into_iter(),
+        Source::new(
             2 * self.max_workers(),
-            Box::new(move |f, mailbox| pool.spawn_to(f, mailbox)),
-            Box::new(move |id| canceller.cancel(id)),
+            move |f, mailbox| pool.spawn_to(f, mailbox),
+            move |id| canceller.cancel(id),
         )
     }
 

@@ -106,7 +106,11 @@ impl<J: Job> Engine<J> {
     /// task except those blocked in `join()` on a worker (itself included), and runs queued
     /// tasks on its own thread meanwhile, so it cannot deadlock for lack of free workers.
     pub(crate) fn join(&self) {
-        self.wait_quiet(None);
+        if self.wait_quiet(None) && self.current_worker().is_none() {
+            // Quiet: the registry's entries of ended tasks can all go now rather than at the
+            // next burst of adds.
+            self.registry.sweep();
+        }
     }
 
     /// Waits until quiet or `deadline`; true if quiet.

@@ -69,6 +69,19 @@ impl Registry {
         shard.entries.push((id.0, weak));
     }
 
+    /// Drops the entries of every ended task (the pool went quiet: nothing is worth keeping).
+    pub(crate) fn sweep(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard
+                .entries
+                .retain(|(_, entry)| outstanding(entry).is_some());
+            let live = shard.entries.len();
+            shard.entries.shrink_to(live.max(MIN_SWEEP));
+            shard.sweep_at = (live * 2).max(MIN_SWEEP);
+        }
+    }
+
     /// The task with this id, if it has not ended.
     pub(crate) fn get(&self, id: TaskId) -> Option<Arc<dyn Control>> {
         let shard = self.shard(id).lock();
