@@ -506,11 +506,7 @@ impl StreamWorker {
 
     /// Claims entries idle past `claim_after`; dead-letters those delivered too often and hands
     /// the rest to the pool.
-    fn claim<O: Send + 'static, E: Send + 'static>(
-        &mut self,
-        room: usize,
-        feed: &mut Feed<'_, O, E>,
-    ) -> Result<usize, StreamError>
+    fn claim<O, E>(&mut self, room: usize, feed: &mut Feed<'_, O, E>) -> Result<usize, StreamError>
     where
         O: Send + 'static,
         E: Send + 'static,
