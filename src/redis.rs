@@ -600,26 +600,20 @@ impl StreamWorker {
     }
 
     /// Settles every result already in the mailbox, in one round trip.
-    fn settle_ready<O: Send + 'static, E: Send + 'static>(
-        &mut self,
-        feed: &mut Feed<'_, O, E>,
-    ) -> Result<(), StreamError>
+    fn settle_ready<O, E>(&mut self, feed: &mut Feed<'_, O, E>) -> Result<(), StreamError>
     where
-        O: AsRef<[u8]>,
-        E: fmt::Display,
+        O: AsRef<[u8]> + Send + 'static,
+        E: fmt::Display + Send + 'static,
     {
         let ready: Vec<_> = feed.results.try_iter().collect();
         self.settle(ready, &mut feed.outstanding)
     }
 
     /// Waits (at most `block`) for a result, then settles it with any others ready.
-    fn settle_next<O: Send + 'static, E: Send + 'static>(
-        &mut self,
-        feed: &mut Feed<'_, O, E>,
-    ) -> Result<(), StreamError>
+    fn settle_next<O, E>(&mut self, feed: &mut Feed<'_, O, E>) -> Result<(), StreamError>
     where
-        O: AsRef<[u8]>,
-        E: fmt::Display,
+        O: AsRef<[u8]> + Send + 'static,
+        E: fmt::Display + Send + 'static,
     {
         match feed.results.recv_timeout(self.settings.block) {
             Ok(first) => {
