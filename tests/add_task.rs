@@ -122,6 +122,8 @@ fn select_waits_on_several_tasks_and_a_ticker() {
     }
     assert_eq!(got_a, Some(Ok(10)));
     assert_eq!(got_b, Some(Ok(20)));
+    // The ticker fired or not, depending on timing; what matters is that it did not block
+    // the results: `ticks` is only counted.
     let _ = ticks;
 }
 
