@@ -280,7 +280,9 @@ impl<J: Job> Engine<J> {
         // Counted before any worker can see the job, so it cannot end before it began.
         self.counters.submitted(key.is_some());
         self.registry
-            .insert(job.control().header().id, job.control_weak());
+            .insert(job.control().header().id, job.control_weak(), || {
+                self.counters.outstanding()
+            });
         match key {
             None => {
                 let _ = tx.send(Msg::Job(job));

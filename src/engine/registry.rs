@@ -5,9 +5,10 @@
 //!
 //! The registry is off the workers' path entirely: the adding thread appends a `Weak` to the
 //! task's cell, and nobody removes it when the task ends. Entries of ended tasks are swept out
-//! when a shard has doubled since its last sweep, so a shard holds at most about twice the
-//! tasks outstanding in it, and the work per add stays constant on average. A `Weak` does not
-//! keep the task's result alive, only the small allocation around it until the next sweep.
+//! when a shard has doubled since its last sweep, or holds more than twice its share of the
+//! pool's outstanding tasks (so the entries of a past burst go at a later add), and when
+//! `join` finds the pool quiet; the work per add stays constant on average. A `Weak` does not
+//! keep the task's result alive, only the cell's allocation until the next sweep.
 //!
 //! Shards are picked by id, so concurrent adds rarely meet on one lock. Lookups (`cancel(id)`)
 //! scan one shard; they are rare next to adds.
@@ -57,9 +58,22 @@ impl Registry {
         &self.shards[id.0 as usize % SHARDS]
     }
 
-    pub(crate) fn insert(&self, id: TaskId, weak: Weak<dyn Control>) {
+    /// Files a task. `outstanding` counts the pool's tasks not yet ended; asked once every
+    /// `MIN_SWEEP` adds to a shard, it lets a shard still holding the entries of a past burst
+    /// sweep them without waiting to double again.
+    pub(crate) fn insert(
+        &self,
+        id: TaskId,
+        weak: Weak<dyn Control>,
+        outstanding_tasks: impl FnOnce() -> u64,
+    ) {
         let mut shard = self.shard(id).lock();
-        if shard.entries.len() >= shard.sweep_at {
+        let len = shard.entries.len();
+        let past_burst = || {
+            let share = outstanding_tasks() as usize / SHARDS;
+            len >= share.saturating_mul(2).max(MIN_SWEEP)
+        };
+        if len >= shard.sweep_at || (len >= MIN_SWEEP && len % MIN_SWEEP == 0 && past_burst()) {
             // Most ended tasks have no strong reference left: no upgrade needed to see it.
             shard
                 .entries
