@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_pool::{AsyncPool, Task, TaskError, TaskId};
-use common::{gate, watchdog};
+use common::{gate, gated, watchdog};
 use crossbeam_channel::{select, tick, unbounded};
 
 #[test]
@@ -22,12 +22,7 @@ fn a_task_delivers_the_callbacks_return_value() {
 
 #[test]
 fn add_task_returns_at_once_while_every_worker_is_busy() {
-    let (mut key, gate) = gate();
-    let pool = AsyncPool::new(2, move |n: u32| {
-        gate.wait();
-        n
-    })
-    .unwrap();
+    let (mut key, pool) = gated(AsyncPool::builder().max_workers(2));
     // Both workers block on the gate; 1,000 more adds must still return (the watchdog fails
     // the test if one waits for a worker).
     let tasks = watchdog("adding to a busy pool", {

@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use async_pool::{AddError, AsyncPool, BuildError, ThreadPool, MAX_WORKERS};
-use common::{eventually, gate, thread_names, watchdog};
+use common::{eventually, gate, gated, thread_names, watchdog};
 
 #[test]
 fn zero_workers_is_a_typed_error() {
@@ -119,15 +119,7 @@ fn a_bounded_queue_blocks_add_task_and_refuses_try_add_task() {
 fn queue_capacity_zero_is_the_elixir_rendezvous() {
     // The original's first test: 4 workers, 5 add_task calls; the fifth waits until a worker
     // frees, and all five replies arrive.
-    let (key, gate) = gate();
-    let pool = AsyncPool::builder()
-        .max_workers(4)
-        .queue_capacity(0)
-        .build(move |n: u32| {
-            gate.wait();
-            n
-        })
-        .unwrap();
+    let (key, pool) = gated(AsyncPool::builder().max_workers(4).queue_capacity(0));
     let first_four: Vec<_> = (0..4).map(|n| pool.try_add_task(n).unwrap()).collect();
     match pool.try_add_task(4) {
         Err(AddError::Full(4)) => {}

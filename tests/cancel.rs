@@ -5,22 +5,12 @@ mod common;
 use std::time::Duration;
 
 use async_pool::{AsyncPool, TaskError, ThreadPool};
-use common::{eventually, gate, threads_named, watchdog};
+use common::{eventually, gate, gated, threads_named, watchdog};
 use crossbeam_channel::{bounded, unbounded};
-
-fn gated_pool(workers: usize) -> (common::GateKey, AsyncPool<u32, u32>) {
-    let (key, gate) = gate();
-    let pool = AsyncPool::new(workers, move |n: u32| {
-        gate.wait();
-        n
-    })
-    .unwrap();
-    (key, pool)
-}
 
 #[test]
 fn a_queued_task_cancels_and_never_runs() {
-    let (mut key, pool) = gated_pool(1);
+    let (mut key, pool) = gated(AsyncPool::builder().max_workers(1));
     let running = pool.add_task(1).unwrap();
     eventually("first task running", || running.is_running());
     let queued = pool.add_task(2).unwrap();
@@ -37,7 +27,7 @@ fn a_queued_task_cancels_and_never_runs() {
 
 #[test]
 fn a_mailbox_task_cancels_by_id() {
-    let (mut key, pool) = gated_pool(1);
+    let (mut key, pool) = gated(AsyncPool::builder().max_workers(1));
     let (tx, rx) = unbounded();
     let running = pool.add_task_to(1, &tx).unwrap();
     eventually("first task running", || pool.stats().busy == 1);
@@ -52,7 +42,7 @@ fn a_mailbox_task_cancels_by_id() {
 
 #[test]
 fn cancel_all_hands_back_every_unstarted_input_and_keeps_the_pool_open() {
-    let (mut key, pool) = gated_pool(2);
+    let (mut key, pool) = gated(AsyncPool::builder().max_workers(2));
     let running: Vec<_> = (0..2).map(|n| pool.add_task(n).unwrap()).collect();
     eventually("two running", || pool.stats().busy == 2);
     let queued: Vec<_> = (2..20).map(|n| pool.add_task(n).unwrap()).collect();
@@ -87,15 +77,7 @@ fn thread_pool_cancel_all_reports_how_many() {
 
 #[test]
 fn a_cancelled_task_frees_its_place_in_a_bounded_queue() {
-    let (mut key, gate) = gate();
-    let pool = AsyncPool::builder()
-        .max_workers(1)
-        .queue_capacity(1)
-        .build(move |n: u32| {
-            gate.wait();
-            n
-        })
-        .unwrap();
+    let (mut key, pool) = gated(AsyncPool::builder().max_workers(1).queue_capacity(1));
     let running = pool.add_task(0).unwrap();
     eventually("running", || running.is_running());
     let queued = pool.add_task(1).unwrap();

@@ -6,22 +6,18 @@ mod common;
 use std::time::Duration;
 
 use async_pool::{AsyncPool, ThreadPool};
-use common::{eventually, gate, threads_named};
+use common::{eventually, gated, threads_named};
 
 #[test]
 fn a_burst_of_slow_tasks_grows_the_pool_and_idle_workers_retire() {
-    let (mut key, gate) = gate();
-    let pool = AsyncPool::builder()
-        .min_workers(0)
-        .max_workers(1000)
-        .keep_alive(Duration::from_millis(100))
-        .thread_name("ela")
-        .stack_size(64 * 1024)
-        .build(move |n: u32| {
-            gate.wait();
-            n
-        })
-        .unwrap();
+    let (mut key, pool) = gated(
+        AsyncPool::builder()
+            .min_workers(0)
+            .max_workers(1000)
+            .keep_alive(Duration::from_millis(100))
+            .thread_name("ela")
+            .stack_size(64 * 1024),
+    );
     assert_eq!(pool.stats().workers, 0, "no thread before there is work");
     let tasks: Vec<_> = (0..1000).map(|n| pool.add_task(n).unwrap()).collect();
     // Every task is blocked: with no idle worker, each add started one.
@@ -55,16 +51,12 @@ fn an_idle_worker_takes_the_next_task_instead_of_a_new_thread() {
 
 #[test]
 fn the_minimum_stays_when_the_rest_retire() {
-    let (mut key, gate) = gate();
-    let pool = AsyncPool::builder()
-        .min_workers(2)
-        .max_workers(6)
-        .keep_alive(Duration::from_millis(20))
-        .build(move |n: u32| {
-            gate.wait();
-            n
-        })
-        .unwrap();
+    let (mut key, pool) = gated(
+        AsyncPool::builder()
+            .min_workers(2)
+            .max_workers(6)
+            .keep_alive(Duration::from_millis(20)),
+    );
     let tasks: Vec<_> = (0..6).map(|n| pool.add_task(n).unwrap()).collect();
     assert_eq!(pool.stats().workers, 6);
     key.open();

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_pool::{AsyncPool, TaskError};
-use common::{eventually, gate, watchdog};
+use common::{eventually, gate, gated, watchdog};
 use crossbeam_channel::unbounded;
 
 /// Running-count and peak per key, kept by the callback itself.
@@ -184,15 +184,7 @@ fn starts_of_one_key_are_spaced_by_the_interval_and_other_keys_are_not() {
 
 #[test]
 fn keyed_tasks_take_part_in_cancel_shutdown_now_and_stats() {
-    let (mut key, gate) = gate();
-    let pool = AsyncPool::builder()
-        .max_workers(2)
-        .max_per_key(1)
-        .build(move |n: u32| {
-            gate.wait();
-            n
-        })
-        .unwrap();
+    let (mut key, pool) = gated(AsyncPool::builder().max_workers(2).max_per_key(1));
     let running = pool.add_task_keyed("k", 0).unwrap();
     eventually("running", || running.is_running());
     let waiting: Vec<_> = (1..6)

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use async_pool::{AddError, AsyncPool, TaskError, ThreadPool};
-use common::{assert_threads_gone, eventually, gate, threads_named, watchdog};
+use common::{assert_threads_gone, eventually, gated, threads_named, watchdog};
 use crossbeam_channel::unbounded;
 
 #[test]
@@ -66,12 +66,7 @@ fn a_refused_closure_is_handed_back_unrun() {
 
 #[test]
 fn shutdown_now_returns_exactly_the_unstarted_inputs() {
-    let (key, gate) = gate();
-    let pool = AsyncPool::new(2, move |n: u32| {
-        gate.wait();
-        n
-    })
-    .unwrap();
+    let (key, pool) = gated(AsyncPool::builder().max_workers(2));
     let running: Vec<_> = (0..2).map(|n| pool.add_task(n).unwrap()).collect();
     eventually("both workers busy", || pool.stats().busy == 2);
     let queued: Vec<_> = (2..10).map(|n| pool.add_task(n).unwrap()).collect();
@@ -211,15 +206,7 @@ fn shutdown_from_inside_a_task_returns_and_the_pool_drains() {
 
 #[test]
 fn an_add_blocked_on_a_full_queue_gets_its_input_back_at_shutdown() {
-    let (mut key, gate) = gate();
-    let pool = AsyncPool::builder()
-        .max_workers(1)
-        .queue_capacity(1)
-        .build(move |n: u32| {
-            gate.wait();
-            n
-        })
-        .unwrap();
+    let (mut key, pool) = gated(AsyncPool::builder().max_workers(1).queue_capacity(1));
     let running = pool.add_task(0).unwrap();
     let queued = pool.add_task(1).unwrap();
     let blocked = {

@@ -51,9 +51,6 @@ impl<J: Job> Engine<J> {
     pub(crate) fn shutdown(&self) {
         self.close();
         self.after_finish();
-        if self.current_worker().is_none() {
-            self.wait_quiet(None);
-        }
         self.wait_for_exit();
     }
 
@@ -62,9 +59,6 @@ impl<J: Job> Engine<J> {
     pub(crate) fn shutdown_now(&self) -> Vec<J::Input> {
         self.close();
         let inputs = self.stop_now();
-        if self.current_worker().is_none() {
-            self.wait_quiet(None);
-        }
         self.wait_for_exit();
         inputs
     }
@@ -179,11 +173,13 @@ impl<J: Job> Engine<J> {
         self.timer.stop();
     }
 
-    /// Joins every worker and the timer, unless called from one of the pool's own workers.
+    /// Waits for every task to end, then joins every worker and the timer — unless called
+    /// from one of the pool's own workers, which must not wait for itself.
     fn wait_for_exit(&self) {
         if self.current_worker().is_some() {
             return;
         }
+        self.wait_quiet(None);
         // One joiner at a time: a second shutdown must not find the handles already taken by
         // the first and return while those threads are still being joined.
         let _joining = self.exit_lock.lock();
@@ -191,8 +187,8 @@ impl<J: Job> Engine<J> {
             let handles: Vec<_> = {
                 let mut threads = self.threads.lock();
                 if threads.handles.is_empty() {
-                    // Every task has ended (the caller waited for it): no worker is needed
-                    // again, and none may start behind this join.
+                    // Every task has ended (waited for above): no worker is needed again,
+                    // and none may start behind this join.
                     threads.sealed = true;
                     break;
                 }

@@ -137,3 +137,18 @@ pub fn assert_threads_gone(prefix: &str) {
         thread::yield_now();
     }
 }
+
+/// A pool built from `builder` whose every task blocks on a gate the test holds, then returns
+/// its input.
+pub fn gated(
+    builder: async_pool::Builder<async_pool::AsyncPool<u32, u32>>,
+) -> (GateKey, async_pool::AsyncPool<u32, u32>) {
+    let (key, gate) = gate();
+    let pool = builder
+        .build(move |n: u32| {
+            gate.wait();
+            n
+        })
+        .unwrap();
+    (key, pool)
+}
