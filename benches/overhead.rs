@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::thread;
 
-use async_pool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, TaskError, TaskId};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 

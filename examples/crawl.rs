@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use async_pool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, TaskError, TaskId};
 use crossbeam_channel::unbounded;
 use indicatif::{ProgressBar, ProgressStyle};
 use server::{Reply, Rng, Server};

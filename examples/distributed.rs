@@ -17,8 +17,8 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use async_pool::redis::{Entry, Producer, StreamWorker};
-use async_pool::AsyncPool;
+use slowpool::redis::{Entry, Producer, StreamWorker};
+use slowpool::AsyncPool;
 
 const STREAM: &str = "async_pool:jobs";
 const GROUP: &str = "workers";

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::thread;
 use std::time::Duration;
 
-use async_pool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, TaskError, TaskId};
 use crossbeam_channel::{select, tick, unbounded, Receiver};
 
 /// The work: stands in for a slow network call.

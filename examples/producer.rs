@@ -6,7 +6,7 @@
 use std::thread;
 use std::time::Duration;
 
-use async_pool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, TaskError, TaskId};
 use crossbeam_channel::unbounded;
 
 /// Do your work here; the return value is sent back to the loop's mailbox.

@@ -12,7 +12,7 @@ mod server;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use async_pool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, TaskError, TaskId};
 use crossbeam_channel::{select, tick, unbounded};
 use server::{query, Reply, Rng, Server};
 

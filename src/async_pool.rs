@@ -35,7 +35,7 @@ pub type Mailbox<O> = Sender<(TaskId, Result<O, TaskError>)>;
 /// # Examples
 ///
 /// ```
-/// use async_pool::AsyncPool;
+/// use slowpool::AsyncPool;
 ///
 /// let pool = AsyncPool::new(3, |url: String| url.len())?;
 /// let tasks: Vec<_> = ["a", "bb", "ccc"]
@@ -177,7 +177,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// refuses a thread (the threads already started are stopped first).
     ///
     /// ```
-    /// use async_pool::{AsyncPool, BuildError};
+    /// use slowpool::{AsyncPool, BuildError};
     ///
     /// let pool = AsyncPool::new(3, |s: String| s.len())?;
     /// assert_eq!(pool.add_task("abc".to_string())?.recv(), Ok(3));
@@ -221,7 +221,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// returns `AddError::Full(input)`.
     ///
     /// ```
-    /// use async_pool::{AddError, AsyncPool};
+    /// use slowpool::{AddError, AsyncPool};
     /// use crossbeam_channel::bounded;
     ///
     /// let (release, gate) = bounded::<()>(0);
@@ -251,7 +251,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// is never dropped while the receiver exists.
     ///
     /// ```
-    /// use async_pool::{AsyncPool, TaskError, TaskId};
+    /// use slowpool::{AsyncPool, TaskError, TaskId};
     /// use crossbeam_channel::unbounded;
     ///
     /// let pool = AsyncPool::new(2, |s: String| s.len())?;
@@ -273,7 +273,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// [`task_timeout`](Builder::task_timeout) for what happens to its thread).
     ///
     /// ```
-    /// use async_pool::{AsyncPool, TaskError};
+    /// use slowpool::{AsyncPool, TaskError};
     /// use std::time::Duration;
     ///
     /// let pool = AsyncPool::new(2, |ms: u64| std::thread::sleep(Duration::from_millis(ms)))?;
@@ -301,7 +301,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// key. Without per-key settings on the builder, the key has no effect.
     ///
     /// ```
-    /// use async_pool::AsyncPool;
+    /// use slowpool::AsyncPool;
     ///
     /// let pool = AsyncPool::builder()
     ///     .max_workers(8)
@@ -383,7 +383,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// tasks to end and joins the workers (not from inside a task, as for `shutdown`).
     ///
     /// ```
-    /// use async_pool::{AsyncPool, TaskError};
+    /// use slowpool::{AsyncPool, TaskError};
     /// use crossbeam_channel::bounded;
     ///
     /// let (release, gate) = bounded::<()>(0);
@@ -419,7 +419,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// memory. Dropping the iterator cancels what it queued.
     ///
     /// ```
-    /// use async_pool::AsyncPool;
+    /// use slowpool::AsyncPool;
     ///
     /// let pool = AsyncPool::new(4, |n: u64| n * n)?;
     /// let mut squares: Vec<(usize, u64)> = pool
@@ -443,7 +443,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// head stalls intake instead of growing the reorder buffer.
     ///
     /// ```
-    /// use async_pool::AsyncPool;
+    /// use slowpool::AsyncPool;
     ///
     /// let pool = AsyncPool::new(4, |s: &'static str| s.len())?;
     /// let lengths: Vec<usize> = pool
@@ -513,7 +513,7 @@ impl<I: Send + 'static, O: Send + 'static> Builder<AsyncPool<I, O>> {
     /// the pool alive.
     ///
     /// ```
-    /// use async_pool::{AsyncPool, TaskError, TaskId};
+    /// use slowpool::{AsyncPool, TaskError, TaskId};
     /// use crossbeam_channel::unbounded;
     ///
     /// // Each input n > 0 adds n - 1 to the pool; all results go to one mailbox.

@@ -27,7 +27,7 @@ impl Config {
             max_workers,
             min_workers: None,
             keep_alive: Duration::from_secs(10),
-            thread_name: "async-pool".to_string(),
+            thread_name: "slowpool".to_string(),
             stack_size: None,
             queue_capacity: None,
             task_timeout: None,
@@ -64,7 +64,7 @@ impl Config {
 /// `build()`. The settings are the same for both.
 ///
 /// ```
-/// use async_pool::AsyncPool;
+/// use slowpool::AsyncPool;
 ///
 /// let pool = AsyncPool::builder()
 ///     .max_workers(64)
@@ -117,7 +117,7 @@ impl<P> Builder<P> {
     }
 
     /// Names the worker threads `{name}-0`, `{name}-1`, ... (the timer thread, when one is
-    /// needed, is `{name}-timer`). Default: `async-pool`.
+    /// needed, is `{name}-timer`). Default: `slowpool`.
     pub fn thread_name(mut self, name: impl Into<String>) -> Self {
         self.config.thread_name = name.into();
         self

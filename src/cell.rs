@@ -223,7 +223,7 @@ fn send_later<M: Send + 'static>(tx: Sender<M>, message: M) {
     let slot = std::sync::Arc::new(Mutex::new(Some(message)));
     let handed = std::sync::Arc::clone(&slot);
     let spawned = thread::Builder::new()
-        .name("async-pool-deliver".into())
+        .name("slowpool-deliver".into())
         .spawn(move || {
             if let Some(message) = handed.lock().take() {
                 let _ = tx.send(message);

@@ -16,7 +16,7 @@ use std::io;
 /// # Examples
 ///
 /// ```
-/// use async_pool::{AddError, AsyncPool};
+/// use slowpool::{AddError, AsyncPool};
 ///
 /// let pool = AsyncPool::new(1, |n: u32| n + 1)?;
 /// pool.shutdown();
@@ -24,7 +24,7 @@ use std::io;
 ///     Err(AddError::ShutDown(input)) => assert_eq!(input, 41),
 ///     other => panic!("unexpected: {other:?}"),
 /// }
-/// # Ok::<(), async_pool::BuildError>(())
+/// # Ok::<(), slowpool::BuildError>(())
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum AddError<I> {
@@ -38,7 +38,7 @@ impl<I> AddError<I> {
     /// Returns the input that was not accepted.
     ///
     /// ```
-    /// use async_pool::AddError;
+    /// use slowpool::AddError;
     /// assert_eq!(AddError::Full("page").into_inner(), "page");
     /// ```
     pub fn into_inner(self) -> I {

@@ -16,7 +16,7 @@
 //! you need it.
 //!
 //! ```
-//! use async_pool::AsyncPool;
+//! use slowpool::AsyncPool;
 //!
 //! let pool = AsyncPool::new(3, |url: String| url.len())?; // the callback: fetch, parse, ...
 //! let task = pool.add_task("https://example.com/".to_string())?;
@@ -29,7 +29,7 @@
 //! inputs and tickers.
 //!
 //! ```
-//! use async_pool::{AsyncPool, TaskError, TaskId};
+//! use slowpool::{AsyncPool, TaskError, TaskId};
 //! use crossbeam_channel::{select, tick, unbounded};
 //! use std::time::Duration;
 //!
@@ -57,7 +57,7 @@
 //! **Any closure.** [`ThreadPool::spawn`] runs a different closure per task, on the same engine.
 //!
 //! ```
-//! use async_pool::ThreadPool;
+//! use slowpool::ThreadPool;
 //!
 //! let pool = ThreadPool::new(2)?;
 //! let task = pool.spawn(|| 6 * 7)?;

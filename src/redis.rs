@@ -36,8 +36,8 @@
 //! what is one line at each end.
 //!
 //! ```no_run
-//! use async_pool::redis::{Entry, Producer, StreamWorker};
-//! use async_pool::AsyncPool;
+//! use slowpool::redis::{Entry, Producer, StreamWorker};
+//! use slowpool::AsyncPool;
 //!
 //! let mut producer = Producer::connect("redis://127.0.0.1/", "urls")?;
 //! producer.push(b"https://example.com/")?;

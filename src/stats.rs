@@ -14,7 +14,7 @@ use crate::error::TaskError;
 /// are a recent picture rather than one instant.
 ///
 /// ```
-/// use async_pool::AsyncPool;
+/// use slowpool::AsyncPool;
 ///
 /// let pool = AsyncPool::new(3, |n: u32| n)?;
 /// pool.add_task(1)?.recv()?;

@@ -47,7 +47,7 @@ pub(crate) trait Canceller: Send + Sync {
 /// # Examples
 ///
 /// ```
-/// use async_pool::AsyncPool;
+/// use slowpool::AsyncPool;
 ///
 /// let pool = AsyncPool::new(2, |s: String| s.len())?;
 /// let task = pool.add_task("abc".to_string())?;
@@ -81,7 +81,7 @@ impl<T: Send + 'static> Task<T> {
     /// [`receiver`](Task::receiver)) returns `Err(TaskError::AlreadyReceived)`.
     ///
     /// ```
-    /// use async_pool::{AsyncPool, TaskError};
+    /// use slowpool::{AsyncPool, TaskError};
     ///
     /// let pool = AsyncPool::new(1, |n: i32| if n < 0 { panic!("negative") } else { n })?;
     /// assert_eq!(pool.add_task(7)?.recv(), Ok(7));
@@ -98,7 +98,7 @@ impl<T: Send + 'static> Task<T> {
     /// Returns the result if the task has ended, `None` if it has not, without blocking.
     ///
     /// ```
-    /// use async_pool::AsyncPool;
+    /// use slowpool::AsyncPool;
     /// use crossbeam_channel::bounded;
     ///
     /// let (release, gate) = bounded::<()>(0);
@@ -137,7 +137,7 @@ impl<T: Send + 'static> Task<T> {
     /// disconnected.
     ///
     /// ```
-    /// use async_pool::AsyncPool;
+    /// use slowpool::AsyncPool;
     /// use crossbeam_channel::{select, Select};
     ///
     /// let pool = AsyncPool::new(2, |n: u64| n * 10)?;
@@ -179,7 +179,7 @@ impl<T: Send + 'static> Task<T> {
     /// has ended.
     ///
     /// ```
-    /// use async_pool::{AsyncPool, TaskError};
+    /// use slowpool::{AsyncPool, TaskError};
     /// use crossbeam_channel::bounded;
     ///
     /// let (release, gate) = bounded::<()>(0);

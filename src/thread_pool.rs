@@ -25,7 +25,7 @@ use crate::task::{Task, TaskId};
 /// # Examples
 ///
 /// ```
-/// use async_pool::ThreadPool;
+/// use slowpool::ThreadPool;
 ///
 /// let pool = ThreadPool::new(4)?;
 /// let hello = pool.spawn(|| "hi".to_string())?;
@@ -188,7 +188,7 @@ impl ThreadPool {
     /// Runs `f` on a worker; its result is sent to `mailbox` as `(TaskId, result)`.
     ///
     /// ```
-    /// use async_pool::{TaskError, TaskId, ThreadPool};
+    /// use slowpool::{TaskError, TaskId, ThreadPool};
     /// use crossbeam_channel::unbounded;
     ///
     /// let pool = ThreadPool::new(2)?;
@@ -219,7 +219,7 @@ impl ThreadPool {
     /// See [`AsyncPool::map_unordered`](crate::AsyncPool::map_unordered).
     ///
     /// ```
-    /// use async_pool::ThreadPool;
+    /// use slowpool::ThreadPool;
     ///
     /// let pool = ThreadPool::new(2)?;
     /// let jobs = (0..5u32).map(|n| move || n * 2);

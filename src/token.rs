@@ -18,7 +18,7 @@ use crate::cell::Control;
 /// The token is cheap to clone and may be moved to another thread.
 ///
 /// ```
-/// use async_pool::{AsyncPool, TaskError};
+/// use slowpool::{AsyncPool, TaskError};
 /// use std::time::Duration;
 ///
 /// let pool = AsyncPool::builder()

@@ -5,7 +5,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_pool::{AsyncPool, Task, TaskError, TaskId};
+use slowpool::{AsyncPool, Task, TaskError, TaskId};
 use common::{gate, gated, watchdog};
 use crossbeam_channel::{select, tick, unbounded};
 
@@ -213,8 +213,8 @@ fn pools_are_send_and_sync_and_tasks_are_send() {
     fn send_sync<T: Send + Sync>() {}
     fn send<T: Send>() {}
     send_sync::<AsyncPool<String, usize>>();
-    send_sync::<async_pool::ThreadPool>();
-    send_sync::<async_pool::PoolHandle<String, usize>>();
+    send_sync::<slowpool::ThreadPool>();
+    send_sync::<slowpool::PoolHandle<String, usize>>();
     send::<Task<String>>();
     send_sync::<Task<String>>();
 }

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use async_pool::{AddError, AsyncPool, BuildError, ThreadPool, MAX_WORKERS};
+use slowpool::{AddError, AsyncPool, BuildError, ThreadPool, MAX_WORKERS};
 use common::{eventually, gate, gated, thread_names, watchdog};
 
 #[test]

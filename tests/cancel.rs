@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use async_pool::{AsyncPool, TaskError, ThreadPool};
+use slowpool::{AsyncPool, TaskError, ThreadPool};
 use common::{eventually, gate, gated, threads_named, watchdog};
 use crossbeam_channel::{bounded, unbounded};
 

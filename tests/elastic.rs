@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use async_pool::{AsyncPool, ThreadPool};
+use slowpool::{AsyncPool, ThreadPool};
 use common::{eventually, gated, threads_named};
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_pool::{AsyncPool, BuildError, ThreadPool};
+use slowpool::{AsyncPool, BuildError, ThreadPool};
 use common::{assert_threads_gone, eventually, watchdog};
 use crossbeam_channel::unbounded;
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_pool::{AsyncPool, TaskError};
+use slowpool::{AsyncPool, TaskError};
 use common::{eventually, gate, gated, watchdog};
 use crossbeam_channel::unbounded;
 

@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_pool::{AsyncPool, TaskError};
+use slowpool::{AsyncPool, TaskError};
 use crossbeam_channel::unbounded;
 
 /// A small deterministic generator, so a failure can be replayed.

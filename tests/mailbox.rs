@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use async_pool::{AsyncPool, TaskError, TaskId, ThreadPool};
+use slowpool::{AsyncPool, TaskError, TaskId, ThreadPool};
 use common::{gate, watchdog};
 use crossbeam_channel::{bounded, unbounded};
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_pool::{AsyncPool, TaskError, ThreadPool};
+use slowpool::{AsyncPool, TaskError, ThreadPool};
 use common::{assert_threads_gone, eventually, gate, rss_bytes};
 
 #[test]

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_pool::{AddError, AsyncPool, TaskError, TaskId, ThreadPool};
+use slowpool::{AddError, AsyncPool, TaskError, TaskId, ThreadPool};
 use common::assert_threads_gone;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use proptest::prelude::*;
@@ -108,8 +108,8 @@ fn expected(input: u64) -> Result<u64, TaskError> {
 #[derive(Default)]
 struct Seen {
     /// Inputs accepted, with how their ending will be observed.
-    tasks: Vec<(u64, async_pool::Task<u64>)>,
-    spawned: Vec<(u64, async_pool::Task<u64>)>,
+    tasks: Vec<(u64, slowpool::Task<u64>)>,
+    spawned: Vec<(u64, slowpool::Task<u64>)>,
     mailed: HashMap<TaskId, u64>,
     /// Accepted but never observed (dropped handle or mailbox).
     unobserved: u64,

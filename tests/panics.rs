@@ -2,7 +2,7 @@
 
 mod common;
 
-use async_pool::{AsyncPool, TaskError, ThreadPool};
+use slowpool::{AsyncPool, TaskError, ThreadPool};
 
 fn payload_pool() -> AsyncPool<u8, u8> {
     AsyncPool::new(2, |kind: u8| match kind {

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_pool::redis::{Entry, Producer, StreamWorker};
-use async_pool::AsyncPool;
+use slowpool::redis::{Entry, Producer, StreamWorker};
+use slowpool::AsyncPool;
 use common::watchdog;
 
 /// A Redis to test against; a server this test started is stopped on drop.
@@ -134,7 +134,7 @@ fn run_until(
     pool: AsyncPool<Entry, Result<Vec<u8>, String>>,
     url: &str,
     done: impl Fn(&mut redis::Connection) -> bool + Send + 'static,
-) -> async_pool::redis::StreamStats {
+) -> slowpool::redis::StreamStats {
     let handle = worker.handle();
     let runner = std::thread::spawn(move || worker.run(&pool).unwrap());
     let mut con = con(url);

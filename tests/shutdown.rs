@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_pool::{AddError, AsyncPool, TaskError, ThreadPool};
+use slowpool::{AddError, AsyncPool, TaskError, ThreadPool};
 use common::{assert_threads_gone, eventually, gated, threads_named, watchdog};
 use crossbeam_channel::unbounded;
 

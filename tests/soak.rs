@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Instant;
 
-use async_pool::{AsyncPool, TaskError};
+use slowpool::{AsyncPool, TaskError};
 use common::rss_bytes;
 use crossbeam_channel::unbounded;
 

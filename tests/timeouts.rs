@@ -4,7 +4,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use async_pool::{AsyncPool, TaskError};
+use slowpool::{AsyncPool, TaskError};
 use common::{eventually, gate, threads_named, watchdog};
 use crossbeam_channel::{bounded, unbounded};
 

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use async_pool::{AsyncPool, ThreadPool};
+use slowpool::{AsyncPool, ThreadPool};
 use common::{assert_threads_gone, eventually, gate, threads_named};
 
 /// A callback that records how many run at once, blocking on a gate.

@@ -141,8 +141,8 @@ pub fn assert_threads_gone(prefix: &str) {
 /// A pool built from `builder` whose every task blocks on a gate the test holds, then returns
 /// its input.
 pub fn gated(
-    builder: async_pool::Builder<async_pool::AsyncPool<u32, u32>>,
-) -> (GateKey, async_pool::AsyncPool<u32, u32>) {
+    builder: slowpool::Builder<slowpool::AsyncPool<u32, u32>>,
+) -> (GateKey, slowpool::AsyncPool<u32, u32>) {
     let (key, gate) = gate();
     let pool = builder
         .build(move |n: u32| {

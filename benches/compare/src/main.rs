@@ -1,4 +1,4 @@
-//! async_pool against the async way (tokio tasks, `spawn_blocking`, reqwest) and against the
+//! slowpool against the async way (tokio tasks, `spawn_blocking`, reqwest) and against the
 //! thread pools people use today (`threadpool`, rayon), side by side, on the work the library
 //! exists for: many slow requests, most of the time waiting.
 //!
@@ -113,10 +113,10 @@ fn idle_child(args: &[String]) {
     let base_threads = measure::threads();
     let before = measure::rss_kib();
     let keep: Box<dyn std::any::Any> = match args[0].as_str() {
-        "async_pool" => Box::new(async_pool::ThreadPool::new(workers).unwrap()),
-        "async_pool_retired" => {
+        "slowpool" => Box::new(slowpool::ThreadPool::new(workers).unwrap()),
+        "slowpool_retired" => {
             // Elastic: grow to `workers` threads, then let them all retire.
-            let pool = async_pool::ThreadPool::builder()
+            let pool = slowpool::ThreadPool::builder()
                 .min_workers(0)
                 .max_workers(workers)
                 .keep_alive(Duration::from_millis(20))
@@ -170,7 +170,7 @@ fn idle_child(args: &[String]) {
         }
         other => panic!("unknown contender {other}"),
     };
-    if args[0] != "async_pool_retired" {
+    if args[0] != "slowpool_retired" {
         settle(base_threads + workers as u64);
     }
     let after = measure::rss_kib();
@@ -357,8 +357,8 @@ fn parent(quick: bool, only: Option<String>) {
     let idle_workers = if quick { 100 } else { 1_000 };
     let idle_pools: &[&str] = if wanted("idle") {
         &[
-            "async_pool",
-            "async_pool_retired",
+            "slowpool",
+            "slowpool_retired",
             "threadpool",
             "rayon_spawn",
             "std_threads",

@@ -147,7 +147,7 @@ fn chart(
         .draw()?;
     for (i, (name, line)) in points.into_iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let width = if name.starts_with("async_pool") { 3 } else { 1 };
+        let width = if name.starts_with("slowpool") { 3 } else { 1 };
         chart
             .draw_series(LineSeries::new(line.clone(), color.stroke_width(width)))?
             .label(name)
@@ -218,7 +218,7 @@ pub fn write(
         machine(),
         elapsed.as_secs_f64()
     );
-    let _ = writeln!(out, "Contenders: `async_pool` (one `Task` per request), `async_pool_mailbox` (`add_task_to`), `threadpool` 1.8, rayon 1.x `ThreadPool::spawn`, tokio `spawn_blocking` (`max_blocking_threads` = concurrency), `tokio_async` (reqwest or `tokio::time::sleep`, `buffer_unordered(concurrency)`), a thread per request (at most `concurrency` alive), and `crossbeam_floor` (raw threads on a crossbeam channel of boxed closures — the floor any pool sits on). All blocking contenders use ureq.\n");
+    let _ = writeln!(out, "Contenders: `slowpool` (one `Task` per request), `slowpool_mailbox` (`add_task_to`), `threadpool` 1.8, rayon 1.x `ThreadPool::spawn`, tokio `spawn_blocking` (`max_blocking_threads` = concurrency), `tokio_async` (reqwest or `tokio::time::sleep`, `buffer_unordered(concurrency)`), a thread per request (at most `concurrency` alive), and `crossbeam_floor` (raw threads on a crossbeam channel of boxed closures — the floor any pool sits on). All blocking contenders use ureq.\n");
     let _ = writeln!(
         out,
         "## http: 2,000 requests, delays 5–100 ms, concurrency 256\n"
@@ -285,7 +285,7 @@ pub fn write(
         let _ = writeln!(out);
     }
     let _ = writeln!(out, "\n## Idle cost\n");
-    let _ = writeln!(out, "Resident memory added per idle worker, {idle_workers} workers started and idle. `async_pool_retired` is an elastic pool (`min_workers(0)`) after its {idle_workers} workers retired.\n");
+    let _ = writeln!(out, "Resident memory added per idle worker, {idle_workers} workers started and idle. `slowpool_retired` is an elastic pool (`min_workers(0)`) after its {idle_workers} workers retired.\n");
     let _ = writeln!(out, "| pool | KiB per idle worker |\n|---|---:|");
     for (name, kib) in idle {
         let _ = writeln!(

@@ -94,8 +94,8 @@ fn run_blocking(kind: Kind, job: &Job, agent: &ureq::Agent, added: Instant) -> O
 }
 
 pub const CONTENDERS: &[&str] = &[
-    "async_pool",
-    "async_pool_mailbox",
+    "slowpool",
+    "slowpool_mailbox",
     "threadpool",
     "rayon_spawn",
     "tokio_spawn_blocking",
@@ -110,9 +110,9 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
     let agent = agent(concurrency);
     let n = jobs.len();
     match name {
-        "async_pool" => {
+        "slowpool" => {
             let pool =
-                async_pool::AsyncPool::new(concurrency, move |(job, added): (Job, Instant)| {
+                slowpool::AsyncPool::new(concurrency, move |(job, added): (Job, Instant)| {
                     run_blocking(kind, &job, &agent, added)
                 })
                 .unwrap();
@@ -125,9 +125,9 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                 Instant::now(),
             )
         }
-        "async_pool_mailbox" => {
+        "slowpool_mailbox" => {
             let pool =
-                async_pool::AsyncPool::new(concurrency, move |(job, added): (Job, Instant)| {
+                slowpool::AsyncPool::new(concurrency, move |(job, added): (Job, Instant)| {
                     run_blocking(kind, &job, &agent, added)
                 })
                 .unwrap();
