@@ -9,8 +9,8 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::builder::Builder;
-use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
-use crate::engine::{Engine, Job, Owner, Refused, RunContext};
+use crate::cell::{Cell, Control, Header, Output, Slot};
+use crate::engine::{Engine, Job, Owner, Ran, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
 use crate::map::{MapOrdered, MapUnordered, Source};
 use crate::stats::Stats;
@@ -91,16 +91,16 @@ impl<I: Send + 'static, O: Send + 'static> Job for Envelope<I, O> {
         Arc::downgrade(&self.cell) as Weak<dyn Control>
     }
 
-    fn run(self, callback: &Callback<I, O>, cx: &RunContext<'_>) -> Ended {
+    fn run(self, callback: &Callback<I, O>, cx: &RunContext<'_, Self>) -> Ran {
         let Envelope { cell, input } = self;
         let outcome = match callback {
             Callback::Plain(f) => panic::catch_unwind(AssertUnwindSafe(|| f(input))),
             Callback::WithToken(f) => {
-                let token = CancelToken::new(cell.clone(), cx.stopping.clone());
+                let token = CancelToken::new(cell.clone(), cx.stopping().clone());
                 panic::catch_unwind(AssertUnwindSafe(|| f(input, &token)))
             }
         };
-        cell.complete(outcome, cx)
+        cx.finish(&cell, outcome)
     }
 
     fn into_input(self) -> I {

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::watchdog;
 use slowpool::redis::{Entry, Producer, StreamWorker};
 use slowpool::AsyncPool;
-use common::watchdog;
 
 /// A Redis to test against; a server this test started is stopped on drop.
 struct Redis {
