@@ -53,6 +53,10 @@ pub struct StreamStats {
     /// Entries this worker held that another consumer took over (its lease had lapsed: a
     /// frozen link, a paused server): their results were not written.
     pub lost_lease: u64,
+    /// Entries whose settle was sent, lost its reply with the connection, and was found
+    /// already acknowledged after reconnecting: by that lost settle, or by another consumer
+    /// that took the entry over (Redis cannot tell which). Nothing was written twice.
+    pub unconfirmed: u64,
     /// Entries handed back unrun (or unfinished at the stop deadline) for others to claim
     /// at once.
     pub handed_back: u64,
@@ -805,10 +809,13 @@ impl StreamWorker {
             let State::Done { verdict, sent } = held.state else {
                 unreachable!()
             };
-            // A settle sent before a lost reply may have done it: "not pending" then means
-            // our own earlier settle, most likely.
-            let done = reply == 1 || (reply == 0 && sent && self.was_sent(&verdict));
-            match (verdict, done) {
+            // A settle sent before a lost reply may have done it: then "not pending" is its
+            // doing, or another consumer's.
+            if reply == 0 && sent && self.was_sent(&verdict) {
+                stats.unconfirmed += 1;
+                continue;
+            }
+            match (verdict, reply == 1) {
                 (Verdict::Ok(_), true) => stats.acked += 1,
                 (Verdict::Dead(_), true) => stats.dead_lettered += 1,
                 (Verdict::Retry(_), true) => {
@@ -825,6 +832,7 @@ impl StreamWorker {
             s.dead_lettered += stats.dead_lettered;
             s.retried += stats.retried;
             s.lost_lease += stats.lost_lease;
+            s.unconfirmed += stats.unconfirmed;
         });
         Ok(())
     }
