@@ -4,8 +4,8 @@ mod common;
 
 use std::time::Duration;
 
-use slowpool::{AddError, AsyncPool, BuildError, ThreadPool, MAX_WORKERS};
 use common::{eventually, gate, gated, thread_names, watchdog};
+use slowpool::{AddError, AsyncPool, BuildError, ThreadPool, MAX_WORKERS};
 
 #[test]
 fn zero_workers_is_a_typed_error() {

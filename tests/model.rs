@@ -13,10 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use slowpool::{AddError, AsyncPool, TaskError, TaskId, ThreadPool};
 use common::assert_threads_gone;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use proptest::prelude::*;
+use slowpool::{AddError, AsyncPool, TaskError, TaskId, ThreadPool};
 
 /// What a task's callback does.
 #[derive(Debug, Clone, Copy)]

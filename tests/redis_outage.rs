@@ -26,7 +26,11 @@ fn produce(url: &str, stream: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for start in (0..n).step_by(1_000) {
         let end = (start + 1_000).min(n);
-        ids.extend(producer.push_batch((start..end).map(|i| i.to_string())).unwrap());
+        ids.extend(
+            producer
+                .push_batch((start..end).map(|i| i.to_string()))
+                .unwrap(),
+        );
     }
     ids
 }
@@ -36,7 +40,10 @@ fn spawn_worker(
     builder: StreamWorkerBuilder,
     workers: usize,
     task: Duration,
-) -> (StreamWorkerHandle, JoinHandle<Result<StreamStats, StreamError>>) {
+) -> (
+    StreamWorkerHandle,
+    JoinHandle<Result<StreamStats, StreamError>>,
+) {
     let mut worker = builder.connect().unwrap();
     let handle = worker.handle();
     let thread = thread::spawn(move || {
@@ -51,7 +58,12 @@ fn spawn_worker(
 }
 
 /// Polls Redis (tolerating it being down) until `cond` holds; fails after `patience`.
-fn wait_for(url: &str, what: &str, patience: Duration, cond: impl Fn(&mut redis::Connection) -> bool) {
+fn wait_for(
+    url: &str,
+    what: &str,
+    patience: Duration,
+    cond: impl Fn(&mut redis::Connection) -> bool,
+) {
     let client = redis::Client::open(url).unwrap();
     eventually(what, patience, || {
         let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
@@ -67,7 +79,11 @@ fn try_xlen(c: &mut redis::Connection, key: &str) -> Option<usize> {
 }
 
 fn try_pending(c: &mut redis::Connection, stream: &str) -> Option<usize> {
-    let summary: redis::Value = redis::cmd("XPENDING").arg(stream).arg(GROUP).query(c).ok()?;
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(stream)
+        .arg(GROUP)
+        .query(c)
+        .ok()?;
     match summary {
         redis::Value::Array(parts) => redis::from_redis_value_ref(&parts[0]).ok(),
         _ => None,
@@ -87,7 +103,10 @@ fn assert_exactly_one_result_each(url: &str, stream: &str, ids: &[String]) {
     assert_eq!(xlen(&mut c, stream), 0, "acknowledged entries were deleted");
 }
 
-fn stop_all(handles: &[StreamWorkerHandle], threads: Vec<JoinHandle<Result<StreamStats, StreamError>>>) -> Vec<StreamStats> {
+fn stop_all(
+    handles: &[StreamWorkerHandle],
+    threads: Vec<JoinHandle<Result<StreamStats, StreamError>>>,
+) -> Vec<StreamStats> {
     for h in handles {
         h.stop();
     }
@@ -135,9 +154,12 @@ fn a_redis_restart_mid_run_loses_nothing_and_duplicates_nothing() {
         progress(2);
         server.restart_killed();
         let s = stream.clone();
-        wait_for(&url, "every entry settled", Duration::from_secs(90), move |c| {
-            try_xlen(c, &s) == Some(0) && try_pending(c, &s) == Some(0)
-        });
+        wait_for(
+            &url,
+            "every entry settled",
+            Duration::from_secs(90),
+            move |c| try_xlen(c, &s) == Some(0) && try_pending(c, &s) == Some(0),
+        );
         let elapsed = started.elapsed();
         let stats = stop_all(&handles, threads);
         eprintln!(
@@ -187,10 +209,16 @@ fn client_pause_mid_run_writes_no_duplicate_result() {
             .unwrap();
         let paused = Instant::now();
         let s = stream.clone();
-        wait_for(&url, "every entry settled", Duration::from_secs(60), move |c| {
-            try_xlen(c, &s) == Some(0) && try_pending(c, &s) == Some(0)
-        });
-        assert!(paused.elapsed() >= Duration::from_secs(4), "the pause held Redis");
+        wait_for(
+            &url,
+            "every entry settled",
+            Duration::from_secs(60),
+            move |c| try_xlen(c, &s) == Some(0) && try_pending(c, &s) == Some(0),
+        );
+        assert!(
+            paused.elapsed() >= Duration::from_secs(4),
+            "the pause held Redis"
+        );
         let stats = stop_all(&handles, threads);
         eprintln!("pause test: {stats:?}");
         assert_exactly_one_result_each(&url, &stream, &ids);
@@ -220,9 +248,18 @@ fn a_frozen_link_writes_no_duplicate_result_and_stop_returns_during_the_freeze()
         };
         // Two workers behind the proxy (one is stopped during the freeze, one rides it
         // out), one connected directly.
-        let (stopped, stopped_thread) = spawn_worker(builder(&proxy.url(), "behind-1"), 4, Duration::from_millis(10));
-        let (rider, rider_thread) = spawn_worker(builder(&proxy.url(), "behind-2"), 4, Duration::from_millis(10));
-        let (direct, direct_thread) = spawn_worker(builder(&url, "direct"), 4, Duration::from_millis(10));
+        let (stopped, stopped_thread) = spawn_worker(
+            builder(&proxy.url(), "behind-1"),
+            4,
+            Duration::from_millis(10),
+        );
+        let (rider, rider_thread) = spawn_worker(
+            builder(&proxy.url(), "behind-2"),
+            4,
+            Duration::from_millis(10),
+        );
+        let (direct, direct_thread) =
+            spawn_worker(builder(&url, "direct"), 4, Duration::from_millis(10));
         let r = results.clone();
         wait_for(&url, "a quarter done", Duration::from_secs(60), move |c| {
             try_xlen(c, &r).is_some_and(|len| len >= N / 4)
@@ -231,7 +268,9 @@ fn a_frozen_link_writes_no_duplicate_result_and_stop_returns_during_the_freeze()
         let frozen_at = Instant::now();
         let thaw_at = frozen_at + claim_after * 3;
         // The direct worker takes over what the frozen ones held...
-        eventually("the direct worker claims", Duration::from_secs(10), || direct.stats().claimed > 0);
+        eventually("the direct worker claims", Duration::from_secs(10), || {
+            direct.stats().claimed > 0
+        });
         // ... and `stop` returns while the link is still frozen.
         stopped.stop();
         let (done, finished) = mpsc::channel();
@@ -243,23 +282,32 @@ fn a_frozen_link_writes_no_duplicate_result_and_stop_returns_during_the_freeze()
             .expect("stop() returned during the freeze")
             .expect("run returns Ok after stop");
         assert!(Instant::now() < thaw_at);
-        eprintln!("stopped during the freeze after {:.2} s: {stopped_stats:?}", frozen_at.elapsed().as_secs_f64());
+        eprintln!(
+            "stopped during the freeze after {:.2} s: {stopped_stats:?}",
+            frozen_at.elapsed().as_secs_f64()
+        );
         thread::sleep(thaw_at.saturating_duration_since(Instant::now()));
         let rider_before_thaw = rider.stats().acked;
         proxy.freeze(false); // late commands held by the proxy reach Redis now
-        // The rider reconnects, and finds the entries it finished during the freeze taken over
-        // (or, where its settle's reply was lost, acknowledged: `unconfirmed`).
+                             // The rider reconnects, and finds the entries it finished during the freeze taken over
+                             // (or, where its settle's reply was lost, acknowledged: `unconfirmed`).
         eventually("the rider reconnects", Duration::from_secs(10), || {
             let s = rider.stats();
             s.reconnects >= 1 && s.lost_lease + s.unconfirmed >= 1
         });
         let s = stream.clone();
-        wait_for(&url, "every entry settled", Duration::from_secs(60), move |c| {
-            try_xlen(c, &s) == Some(0) && try_pending(c, &s) == Some(0)
-        });
+        wait_for(
+            &url,
+            "every entry settled",
+            Duration::from_secs(60),
+            move |c| try_xlen(c, &s) == Some(0) && try_pending(c, &s) == Some(0),
+        );
         let stats = stop_all(&[rider, direct], vec![rider_thread, direct_thread]);
         eprintln!("freeze test: rider {:?}, direct {:?}", stats[0], stats[1]);
-        assert!(stats[0].acked > rider_before_thaw, "the rider worked on after the thaw");
+        assert!(
+            stats[0].acked > rider_before_thaw,
+            "the rider worked on after the thaw"
+        );
         assert_exactly_one_result_each(&url, &stream, &ids);
     });
 }

@@ -41,9 +41,16 @@ pub(crate) fn is_transient(error: &RedisError) -> bool {
     // A server starting up (LOADING), busy with a script, paused in a failover, or whose
     // group vanished with a restart that kept no data (NOGROUP: reconnecting recreates it).
     let text = error.to_string();
-    ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "NOGROUP"]
-        .iter()
-        .any(|code| error.code() == Some(code) || text.contains(code))
+    [
+        "LOADING",
+        "BUSY",
+        "TRYAGAIN",
+        "MASTERDOWN",
+        "READONLY",
+        "NOGROUP",
+    ]
+    .iter()
+    .any(|code| error.code() == Some(code) || text.contains(code))
 }
 
 /// Capped exponential backoff with jitter: attempt `n` (from 1) waits a random time in
@@ -200,7 +207,9 @@ impl Link {
         if now < self.next_attempt {
             return Ok(false);
         }
-        let attempt = self.open().and_then(|mut con| setup(&mut con).map(|()| con));
+        let attempt = self
+            .open()
+            .and_then(|mut con| setup(&mut con).map(|()| con));
         match attempt {
             Ok(con) => {
                 self.con = Some(con);

@@ -40,7 +40,10 @@ pub fn watchdog<T: Send + 'static>(
 pub fn eventually(what: &str, patience: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + patience;
     while !condition() {
-        assert!(Instant::now() < deadline, "never happened within {patience:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "never happened within {patience:?}: {what}"
+        );
         thread::sleep(Duration::from_millis(10));
     }
 }
