@@ -16,10 +16,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use slowpool::{AsyncPool, TaskError, TaskId};
 use crossbeam_channel::unbounded;
 use indicatif::{ProgressBar, ProgressStyle};
 use server::{Reply, Rng, Server};
+use slowpool::{AsyncPool, TaskError, TaskId};
 
 const HOSTS: usize = 5;
 const PAGES_PER_HOST: u64 = 100;

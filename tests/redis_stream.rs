@@ -62,7 +62,7 @@ impl Runs {
     }
 }
 
-fn dead_letters(con: &mut redis::Connection, stream: &str) -> Vec<Vec<(String, Vec<u8>)>> {
+fn dead_letters(con: &mut redis::Connection, stream: &str) -> Vec<Fields> {
     entries(con, &format!("{stream}:dead"))
         .into_iter()
         .map(|(_, f)| f)
@@ -347,8 +347,7 @@ fn malformed_entries_are_dead_lettered_with_all_their_fields_and_the_reason() {
         "an entry without a payload never runs"
     );
     let letters = dead_letters(&mut con, &stream);
-    let by_id: HashMap<String, &Vec<(String, Vec<u8>)>> =
-        letters.iter().map(|l| (text(l, "entry"), l)).collect();
+    let by_id: HashMap<String, &Fields> = letters.iter().map(|l| (text(l, "entry"), l)).collect();
     let first = by_id[&no_payload];
     assert_eq!(text(first, "error"), "malformed entry: no `payload` field");
     assert_eq!(text(first, "url"), "https://example.com/");

@@ -59,7 +59,7 @@ impl EntryError for Box<dyn std::error::Error + Send + Sync> {}
 /// returning `Result<_, Failure>`; say [`Failure::permanent`] for input that will never work.
 ///
 /// ```
-/// use slowpool::redis::{Entry, EntryError, Failure};
+/// use slowpool::redis::{Entry, Failure};
 ///
 /// fn process(entry: Entry) -> Result<Vec<u8>, Failure> {
 ///     let url = entry.payload_str()?; // not UTF-8: dead-lettered at once
@@ -95,6 +95,11 @@ impl Failure {
             message: message.to_string(),
             permanent: true,
         }
+    }
+
+    /// Returns `true` for a [permanent](Failure::permanent) failure.
+    pub fn is_permanent(&self) -> bool {
+        self.permanent
     }
 }
 

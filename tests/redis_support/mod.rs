@@ -209,8 +209,11 @@ pub fn pending_of(
     reply.ids.into_iter().map(|p| p.id).collect()
 }
 
-/// Every entry of a stream, its fields in order.
-pub fn entries(con: &mut redis::Connection, stream: &str) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+/// An entry's fields, in order.
+pub type Fields = Vec<(String, Vec<u8>)>;
+
+/// Every entry of a stream: its id and fields.
+pub fn entries(con: &mut redis::Connection, stream: &str) -> Vec<(String, Fields)> {
     let reply: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
         .arg(stream)
         .arg("-")
