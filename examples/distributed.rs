@@ -8,16 +8,21 @@
 //! ```
 //!
 //! `work` runs until Ctrl-C (or, with `--drain`, until the stream has nothing left for it),
-//! printing a progress line; on Ctrl-C it stops reading, lets the entries in flight finish,
-//! acknowledges them and prints a tally. Kill it with `kill -9` instead and nothing is lost:
-//! its unacknowledged entries are claimed by the other workers after `claim_after`.
+//! printing a progress line; on Ctrl-C it stops reading, hands entries not yet started back
+//! to the group, lets the running ones finish (at most 10 s), settles them and prints a tally.
+//! Kill it with `kill -9` instead and nothing is lost: its entries are claimed by the other
+//! workers after `claim_after`. It rides out Redis restarts, reconnecting with a backoff.
+//!
+//! `--name` is the consumer name, by default the host name: keep it stable across restarts
+//! and give each process on one host its own. `--drain` exits with status 3 while entries are
+//! still pending with other consumers (a crashed one's, not yet claimable).
 //!
 //! The Redis address comes from `REDIS_URL` (default `redis://127.0.0.1:6379/`).
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use slowpool::redis::{Entry, Producer, StreamWorker};
+use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
 use slowpool::AsyncPool;
 
 const STREAM: &str = "async_pool:jobs";
@@ -27,13 +32,14 @@ fn url() -> String {
     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/".into())
 }
 
-/// The work: a payload is a number of milliseconds to spend (a stand-in for a fetch).
-fn process(entry: Entry) -> Result<Vec<u8>, String> {
-    let text = String::from_utf8(entry.payload).map_err(|e| e.to_string())?;
+/// The work: a payload is a number of milliseconds to spend (a stand-in for a fetch). A
+/// payload that is not a number can never succeed: it is dead-lettered at once.
+fn process(entry: Entry) -> Result<Vec<u8>, Failure> {
+    let text = entry.payload_str()?;
     let ms: u64 = text
         .trim()
         .parse()
-        .map_err(|_| format!("not a number: {text:?}"))?;
+        .map_err(|_| Failure::permanent(format!("not a number: {text:?}")))?;
     if ms > 0 {
         std::thread::sleep(Duration::from_millis(ms));
     }
@@ -53,6 +59,16 @@ fn produce(n: usize, ms: u64) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The host name, the default consumer name.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_string())
+}
+
 fn work(name: &str, drain: bool) -> Result<(), Box<dyn std::error::Error>> {
     let pool = AsyncPool::builder()
         .max_workers(32)
@@ -61,32 +77,30 @@ fn work(name: &str, drain: bool) -> Result<(), Box<dyn std::error::Error>> {
     let mut worker = StreamWorker::builder(&url(), STREAM, GROUP, name)
         .result_stream(format!("{STREAM}:results"))
         .claim_after(Duration::from_secs(5))
+        .stop_timeout(Duration::from_secs(10))
+        .drain(drain)
         .connect()?;
     let handle = worker.handle();
     let stopper = handle.clone();
     ctrlc::set_handler(move || stopper.stop())?;
-    let progress = handle.clone();
-    std::thread::spawn(move || {
-        let mut idle_since = Instant::now();
-        let mut last = 0;
-        loop {
+    if !drain {
+        let progress = handle.clone();
+        std::thread::spawn(move || loop {
             std::thread::sleep(Duration::from_millis(250));
             let s = progress.stats();
-            if !drain {
-                eprintln!(
-                    "read {} acked {} in flight {} retried {} claimed {} dead {}",
-                    s.read, s.acked, s.in_flight, s.retried, s.claimed, s.dead_lettered
-                );
-            }
-            if s.acked + s.dead_lettered != last || s.in_flight > 0 {
-                last = s.acked + s.dead_lettered;
-                idle_since = Instant::now();
-            } else if drain && idle_since.elapsed() > Duration::from_millis(500) {
-                progress.stop();
-                return;
-            }
-        }
-    });
+            eprintln!(
+                "read {} acked {} in flight {} retried {} claimed {} dead {} lost {} reconnects {}",
+                s.read,
+                s.acked,
+                s.in_flight,
+                s.retried,
+                s.claimed,
+                s.dead_lettered,
+                s.lost_lease,
+                s.reconnects
+            );
+        });
+    }
     let started = Instant::now();
     let stats = worker.run(&pool)?;
     println!(
@@ -98,6 +112,19 @@ fn work(name: &str, drain: bool) -> Result<(), Box<dyn std::error::Error>> {
         stats.retried,
         stats.dead_lettered
     );
+    if drain {
+        let backlog = worker.backlog()?;
+        if !backlog.is_empty() {
+            eprintln!(
+                "not drained: {} pending, {:?} undelivered",
+                backlog.pending, backlog.undelivered
+            );
+            for (consumer, pending, idle_ms) in backlog.consumers.iter().filter(|c| c.1 > 0) {
+                eprintln!("  {consumer}: {pending} pending, last seen {idle_ms} ms ago");
+            }
+            std::process::exit(3);
+        }
+    }
     Ok(())
 }
 
@@ -132,7 +159,7 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
             })
             .collect::<Result<_, _>>()?;
         for task in tasks {
-            task.recv()??;
+            task.recv()?.map_err(|e| e.to_string())?;
         }
         let local = n as f64 / started.elapsed().as_secs_f64();
         let mut row = format!("| {label} | {local:.0}/s |");
@@ -185,7 +212,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             produce(n, ms)
         }
         Some("work") => {
-            let name = flag("--name").unwrap_or_else(|| format!("worker-{}", std::process::id()));
+            let name = flag("--name").unwrap_or_else(host_name);
             work(&name, args.iter().any(|a| a == "--drain"))
         }
         Some("bench") => bench(),

@@ -645,7 +645,9 @@ impl StreamWorker {
             }
         }
         let mut found = 0;
-        if run.limit > run.held.len() && now >= run.next_claim {
+        // Draining, look for claimable entries before concluding there is nothing left.
+        let drained = self.settings.drain && run.held.is_empty();
+        if run.limit > run.held.len() && (now >= run.next_claim || drained) {
             found += self.claim(run)?;
             run.next_claim = Instant::now()
                 + self
@@ -820,8 +822,12 @@ impl StreamWorker {
                 (Verdict::Dead(_), true) => stats.dead_lettered += 1,
                 (Verdict::Retry(_), true) => {
                     stats.retried += 1;
-                    let at = Instant::now() + self.settings.retry.delay(held.deliveries);
-                    held.state = State::Waiting(at);
+                    held.state = if run.stopping {
+                        State::HandBack { ran: true }
+                    } else {
+                        let delay = self.settings.retry.delay(held.deliveries);
+                        State::Waiting(Instant::now() + delay)
+                    };
                     run.held.insert(id.clone(), held);
                 }
                 (_, false) => stats.lost_lease += 1,
@@ -1081,7 +1087,7 @@ impl StreamWorker {
             self.take(run, id, payload, deliveries);
         }
         self.count(|s| {
-            s.claimed += n as u64 + buried;
+            s.claimed += n as u64;
             s.dead_lettered += buried;
         });
         Ok(n + buried as usize)
