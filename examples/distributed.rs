@@ -1,10 +1,11 @@
 //! Pools on many machines fed from one Redis Stream.
 //!
 //! ```sh
-//! redis-server --port 6379 --save '' &            # any Redis 7
+//! redis-server --port 6379 --save '' &            # Redis 7.0 or newer
 //! cargo run --release --features redis --example distributed -- produce 10000
 //! cargo run --release --features redis --example distributed -- work      # on each machine
 //! cargo run --release --features redis --example distributed -- bench     # entries/s, 1-3 processes
+//! # (`bench --keep-acked`: the same without deleting acknowledged entries)
 //! ```
 //!
 //! `work` runs until Ctrl-C (or, with `--drain`, until the stream has nothing left for it),
@@ -69,7 +70,7 @@ fn host_name() -> String {
         .unwrap_or_else(|| "worker".to_string())
 }
 
-fn work(name: &str, drain: bool) -> Result<(), Box<dyn std::error::Error>> {
+fn work(name: &str, drain: bool, keep_acked: bool) -> Result<(), Box<dyn std::error::Error>> {
     let pool = AsyncPool::builder()
         .max_workers(32)
         .thread_name("work")
@@ -79,6 +80,7 @@ fn work(name: &str, drain: bool) -> Result<(), Box<dyn std::error::Error>> {
         .claim_after(Duration::from_secs(5))
         .stop_timeout(Duration::from_secs(10))
         .drain(drain)
+        .delete_acked(!keep_acked)
         .connect()?;
     let handle = worker.handle();
     let stopper = handle.clone();
@@ -141,7 +143,7 @@ fn reset() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Entries per second through Redis with 1, 2 and 3 worker processes, beside the same tasks on
 /// one in-process pool.
-fn bench() -> Result<(), Box<dyn std::error::Error>> {
+fn bench(keep_acked: bool) -> Result<(), Box<dyn std::error::Error>> {
     let exe = std::env::current_exe()?;
     println!("| tasks | in-process pool | 1 process | 2 processes | 3 processes |");
     println!("|---|---:|---:|---:|---:|");
@@ -169,8 +171,12 @@ fn bench() -> Result<(), Box<dyn std::error::Error>> {
             let started = Instant::now();
             let children: Vec<_> = (0..procs)
                 .map(|p| {
-                    Command::new(&exe)
-                        .args(["work", "--drain", "--name", &format!("bench-{p}")])
+                    let mut cmd = Command::new(&exe);
+                    cmd.args(["work", "--drain", "--name", &format!("bench-{p}")]);
+                    if keep_acked {
+                        cmd.arg("--keep-acked");
+                    }
+                    cmd
                         .stdout(Stdio::null())
                         .spawn()
                 })
@@ -213,12 +219,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Some("work") => {
             let name = flag("--name").unwrap_or_else(host_name);
-            work(&name, args.iter().any(|a| a == "--drain"))
+            let has = |f: &str| args.iter().any(|a| a == f);
+            work(&name, has("--drain"), has("--keep-acked"))
         }
-        Some("bench") => bench(),
+        Some("bench") => bench(args.iter().any(|a| a == "--keep-acked")),
         Some("reset") => reset(),
         _ => {
-            eprintln!("usage: distributed produce N [--ms MS] | work [--name NAME] [--drain] | bench | reset");
+            eprintln!("usage: distributed produce N [--ms MS] | work [--name NAME] [--drain] [--keep-acked] | bench [--keep-acked] | reset");
             std::process::exit(2);
         }
     }
