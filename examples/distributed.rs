@@ -176,9 +176,7 @@ fn bench(keep_acked: bool) -> Result<(), Box<dyn std::error::Error>> {
                     if keep_acked {
                         cmd.arg("--keep-acked");
                     }
-                    cmd
-                        .stdout(Stdio::null())
-                        .spawn()
+                    cmd.stdout(Stdio::null()).spawn()
                 })
                 .collect::<Result<_, _>>()?;
             let mut con = redis::Client::open(url().as_str())?.get_connection()?;

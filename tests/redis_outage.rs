@@ -311,3 +311,40 @@ fn a_frozen_link_writes_no_duplicate_result_and_stop_returns_during_the_freeze()
         assert_exactly_one_result_each(&url, &stream, &ids);
     });
 }
+
+#[test]
+fn run_gives_up_with_disconnected_past_the_reconnect_limit() {
+    watchdog("reconnect limit", Duration::from_secs(60), || {
+        let mut server = Some(Server::start(false));
+        let url = server.as_ref().unwrap().url();
+        let stream = stream_name("limit");
+        let mut worker = StreamWorker::builder(&url, stream.as_str(), GROUP, "w1")
+            .connect_timeout(Duration::from_millis(200))
+            .response_timeout(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+            .reconnect_limit(Duration::from_secs(1))
+            .connect()
+            .unwrap();
+        let handle = worker.handle();
+        let runner = thread::spawn(move || {
+            let pool = AsyncPool::new(1, |entry: Entry| Ok::<_, String>(entry.payload)).unwrap();
+            worker.run(&pool)
+        });
+        // Running and reading (an empty stream), then Redis goes away for good.
+        eventually("the worker runs", Duration::from_secs(10), || {
+            redis::cmd("CLIENT")
+                .arg("LIST")
+                .query::<String>(&mut con(&url))
+                .is_ok_and(|list| list.contains("cmd=xreadgroup"))
+        });
+        let gone = Instant::now();
+        drop(server.take());
+        let error = runner.join().unwrap().unwrap_err();
+        assert!(error.is_disconnected(), "{error}");
+        let waited = gone.elapsed();
+        assert!(waited >= Duration::from_secs(1), "gave up after {waited:?}");
+        assert!(waited < Duration::from_secs(20), "gave up after {waited:?}");
+        assert_eq!(handle.stats().reconnects, 0);
+        eprintln!("gave up after {:.2} s: {error}", waited.as_secs_f64());
+    });
+}

@@ -640,6 +640,10 @@ fn stale_consumers_with_nothing_pending_are_removed() {
 
 #[test]
 fn a_producer_with_a_capacity_refuses_when_full() {
+    watchdog("capacity", PATIENCE, producer_capacity);
+}
+
+fn producer_capacity() {
     let redis = redis();
     let stream = stream_name("capacity");
     let mut producer = Producer::connect(&redis.url, stream.as_str())
@@ -693,11 +697,13 @@ fn crash_test_worker_process() {
         .unwrap();
     let handle = worker.handle();
     let stop_key = format!("{stream}:stop");
+    let parent = std::os::unix::process::parent_id();
     std::thread::spawn(move || {
         let mut con = con(&url);
         loop {
             let stop: Option<String> = redis::cmd("GET").arg(&stop_key).query(&mut con).unwrap();
-            if stop.is_some() {
+            // Stop too if the test process died (a failed test must not leave workers behind).
+            if stop.is_some() || std::os::unix::process::parent_id() != parent {
                 handle.stop();
                 return;
             }

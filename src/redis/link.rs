@@ -239,3 +239,36 @@ impl Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn backoff_doubles_from_base_up_to_cap_with_jitter_in_the_upper_half() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        };
+        for (attempt, full) in [
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1000),
+            (60, 1000),
+        ] {
+            let full = Duration::from_millis(full);
+            for _ in 0..50 {
+                let d = b.delay(attempt);
+                assert!(
+                    d >= full / 2 && d <= full,
+                    "attempt {attempt}: {d:?} for {full:?}"
+                );
+            }
+        }
+        let spread: std::collections::HashSet<_> = (0..50).map(|_| b.delay(3)).collect();
+        assert!(spread.len() > 1, "jittered");
+    }
+}
