@@ -464,6 +464,59 @@ fn retention_leaves_no_acknowledged_entry_no_error_record_and_trims_results() {
     );
 }
 
+/// An entry deleted from the stream while pending (trimmed, or `XDEL` by an operator) leaves
+/// the pending list at the next claim; its error record must leave with it.
+#[test]
+fn the_error_record_of_an_entry_deleted_while_pending_is_removed() {
+    let redis = redis();
+    let stream = stream_name("deleted");
+    let errors = format!("{stream}:errors:g");
+    let gone = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push(b"gone")
+        .unwrap();
+    let mut con = con(&redis.url);
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query::<()>(&mut con)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("crashed")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut con)
+        .unwrap();
+    redis::cmd("HSET")
+        .arg(&errors)
+        .arg(&gone)
+        .arg("it failed once")
+        .query::<()>(&mut con)
+        .unwrap();
+    redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&gone)
+        .query::<()>(&mut con)
+        .unwrap();
+    let pool = AsyncPool::new(1, |entry: Entry| Ok::<_, String>(entry.payload)).unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .claim_after(Duration::from_millis(50))
+        .claim_every(Duration::from_millis(20))
+        .connect()
+        .unwrap();
+    let (e, s) = (errors.clone(), stream.clone());
+    let stats = run_until(worker, pool, &redis.url, move |con, _| {
+        let left: usize = redis::cmd("HLEN").arg(&e).query(con).unwrap();
+        left == 0 && pending(con, &s, "g") == 0
+    });
+    assert_eq!((stats.claimed, stats.acked, stats.dead_lettered), (0, 0, 0));
+}
+
 #[test]
 fn stop_hands_unstarted_entries_back_at_once_and_abandons_running_ones_at_the_deadline() {
     let redis = redis();

@@ -242,6 +242,9 @@ impl StreamWorkerBuilder {
     /// entries; those still running then are handed back (their results, when they come,
     /// are dropped). Entries queued in the pool and not started are handed back at once
     /// either way. Default: wait for every running entry.
+    ///
+    /// The pool still runs the abandoned tasks: a pool dropped after `run` waits for them
+    /// (see [`AsyncPool::shutdown_timeout`](crate::AsyncPool::shutdown_timeout)).
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
         self.stop_timeout = Some(timeout);
         self
