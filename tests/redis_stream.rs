@@ -464,6 +464,63 @@ fn retention_leaves_no_acknowledged_entry_no_error_record_and_trims_results() {
     );
 }
 
+/// The fence itself: a worker whose entry was claimed by another consumer while its task ran
+/// writes no result, acknowledges nothing, and counts a lost lease.
+#[test]
+fn a_late_settle_after_another_consumer_claimed_the_entry_writes_nothing() {
+    let redis = redis();
+    let stream = stream_name("fence");
+    let results = format!("{stream}:results");
+    let id = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push(b"contested")
+        .unwrap();
+    let contested = id.clone();
+    let (release, gate) = crossbeam_channel::bounded::<()>(0);
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let pool = AsyncPool::new(1, move |entry: Entry| {
+        s.fetch_add(1, Ordering::SeqCst);
+        let _ = gate.recv();
+        Ok::<_, String>(entry.payload)
+    })
+    .unwrap();
+    // A minute's claim_after: its next lease renewal is 20 s away.
+    let mut worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "slow")
+        .result_stream(results.as_str())
+        .claim_after(Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    let handle = worker.handle();
+    let url = redis.url.clone();
+    let (stats, late) = watchdog("fenced settle", PATIENCE, move || {
+        let runner = std::thread::spawn(move || worker.run(&pool).unwrap());
+        eventually("the task runs", PATIENCE, || {
+            started.load(Ordering::SeqCst) == 1
+        });
+        // Another consumer claims the entry (as if the worker had been cut off).
+        let mut con = con(&url);
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&stream)
+            .arg("g")
+            .arg("thief")
+            .arg(0)
+            .arg(&id)
+            .query(&mut con)
+            .unwrap();
+        drop(release); // the task returns Ok; the worker tries to settle
+        eventually("the settle was refused", PATIENCE, || {
+            handle.stats().lost_lease == 1
+        });
+        handle.stop();
+        let stats = runner.join().unwrap();
+        (stats, pending_of(&mut con, &stream, "g", "thief"))
+    });
+    assert_eq!((stats.acked, stats.lost_lease), (0, 1));
+    assert_eq!(late, vec![contested], "still pending, with the thief");
+    assert_eq!(xlen(&mut con(&redis.url), &results), 0, "no result written");
+}
+
 /// An entry deleted from the stream while pending (trimmed, or `XDEL` by an operator) leaves
 /// the pending list at the next claim; its error record must leave with it.
 #[test]
