@@ -152,7 +152,9 @@ impl StreamWorkerBuilder {
     }
 
     /// At most `n` entries held at once (in the pool, waiting for a retry, or finished and
-    /// not yet settled). Default: twice the pool's `max_workers`.
+    /// not yet settled). Default: twice the pool's `max_workers`. With a bounded
+    /// [`queue_capacity`](crate::Builder::queue_capacity), keep `n` at most `max_workers +
+    /// queue_capacity`: a full queue blocks the worker's loop, lease renewals included.
     pub fn in_flight(mut self, n: usize) -> Self {
         self.in_flight = Some(n.max(1));
         self
@@ -171,7 +173,9 @@ impl StreamWorkerBuilder {
     /// (queued in the pool, running, or waiting for a retry) every `claim_after / 3`, so its
     /// entries never look idle. Only a worker that cannot reach Redis for about
     /// `claim_after` (dead, frozen, partitioned) loses its entries — and then its late
-    /// results are not written (see `StreamStats::lost_lease`).
+    /// results are not written (see `StreamStats::lost_lease`). A renewal can be late by one
+    /// Redis call (`response_timeout`, plus `block` for a read): keep `claim_after` several
+    /// times that.
     pub fn claim_after(mut self, idle: Duration) -> Self {
         self.claim_after = idle.max(Duration::from_millis(3));
         self
