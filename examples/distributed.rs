@@ -78,6 +78,7 @@ fn work(name: &str, drain: bool, keep_acked: bool) -> Result<(), Box<dyn std::er
     let mut worker = StreamWorker::builder(&url(), STREAM, GROUP, name)
         .result_stream(format!("{STREAM}:results"))
         .claim_after(Duration::from_secs(5))
+        .response_timeout(Duration::from_secs(1))
         .stop_timeout(Duration::from_secs(10))
         .drain(drain)
         .delete_acked(!keep_acked)
