@@ -358,7 +358,10 @@ fn check_case(
             Err(TaskError::Panicked(_)) => outcomes.1 += 1,
             Err(TaskError::Cancelled) => outcomes.2 += 1,
             Err(TaskError::TimedOut) => {
-                assert!(timed.contains(&input), "timed out without a deadline: {input:#x}");
+                assert!(
+                    timed.contains(&input),
+                    "timed out without a deadline: {input:#x}"
+                );
                 outcomes.3 += 1;
             }
             Err(other) => panic!("unexpected ending {other:?}"),
@@ -407,7 +410,10 @@ fn check_case(
     if let Some(limit) = per_key {
         for key in 1..4 {
             let peak = keys.peak[key].load(Ordering::SeqCst);
-            assert!(peak <= limit, "key {key}: {peak} callbacks at once, limit {limit}");
+            assert!(
+                peak <= limit,
+                "key {key}: {peak} callbacks at once, limit {limit}"
+            );
         }
     }
 
