@@ -348,7 +348,12 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     ///
     /// Called from inside a task of this pool, it cannot wait for itself: it waits for every
     /// other task except those also blocked in `join` on a worker, and runs queued tasks on
-    /// the calling thread meanwhile, so it never deadlocks for lack of free workers.
+    /// the calling thread meanwhile, so it never deadlocks for lack of free workers. A joining
+    /// task that times out stops excusing the others at once; its `join` still waits for them.
+    ///
+    /// A *keyed* task that joins still holds its key, so it also waits for tasks of that key —
+    /// which cannot start while it fills the key's [`max_per_key`](Builder::max_per_key): do
+    /// not call `join` from a task whose key may have others waiting behind it.
     pub fn join(&self) {
         self.engine().join();
     }

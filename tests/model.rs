@@ -68,7 +68,10 @@ fn behaviour() -> impl Strategy<Value = Behaviour> {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => behaviour().prop_map(Op::Add),
-        3 => (1u8..=3, behaviour()).prop_map(|(k, b)| Op::AddKeyed(k, b)),
+        // Not `Join`: a task that joins while it fills its key's limit would wait for tasks of
+        // that key that cannot start before it ends (documented on `join`).
+        3 => (1u8..=3, behaviour())
+            .prop_map(|(k, b)| Op::AddKeyed(k, if let Behaviour::Join = b { Behaviour::Return } else { b })),
         2 => (behaviour(), 1u8..=4).prop_map(|(b, ms)| Op::AddWithTimeout(b, ms)),
         2 => behaviour().prop_map(Op::TryAdd),
         4 => behaviour().prop_map(Op::AddTo),
