@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Engine, Job, CURRENT_TASK};
-use crate::cell::RUNNING;
+use crate::cell::{QUEUED, RUNNING, WAITING};
 
 /// Owns a pool: dropping the last owner shuts the pool down.
 pub(crate) struct Owner<J: Job>(pub(crate) Arc<Engine<J>>);
@@ -78,7 +78,17 @@ impl<J: Job> Engine<J> {
         if !finished {
             drop(self.stop_now());
             for control in self.registry.all() {
-                if control.header().state() == RUNNING && !self.is_own_task(&*control) {
+                if self.is_own_task(&*control) {
+                    continue;
+                }
+                // A job a worker took off the queue but has not started yet is neither in the
+                // queue (so `stop_now` missed it) nor running: cancel it, or — if the worker
+                // started it meanwhile — time it out.
+                let header = control.header();
+                if matches!(header.state(), QUEUED | WAITING) && self.cancel_task(&*control) {
+                    continue;
+                }
+                if header.state() == RUNNING {
                     self.time_out(&*control, true);
                 }
             }
@@ -127,6 +137,15 @@ impl<J: Job> Engine<J> {
             .and_then(|_| CURRENT_TASK.with(|task| task.get()));
         if let Some(id) = joining {
             self.joiners.add(id);
+            // A task that already ended (it timed out) excuses nobody. Looked at after the add:
+            // either this sees the ending, or the ending path's `joiners.remove` sees the entry.
+            let running = self
+                .registry
+                .get(id)
+                .is_some_and(|task| task.header().state() == RUNNING);
+            if !running {
+                self.joiners.remove(id);
+            }
         }
         self.quiet.waiters.fetch_add(1, SeqCst);
         let mut guard = self.quiet.lock.lock();

@@ -80,10 +80,11 @@ impl<J: Job> Engine<J> {
                 }
                 Err(TryRecvError::Empty) => {}
             }
-            if searching {
-                searching = false;
-                self.scheduler.stop_searching();
+            if self.scheduler.search(&self.receiver, searching) {
+                searching = true;
+                continue;
             }
+            searching = false;
             match self
                 .scheduler
                 .park(seat, &self.receiver, self.settings.keep_alive)
