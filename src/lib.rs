@@ -104,6 +104,7 @@
 //! `keep_alive` idle. A pool that uses timeouts or per-key intervals starts one timer thread.
 //! Nothing else: no thread per task, key or deadline.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(missing_debug_implementations)]
@@ -131,6 +132,12 @@ pub use crate::stats::Stats;
 pub use crate::task::{Task, TaskId};
 pub use crate::thread_pool::ThreadPool;
 pub use crate::token::CancelToken;
+
+/// README.md's code, compiled and run by `cargo test --doc`: a snippet that stops compiling
+/// fails the tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 /// The most workers a pool may have. A larger `max_workers` is refused with
 /// [`BuildError::TooManyWorkers`] rather than left to exhaust the machine.

@@ -19,6 +19,14 @@ pub struct TaskId(pub(crate) u64);
 
 impl TaskId {
     /// Returns the id as a number: 1 for the first task a pool accepted, then 2, 3, ...
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// assert_eq!(pool.add_task(1)?.id().as_u64(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn as_u64(self) -> u64 {
         self.0
     }
@@ -70,7 +78,17 @@ impl<T: Send + 'static> Task<T> {
         }
     }
 
-    /// Returns this task's id.
+    /// Returns this task's id: the one a mailbox result carries, and
+    /// [`cancel`](crate::AsyncPool::cancel) takes.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let (first, second) = (pool.add_task(1)?, pool.add_task(2)?);
+    /// assert!(first.id() < second.id()); // ids follow the order of the adds
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn id(&self) -> TaskId {
         self.cell.header.id
     }
@@ -122,6 +140,20 @@ impl<T: Send + 'static> Task<T> {
 
     /// Waits at most `timeout` for the task to end: its result, or `None` if time ran out.
     /// The task goes on running either way.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use crossbeam_channel::bounded;
+    /// use std::time::Duration;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::new(1, move |n: u8| { let _ = gate.recv(); n })?;
+    /// let task = pool.add_task(1)?;
+    /// assert_eq!(task.recv_timeout(Duration::from_millis(10)), None); // still blocked
+    /// release.send(())?;
+    /// assert_eq!(task.recv_timeout(Duration::from_secs(60)), Some(Ok(1)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Result<T, TaskError>> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.read(Some(deadline)),
@@ -198,6 +230,17 @@ impl<T: Send + 'static> Task<T> {
     }
 
     /// Returns `true` once the task has ended (its result may or may not have been read).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let task = pool.add_task(1)?;
+    /// pool.join();
+    /// assert!(task.is_finished() && !task.is_running());
+    /// assert_eq!(task.recv(), Ok(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_finished(&self) -> bool {
         !matches!(self.cell.header.state(), WAITING | QUEUED | RUNNING)
     }
