@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::thread;
 use std::time::Duration;
 
-use slowpool::{AsyncPool, TaskError, TaskId};
 use crossbeam_channel::{select, tick, unbounded, Receiver};
+use slowpool::{AsyncPool, TaskError, TaskId};
 
 /// The work: stands in for a slow network call.
 fn process(data: u64) -> u64 {

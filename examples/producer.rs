@@ -6,8 +6,8 @@
 use std::thread;
 use std::time::Duration;
 
-use slowpool::{AsyncPool, TaskError, TaskId};
 use crossbeam_channel::unbounded;
+use slowpool::{AsyncPool, TaskError, TaskId};
 
 /// Do your work here; the return value is sent back to the loop's mailbox.
 fn process(data: u32) -> String {

@@ -12,9 +12,9 @@ mod server;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use slowpool::{AsyncPool, TaskError, TaskId};
 use crossbeam_channel::{select, tick, unbounded};
 use server::{query, Reply, Rng, Server};
+use slowpool::{AsyncPool, TaskError, TaskId};
 
 const PAGES: u64 = 200;
 const WORKERS: usize = 32;

@@ -5,9 +5,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slowpool::{AsyncPool, Task, TaskError, TaskId};
 use common::{gate, gated, watchdog};
 use crossbeam_channel::{select, tick, unbounded};
+use slowpool::{AsyncPool, Task, TaskError, TaskId};
 
 #[test]
 fn a_task_delivers_the_callbacks_return_value() {

@@ -4,9 +4,9 @@ mod common;
 
 use std::time::Duration;
 
-use slowpool::{AsyncPool, TaskError, ThreadPool};
 use common::{eventually, gate, gated, threads_named, watchdog};
 use crossbeam_channel::{bounded, unbounded};
+use slowpool::{AsyncPool, TaskError, ThreadPool};
 
 #[test]
 fn a_queued_task_cancels_and_never_runs() {

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use slowpool::{AsyncPool, ThreadPool};
 use common::{eventually, gated, threads_named};
+use slowpool::{AsyncPool, ThreadPool};
 
 #[test]
 fn a_burst_of_slow_tasks_grows_the_pool_and_idle_workers_retire() {

@@ -5,9 +5,9 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use slowpool::{AsyncPool, BuildError, ThreadPool};
 use common::{assert_threads_gone, eventually, watchdog};
 use crossbeam_channel::unbounded;
+use slowpool::{AsyncPool, BuildError, ThreadPool};
 
 #[test]
 fn a_task_that_joins_its_own_pool_waits_for_the_others_and_does_not_deadlock() {

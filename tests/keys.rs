@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use slowpool::{AsyncPool, TaskError};
 use common::{eventually, gate, gated, watchdog};
 use crossbeam_channel::unbounded;
+use slowpool::{AsyncPool, TaskError};
 
 /// Running-count and peak per key, kept by the callback itself.
 #[derive(Default)]

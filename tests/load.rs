@@ -5,8 +5,8 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use slowpool::{AsyncPool, TaskError};
 use crossbeam_channel::unbounded;
+use slowpool::{AsyncPool, TaskError};
 
 /// A small deterministic generator, so a failure can be replayed.
 fn lcg(seed: &mut u64) -> u64 {

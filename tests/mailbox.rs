@@ -4,9 +4,9 @@ mod common;
 
 use std::collections::HashSet;
 
-use slowpool::{AsyncPool, TaskError, TaskId, ThreadPool};
 use common::{gate, watchdog};
 use crossbeam_channel::{bounded, unbounded};
+use slowpool::{AsyncPool, TaskError, TaskId, ThreadPool};
 
 #[test]
 fn results_arrive_tagged_with_their_id() {

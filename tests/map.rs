@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use slowpool::{AsyncPool, TaskError, ThreadPool};
 use common::{assert_threads_gone, eventually, gate, rss_bytes};
+use slowpool::{AsyncPool, TaskError, ThreadPool};
 
 #[test]
 fn an_endless_input_streams_with_in_flight_bounded_and_memory_flat() {

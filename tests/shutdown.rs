@@ -5,9 +5,9 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use slowpool::{AddError, AsyncPool, TaskError, ThreadPool};
 use common::{assert_threads_gone, eventually, gated, threads_named, watchdog};
 use crossbeam_channel::unbounded;
+use slowpool::{AddError, AsyncPool, TaskError, ThreadPool};
 
 #[test]
 fn shutdown_runs_everything_accepted_and_joins_every_thread() {

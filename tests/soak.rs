@@ -9,9 +9,9 @@ mod common;
 
 use std::time::Instant;
 
-use slowpool::{AsyncPool, TaskError};
 use common::rss_bytes;
 use crossbeam_channel::unbounded;
+use slowpool::{AsyncPool, TaskError};
 
 const PRODUCERS: u64 = 8;
 const WINDOW: u64 = 1_000;

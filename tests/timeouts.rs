@@ -4,9 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use slowpool::{AsyncPool, TaskError};
 use common::{eventually, gate, threads_named, watchdog};
 use crossbeam_channel::{bounded, unbounded};
+use slowpool::{AsyncPool, TaskError};
 
 #[test]
 fn a_stuck_task_is_reported_at_its_deadline_while_its_thread_still_blocks() {

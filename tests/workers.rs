@@ -5,8 +5,8 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use slowpool::{AsyncPool, ThreadPool};
 use common::{assert_threads_gone, eventually, gate, threads_named};
+use slowpool::{AsyncPool, ThreadPool};
 
 /// A callback that records how many run at once, blocking on a gate.
 fn concurrency_probe() -> (Arc<AtomicUsize>, Arc<AtomicUsize>) {

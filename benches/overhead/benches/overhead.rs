@@ -9,9 +9,9 @@
 use std::hint::black_box;
 use std::thread;
 
-use slowpool::{AsyncPool, TaskError, TaskId};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use slowpool::{AsyncPool, TaskError, TaskId};
 
 const TASKS: usize = 200_000;
 
