@@ -180,7 +180,10 @@ fn min_workers_alone_never_fails_on_the_default_maximum() {
         ThreadPool::builder().min_workers(5).max_workers(2).build(),
         ThreadPool::builder().max_workers(2).min_workers(5).build(),
     ] {
-        assert!(matches!(built, Err(BuildError::MinAboveMax { min: 5, max: 2 })));
+        assert!(matches!(
+            built,
+            Err(BuildError::MinAboveMax { min: 5, max: 2 })
+        ));
     }
 }
 
