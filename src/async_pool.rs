@@ -18,6 +18,17 @@ use crate::task::{Task, TaskId};
 use crate::token::CancelToken;
 
 /// A mailbox sender: where `add_task_to` delivers `(TaskId, result)`.
+///
+/// ```
+/// use slowpool::{AsyncPool, Mailbox};
+/// use crossbeam_channel::unbounded;
+///
+/// let pool = AsyncPool::new(2, |s: String| s.len())?;
+/// let (mailbox, results): (Mailbox<usize>, _) = unbounded();
+/// let id = pool.add_task_to("four".into(), &mailbox)?;
+/// assert_eq!(results.recv()?, (id, Ok(4)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type Mailbox<O> = Sender<(TaskId, Result<O, TaskError>)>;
 
 /// A pool of worker threads that all run one callback, each on one input.
@@ -556,7 +567,12 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// let running = pool.add_task(1)?;
     /// while !running.is_running() { std::thread::yield_now() }
     /// let queued = pool.add_task(2)?;
-    /// std::thread::spawn(move || release.send(()));
+    /// let watcher = pool.clone();
+    /// std::thread::spawn(move || {
+    ///     // Let the running task finish once `shutdown_now` has cancelled the queued one.
+    ///     while watcher.stats().cancelled == 0 { std::thread::yield_now() }
+    ///     release.send(())
+    /// });
     /// assert_eq!(pool.shutdown_now(), vec![2]);
     /// assert_eq!(queued.recv(), Err(TaskError::Cancelled));
     /// assert_eq!(running.recv(), Ok(1));
@@ -823,7 +839,18 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
         }
     }
 
-    /// As [`AsyncPool::add_task`].
+    /// As [`AsyncPool::add_task`]; `Err(AddError::ShutDown(input))` once the pool is gone.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let handle = pool.handle();
+    /// assert_eq!(handle.add_task(3)?.recv(), Ok(3));
+    /// drop(pool);
+    /// assert_eq!(handle.add_task(4).unwrap_err().into_inner(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
         self.with_engine(input, |engine, input| {
             submit(engine, input, Submission::slot(true)).map(|cell| task(engine, cell))
@@ -832,6 +859,14 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
 
     /// As [`AsyncPool::try_add_task`]. From inside a callback of a pool with a bounded queue,
     /// prefer this to `add_task`: a worker blocked on its own full queue waits for itself.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::builder().max_workers(1).queue_capacity(8).build(|n: u8| n)?;
+    /// assert_eq!(pool.handle().try_add_task(5)?.recv(), Ok(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
         self.with_engine(input, |engine, input| {
             submit(engine, input, Submission::slot(false)).map(|cell| task(engine, cell))
@@ -839,6 +874,17 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     }
 
     /// As [`AsyncPool::add_task_to`].
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, Mailbox};
+    /// use crossbeam_channel::unbounded;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n + 1)?;
+    /// let (mailbox, results): (Mailbox<u8>, _) = unbounded();
+    /// let id = pool.handle().add_task_to(1, &mailbox)?;
+    /// assert_eq!(results.recv()?, (id, Ok(2)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_task_to(&self, input: I, mailbox: &Mailbox<O>) -> Result<TaskId, AddError<I>> {
         self.with_engine(input, |engine, input| {
             submit(engine, input, Submission::mailbox(mailbox)).map(|cell| cell.header.id)
@@ -846,6 +892,17 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     }
 
     /// As [`AsyncPool::add_task_keyed_to`].
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, Mailbox};
+    /// use crossbeam_channel::unbounded;
+    ///
+    /// let pool = AsyncPool::builder().max_workers(2).max_per_key(1).build(|n: u8| n * 3)?;
+    /// let (mailbox, results): (Mailbox<u8>, _) = unbounded();
+    /// let id = pool.handle().add_task_keyed_to("a.example", 2, &mailbox)?;
+    /// assert_eq!(results.recv()?, (id, Ok(6)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_task_keyed_to<K: Hash>(
         &self,
         key: K,
@@ -860,6 +917,17 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     }
 
     /// Returns `true` once the pool is shut down or gone.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let handle = pool.handle();
+    /// assert!(!handle.is_shut_down());
+    /// drop(pool);
+    /// assert!(handle.is_shut_down());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         self.engine
             .upgrade()

@@ -141,4 +141,11 @@ pub struct ReadmeDoctests;
 
 /// The most workers a pool may have. A larger `max_workers` is refused with
 /// [`BuildError::TooManyWorkers`] rather than left to exhaust the machine.
+///
+/// ```
+/// use slowpool::{BuildError, ThreadPool, MAX_WORKERS};
+///
+/// let refused = ThreadPool::builder().max_workers(MAX_WORKERS + 1).build();
+/// assert!(matches!(refused, Err(BuildError::TooManyWorkers { requested }) if requested == MAX_WORKERS + 1));
+/// ```
 pub const MAX_WORKERS: usize = 1 << 16;

@@ -137,6 +137,15 @@ impl<Item, O, It> Drop for Stream<Item, O, It> {
 /// Dropping it cancels the tasks it queued that have not started; running ones finish and their
 /// results are dropped. If the pool shuts down, the input it could not add is yielded as
 /// `Err(TaskError::Cancelled)` (the input itself is dropped) and no more are pulled.
+///
+/// ```
+/// use slowpool::AsyncPool;
+///
+/// let pool = AsyncPool::new(4, |n: u64| n + 1)?;
+/// let total: u64 = pool.map_unordered(0..1_000).map(|(_, r)| r.unwrap()).sum();
+/// assert_eq!(total, 500_500);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct MapUnordered<Item, O, It> {
     stream: Stream<Item, O, It>,
     in_flight: usize,
@@ -198,6 +207,15 @@ impl<Item, O, It: Iterator<Item = Item>> Iterator for MapUnordered<Item, O, It> 
 /// Input `i` is pulled only while `i < next_to_yield + in_flight`: results that finish early
 /// wait in a reorder buffer of at most `in_flight` entries, and a slow task at the head stalls
 /// intake rather than letting memory grow. Dropping it cancels what it queued.
+///
+/// ```
+/// use slowpool::AsyncPool;
+///
+/// let pool = AsyncPool::new(4, |n: u64| n * 2)?;
+/// let first: Vec<u64> = pool.map_ordered(0..).take(4).map(Result::unwrap).collect(); // endless input
+/// assert_eq!(first, [0, 2, 4, 6]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct MapOrdered<Item, O, It> {
     stream: Stream<Item, O, It>,
     in_flight: usize,

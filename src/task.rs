@@ -14,6 +14,19 @@ use crate::error::TaskError;
 /// Ids are unique per pool and increase in the order tasks were added, so sorting by id sorts by
 /// submission. They tag mailbox results (`(TaskId, Result<O, TaskError>)`) and cancel queued
 /// tasks (`cancel(id)`).
+///
+/// ```
+/// use slowpool::{AsyncPool, TaskError, TaskId};
+/// use crossbeam_channel::unbounded;
+///
+/// let pool = AsyncPool::new(2, |n: u32| n * 2)?;
+/// let (mailbox, results) = unbounded::<(TaskId, Result<u32, TaskError>)>();
+/// let ids: Vec<TaskId> = (1..=3).map(|n| pool.add_task_to(n, &mailbox)).collect::<Result<_, _>>()?;
+/// let mut received: Vec<(TaskId, Result<u32, TaskError>)> = results.iter().take(3).collect();
+/// received.sort_by_key(|(id, _)| *id); // ids follow the order of the adds
+/// assert_eq!(received, [(ids[0], Ok(2)), (ids[1], Ok(4)), (ids[2], Ok(6))]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskId(pub(crate) u64);
 
@@ -246,6 +259,21 @@ impl<T: Send + 'static> Task<T> {
     }
 
     /// Returns `true` if the task is running now.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::new(1, move |n: u8| { let _ = gate.recv(); n })?;
+    /// let task = pool.add_task(1)?;
+    /// while !task.is_running() { std::thread::yield_now() } // a worker took it
+    /// assert!(!task.is_finished());
+    /// release.send(())?;
+    /// assert_eq!(task.recv(), Ok(1));
+    /// assert!(!task.is_running());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_running(&self) -> bool {
         self.cell.header.state() == RUNNING
     }

@@ -453,7 +453,12 @@ impl ThreadPool {
     /// let running = pool.spawn(move || gate.recv().is_ok())?;
     /// while !running.is_running() { std::thread::yield_now() }
     /// let queued = pool.spawn(|| false)?;
-    /// std::thread::spawn(move || release.send(()));
+    /// let watcher = pool.clone();
+    /// std::thread::spawn(move || {
+    ///     // Let the running task finish once `shutdown_now` has cancelled the queued one.
+    ///     while watcher.stats().cancelled == 0 { std::thread::yield_now() }
+    ///     release.send(())
+    /// });
     /// assert_eq!(pool.shutdown_now(), 1);
     /// assert_eq!(queued.recv(), Err(TaskError::Cancelled));
     /// assert_eq!(running.recv(), Ok(true));
@@ -486,11 +491,28 @@ impl ThreadPool {
     }
 
     /// Returns `true` once a shutdown has begun.
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(1)?;
+    /// assert!(!pool.is_shut_down());
+    /// pool.shutdown();
+    /// assert!(pool.is_shut_down());
+    /// # Ok::<(), slowpool::BuildError>(())
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         self.engine().is_closed()
     }
 
     /// The pool's current maximum number of workers.
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// assert_eq!(ThreadPool::new(6)?.max_workers(), 6);
+    /// # Ok::<(), slowpool::BuildError>(())
+    /// ```
     pub fn max_workers(&self) -> usize {
         self.engine().max_workers()
     }
