@@ -101,7 +101,10 @@
 //!
 //! A fixed pool starts `max_workers` threads at build and keeps them; an elastic pool
 //! (`min_workers < max_workers`) starts threads as work arrives and retires them after
-//! `keep_alive` idle. A pool that uses timeouts or per-key intervals starts one timer thread.
+//! `keep_alive` idle. [`AsyncPool::new`] and [`ThreadPool::new`] build fixed pools; a
+//! [`Builder`] whose worker counts are left alone builds an elastic pool of up to 512 threads,
+//! none of them started before work arrives (see [`Builder::max_workers`] for why that
+//! default). A pool that uses timeouts or per-key intervals starts one timer thread.
 //! Nothing else: no thread per task, key or deadline.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
