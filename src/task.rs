@@ -179,7 +179,10 @@ impl<T: Send + 'static> Task<T> {
     ///
     /// The channel is created on the first call; from then on the result goes through it, and
     /// `recv`/`try_recv` read it from there. After the result was received, the receiver is
-    /// disconnected.
+    /// disconnected — and a disconnected receiver is always ready: a finished task left in a
+    /// `select!` loop fires again at once, every time, with `Err(RecvError)`. Take each task
+    /// out of the select set once it has delivered (below), or, for many tasks, send their
+    /// results to one mailbox ([`AsyncPool::add_task_to`](crate::AsyncPool::add_task_to)).
     ///
     /// ```
     /// use slowpool::AsyncPool;
