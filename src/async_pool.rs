@@ -9,8 +9,8 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::builder::Builder;
-use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
-use crate::engine::{Engine, Job, Owner, Refused, RunContext};
+use crate::cell::{Cell, Control, Header, Output, Slot};
+use crate::engine::{Engine, Job, Owner, Ran, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
 use crate::map::{MapOrdered, MapUnordered, Source};
 use crate::stats::Stats;
@@ -120,16 +120,16 @@ impl<I: Send + 'static, O: Send + 'static> Job for Envelope<I, O> {
         Arc::downgrade(&self.cell) as Weak<dyn Control>
     }
 
-    fn run(self, callback: &Callback<I, O>, cx: &RunContext<'_>) -> Ended {
+    fn run(self, callback: &Callback<I, O>, cx: &RunContext<'_, Self>) -> Ran {
         let Envelope { cell, input } = self;
         let outcome = match callback {
             Callback::Plain(f) => panic::catch_unwind(AssertUnwindSafe(|| f(input))),
             Callback::WithToken(f) => {
-                let token = CancelToken::new(cell.clone(), cx.stopping.clone());
+                let token = CancelToken::new(cell.clone(), cx.stopping().clone());
                 panic::catch_unwind(AssertUnwindSafe(|| f(input, &token)))
             }
         };
-        cell.complete(outcome, cx)
+        cx.finish(&cell, outcome)
     }
 
     fn into_input(self) -> I {
@@ -468,7 +468,12 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     ///
     /// Called from inside a task of this pool, it cannot wait for itself: it waits for every
     /// other task except those also blocked in `join` on a worker, and runs queued tasks on
-    /// the calling thread meanwhile, so it never deadlocks for lack of free workers.
+    /// the calling thread meanwhile, so it never deadlocks for lack of free workers. A joining
+    /// task that times out stops excusing the others at once; its `join` still waits for them.
+    ///
+    /// A *keyed* task that joins still holds its key, so it also waits for tasks of that key —
+    /// which cannot start while it fills the key's [`max_per_key`](Builder::max_per_key): do
+    /// not call `join` from a task whose key may have others waiting behind it.
     ///
     /// Every result has been delivered when `join` returns: a mailbox holds them all, and
     /// each `Task` has its result ready.

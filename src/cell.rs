@@ -1,36 +1,38 @@
-//! The per-task cell: the task's state machine and the one place its result is delivered.
+//! The per-task cell: the task's state machine and where its result goes. It knows nothing of
+//! the engine: whoever wins a state change asks the engine to end the task (`engine/ending.rs`),
+//! and the engine calls back here to deliver.
 //!
 //! # Design
 //!
 //! Every accepted task owns one `Cell<T>`, shared (`Arc`) by the job in the queue, the caller's
 //! [`Task`](crate::Task), the cancel registry and, while it runs with a deadline, the timer. The
 //! state is one atomic byte; every ending is a compare-and-swap out of a non-final state, so
-//! exactly one party (worker, canceller, timer) wins the right to deliver:
+//! exactly one party (worker, canceller, timer) wins the right to end the task:
 //!
 //! ```text
 //! WAITING ──(key has room)──► QUEUED ──(worker takes it)──► RUNNING ──► DONE
-//!    │                          │                              ├──────► TIMED_OUT  (thread kept)
-//!    └────────► CANCELLED ◄─────┘                              └──────► ABANDONED  (thread replaced)
+//!    │                          │                              └──────► TIMED_OUT
+//!    └────────► CANCELLED ◄─────┘
 //! ```
 //!
 //! A result that loses the race (a late result of a timed-out task) is dropped, inside
-//! `catch_unwind`, since its `Drop` may panic.
+//! `catch_unwind`, since its `Drop` may panic. What becomes of a timed-out task's *thread* is
+//! the engine's business (`engine/workers.rs`), not the cell's.
 //!
 //! The result goes either to a one-shot slot read by [`Task`](crate::Task) — a mutex and a
 //! condition variable, far cheaper than a channel per task — or to the caller's mailbox channel,
-//! tagged with the task's id. A crossbeam channel is created for a slot only when
-//! `Task::receiver()` asks for one (see [`Slot::forward`]).
+//! tagged with the task's id (see `delivery.rs`). A crossbeam channel is created for a slot only
+//! when `Task::receiver()` asks for one (see [`Slot::forward`]).
 
 use std::mem;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex};
 
-use crate::engine::RunContext;
+pub(crate) use crate::delivery::drop_quietly;
+use crate::delivery::{self, Delivered, Way};
 use crate::error::TaskError;
 use crate::task::TaskId;
 
@@ -44,13 +46,10 @@ pub(crate) const RUNNING: u8 = 2;
 pub(crate) const DONE: u8 = 3;
 /// Ended before it started.
 pub(crate) const CANCELLED: u8 = 4;
-/// Ended at its deadline; its thread goes on as a worker once the callback returns.
+/// Ended at its deadline while its callback still ran.
 pub(crate) const TIMED_OUT: u8 = 5;
-/// Ended at its deadline; a replacement worker was started and its thread leaves when the
-/// callback returns.
-pub(crate) const ABANDONED: u8 = 6;
 /// Never accepted: the add was refused and the input handed back.
-pub(crate) const REJECTED: u8 = 7;
+pub(crate) const REJECTED: u8 = 6;
 
 /// What every task has, whatever its output type.
 pub(crate) struct Header {
@@ -102,15 +101,15 @@ impl Header {
             .find(|&from| self.transition(from, CANCELLED))
     }
 
-    /// The worker running the task, for detaching it when it is abandoned.
+    /// The worker running the task, for abandoning its thread when it times out.
     pub(crate) fn worker(&self) -> usize {
         self.worker.load(Ordering::Relaxed)
     }
 
-    /// True once the task was told to stop: timed out or abandoned. (A cancelled task never
-    /// runs, so its token is never read.)
+    /// True once the task was told to stop: it timed out. (A cancelled task never runs, so its
+    /// token is never read.)
     pub(crate) fn stop_requested(&self) -> bool {
-        matches!(self.state(), CANCELLED | TIMED_OUT | ABANDONED)
+        matches!(self.state(), CANCELLED | TIMED_OUT)
     }
 }
 
@@ -118,18 +117,8 @@ impl Header {
 pub(crate) trait Control: Send + Sync {
     fn header(&self) -> &Header;
 
-    /// Delivers an ending other than the callback's own (Cancelled, TimedOut) without blocking
-    /// the calling thread. The caller has already won the state transition and counted it.
-    fn fail(&self, error: TaskError);
-}
-
-/// How a worker's run of a task ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ended {
-    /// The result was counted and delivered.
-    Finished,
-    /// The timer ended the task first. `abandoned`: this thread was replaced and must leave.
-    Lost { abandoned: bool },
+    /// Delivers an ending other than the callback's own (Cancelled, TimedOut).
+    fn fail(&self, error: TaskError, way: Way<'_>) -> Delivered;
 }
 
 /// Where a task's result goes.
@@ -151,57 +140,20 @@ impl<T: Send + 'static> Cell<T> {
         Cell { header, output }
     }
 
-    /// Ends a running task with the callback's outcome: counts it, then delivers it. Runs on a
-    /// worker, so a full mailbox applies backpressure here.
-    pub(crate) fn complete(&self, outcome: thread::Result<T>, cx: &RunContext<'_>) -> Ended {
-        let counters = cx.counters;
-        let result = outcome.map_err(|payload| {
-            let error = TaskError::from_panic(&*payload);
-            drop_quietly(payload);
-            error
-        });
-        if self.header.transition(RUNNING, DONE) {
-            counters.record(&result);
-            if let Some(admission) = cx.free_worker {
-                // The worker is free from here on: a caller who adds the next task as soon as
-                // it has this result finds it idle, rather than growing the pool.
-                admission.enter_idle();
-            }
-            self.deliver(result, true);
-            counters.settled();
-            return Ended::Finished;
-        }
-        // The timer ended the task while it ran: the caller already has `TimedOut`.
-        drop_quietly(result);
-        Ended::Lost {
-            abandoned: self.header.state() == ABANDONED,
-        }
-    }
-
     /// Marks a task whose add was refused: it never existed for the caller, so nothing is
     /// delivered.
     pub(crate) fn reject(&self) {
         self.header.state.store(REJECTED, Ordering::Release);
     }
 
-    fn deliver(&self, result: Result<T, TaskError>, may_block: bool) {
+    /// Hands the task's one result to its output. Called once, by the engine's ending path.
+    pub(crate) fn deliver(&self, result: Result<T, TaskError>, way: Way<'_>) -> Delivered {
         match &self.output {
-            Output::Slot(slot) => slot.put(result),
-            Output::Mailbox(tx) => {
-                let message = (self.header.id, result);
-                if may_block {
-                    // A receiver that is gone gives the message back; it is dropped here.
-                    if let Err(refused) = tx.send(message) {
-                        drop_quietly(refused);
-                    }
-                    return;
-                }
-                match tx.try_send(message) {
-                    Ok(()) => {}
-                    Err(TrySendError::Disconnected(message)) => drop_quietly(message),
-                    Err(TrySendError::Full(message)) => send_later(tx.clone(), message),
-                }
+            Output::Slot(slot) => {
+                slot.put(result);
+                Delivered::Done
             }
+            Output::Mailbox(tx) => delivery::send(tx, (self.header.id, result), way),
         }
     }
 }
@@ -211,34 +163,9 @@ impl<T: Send + 'static> Control for Cell<T> {
         &self.header
     }
 
-    fn fail(&self, error: TaskError) {
-        self.deliver(Err(error), false);
+    fn fail(&self, error: TaskError, way: Way<'_>) -> Delivered {
+        self.deliver(Err(error), way)
     }
-}
-
-/// Delivers to a full, bounded mailbox from a thread that must not wait (a caller cancelling,
-/// the timer): a short-lived thread waits for room instead, so the result is not lost while its
-/// receiver exists.
-fn send_later<M: Send + 'static>(tx: Sender<M>, message: M) {
-    let slot = std::sync::Arc::new(Mutex::new(Some(message)));
-    let handed = std::sync::Arc::clone(&slot);
-    let spawned = thread::Builder::new()
-        .name("slowpool-deliver".into())
-        .spawn(move || {
-            if let Some(message) = handed.lock().take() {
-                let _ = tx.send(message);
-            }
-        });
-    if spawned.is_err() {
-        // No thread to wait on: drop the message rather than block a thread that may be the
-        // mailbox's only reader.
-        drop_quietly(slot.lock().take());
-    }
-}
-
-/// Drops a value whose `Drop` may panic (a user's input or output) without unwinding further.
-pub(crate) fn drop_quietly<V>(value: V) {
-    let _ = panic::catch_unwind(AssertUnwindSafe(move || drop(value)));
 }
 
 /// A one-shot result slot, read by [`Task`](crate::Task).

@@ -203,6 +203,17 @@ pub enum BuildError {
     /// The operating system refused to start a worker thread. The threads already started were
     /// stopped and joined.
     Spawn(io::Error),
+    /// The operating system's limits leave room for fewer threads than the pool must start
+    /// (see [`MAX_WORKERS`](crate::MAX_WORKERS)). Refused before any thread starts: past some of
+    /// these limits a thread start aborts the process instead of failing.
+    ThreadLimit {
+        /// The limit: `"vm.max_map_count"`, `"kernel.threads-max"` or `"RLIMIT_NPROC"`.
+        limit: &'static str,
+        /// Threads the pool would start.
+        requested: usize,
+        /// Threads the limit leaves room for.
+        available: usize,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -218,6 +229,14 @@ impl fmt::Display for BuildError {
                 crate::MAX_WORKERS
             ),
             BuildError::Spawn(_) => f.write_str("the operating system refused a worker thread"),
+            BuildError::ThreadLimit {
+                limit,
+                requested,
+                available,
+            } => write!(
+                f,
+                "{requested} threads requested but {limit} leaves room for {available}"
+            ),
         }
     }
 }

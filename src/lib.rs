@@ -116,6 +116,7 @@
 mod async_pool;
 mod builder;
 mod cell;
+mod delivery;
 mod engine;
 mod error;
 mod map;

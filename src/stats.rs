@@ -4,8 +4,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use crossbeam_utils::CachePadded;
 
-use crate::error::TaskError;
-
 /// A snapshot of a pool's workers and tasks, from `stats()`.
 ///
 /// Counts of ended tasks (`completed`, `panicked`, `cancelled`, `timed_out`) are raised before
@@ -54,13 +52,12 @@ pub struct Stats {
 /// - `submitted`: the adding thread, before the job becomes visible to any worker, so a task is
 ///   never finished before it was counted as submitted;
 /// - `started`: the worker that won QUEUED → RUNNING;
-/// - `completed`/`panicked`: the worker that won RUNNING → DONE (in `Cell::complete`);
-/// - `cancelled`: whoever won WAITING/QUEUED → CANCELLED (the engine's cancel paths);
-/// - `timed_out`: the engine when it won RUNNING → TIMED_OUT/ABANDONED;
+/// - `completed`/`panicked`/`cancelled`/`timed_out`: the engine's one ending path
+///   (`engine/ending.rs`), called by whoever won the task's final state change;
 /// - `waiting_on_key`: up when a keyed task is accepted, down when it leaves WAITING.
 ///
 /// Each ended count is raised before the result is delivered; `settled` is raised after it, by
-/// the same party. `outstanding()` (submitted − settled) is what `join` and shutdown wait on,
+/// the same party (or by the courier, for a send it finished). `outstanding()` (submitted − settled) is what `join` and shutdown wait on,
 /// so when they return every result has reached its `Task` or mailbox. It reads `settled`
 /// before `submitted`, so it never underflows.
 pub(crate) struct Counters {
@@ -106,12 +103,12 @@ impl Counters {
         self.waiting_on_key.fetch_sub(1, SeqCst);
     }
 
-    pub(crate) fn record<T>(&self, result: &Result<T, TaskError>) {
-        let counter = match result {
-            Ok(_) => &self.ended.completed,
-            Err(_) => &self.ended.panicked,
-        };
-        counter.fetch_add(1, SeqCst);
+    pub(crate) fn completed(&self) {
+        self.ended.completed.fetch_add(1, SeqCst);
+    }
+
+    pub(crate) fn panicked(&self) {
+        self.ended.panicked.fetch_add(1, SeqCst);
     }
 
     pub(crate) fn cancelled(&self) {

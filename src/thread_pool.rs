@@ -9,8 +9,8 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::builder::Builder;
-use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
-use crate::engine::{Engine, Job, Owner, Refused, RunContext};
+use crate::cell::{Cell, Control, Header, Output, Slot};
+use crate::engine::{Engine, Job, Owner, Ran, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
 use crate::map::{MapOrdered, MapUnordered, Source};
 use crate::stats::Stats;
@@ -46,7 +46,7 @@ trait Body: Send {
     fn control(&self) -> &dyn Control;
     fn control_arc(&self) -> Arc<dyn Control>;
     fn control_weak(&self) -> Weak<dyn Control>;
-    fn run(self: Box<Self>, cx: &RunContext<'_>) -> Ended;
+    fn run(self: Box<Self>, cx: &RunContext<'_, Closure>) -> Ran;
     /// For handing the closure back to the caller when an add is refused.
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
@@ -73,10 +73,10 @@ where
         Arc::downgrade(&self.cell) as Weak<dyn Control>
     }
 
-    fn run(self: Box<Self>, cx: &RunContext<'_>) -> Ended {
+    fn run(self: Box<Self>, cx: &RunContext<'_, Closure>) -> Ran {
         let Spawned { f, cell } = *self;
         let outcome = panic::catch_unwind(AssertUnwindSafe(f));
-        cell.complete(outcome, cx)
+        cx.finish(&cell, outcome)
     }
 
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
@@ -101,7 +101,7 @@ impl Job for Closure {
         self.0.control_weak()
     }
 
-    fn run(self, _: &(), cx: &RunContext<'_>) -> Ended {
+    fn run(self, _: &(), cx: &RunContext<'_, Self>) -> Ran {
         self.0.run(cx)
     }
 

@@ -215,7 +215,7 @@ fn keyed_tasks_take_part_in_cancel_shutdown_now_and_stats() {
 }
 
 #[test]
-fn a_released_key_lets_its_next_task_go_when_one_ends_or_times_out() {
+fn a_timed_out_task_holds_its_key_until_its_callback_returns() {
     let (release, stuck) = crossbeam_channel::bounded::<()>(0);
     let ran = Arc::new(AtomicUsize::new(0));
     let counter = ran.clone();
@@ -231,10 +231,17 @@ fn a_released_key_lets_its_next_task_go_when_one_ends_or_times_out() {
             n
         })
         .unwrap();
-    let release = release;
     let stuck_task = pool.add_task_keyed("k", 0).unwrap();
     let next = pool.add_task_keyed("k", 1).unwrap();
     assert_eq!(stuck_task.recv(), Err(TaskError::TimedOut));
-    assert_eq!(watchdog("the key's next task", move || next.recv()), Ok(1));
+    // The caller was told at the deadline, but the stuck callback still runs: the key stays
+    // held, so `max_per_key` bounds what really runs against the host.
+    let stats = pool.stats();
+    assert_eq!(stats.waiting_on_key, 1, "{stats:?}");
+    assert!(!next.is_finished() && !next.is_running());
+    assert_eq!(ran.load(Ordering::SeqCst), 0);
+    // The callback returns: its key lets the next task go.
     drop(release);
+    assert_eq!(watchdog("the key's next task", move || next.recv()), Ok(1));
+    assert_eq!(ran.load(Ordering::SeqCst), 2);
 }

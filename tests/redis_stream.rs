@@ -1,160 +1,88 @@
-//! Feeding pools from a Redis Stream: acknowledged work, bounded in-flight, dead letters, and
-//! a crash of one of three worker processes with nothing lost.
+//! Feeding pools from a Redis Stream: acknowledged work, bounded in-flight, leases that keep
+//! long tasks from running twice, retries with backoff, dead letters (too many deliveries, a
+//! permanent failure, a malformed entry), retention, stop with a deadline, draining, stale
+//! consumers, and a SIGKILL of one of three worker processes with nothing lost.
 //!
 //! Needs a Redis server: `ASYNC_POOL_REDIS_URL` (as CI sets it), or a `redis-server` binary on
-//! the PATH, which each test then starts on a free port. Without either the tests fail.
+//! the PATH, which each test then starts on a free loopback port.
 #![cfg(feature = "redis")]
 
-mod common;
+mod redis_support;
 
-use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::collections::{HashMap, HashSet};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use slowpool::redis::{Entry, Producer, StreamWorker};
+use redis_support::*;
+use slowpool::redis::{Entry, Failure, Producer, StreamStats, StreamWorker};
 use slowpool::AsyncPool;
-use common::watchdog;
 
-/// A Redis to test against; a server this test started is stopped on drop.
-struct Redis {
-    url: String,
-    server: Option<Child>,
-}
+const PATIENCE: Duration = Duration::from_secs(60);
 
-impl Drop for Redis {
-    fn drop(&mut self) {
-        if let Some(server) = &mut self.server {
-            let _ = server.kill();
-            let _ = server.wait();
-        }
-    }
-}
-
-fn redis() -> Redis {
-    if let Ok(url) = std::env::var("ASYNC_POOL_REDIS_URL") {
-        return Redis { url, server: None };
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "these tests need Redis: set ASYNC_POOL_REDIS_URL, or install redis-server ({e})"
-            )
+/// Runs `worker` on `pool` on a thread, stopping it once `done` holds; returns its stats.
+fn run_until<E: slowpool::redis::EntryError + Send + 'static>(
+    mut worker: StreamWorker,
+    pool: AsyncPool<Entry, Result<Vec<u8>, E>>,
+    url: &str,
+    done: impl Fn(&mut redis::Connection, &StreamStats) -> bool + Send + 'static,
+) -> StreamStats {
+    let handle = worker.handle();
+    let url = url.to_string();
+    watchdog("the stream worker finishes", PATIENCE, move || {
+        let runner = std::thread::spawn(move || worker.run(&pool).unwrap());
+        let mut con = con(&url);
+        eventually("the worker's work is done", PATIENCE, || {
+            done(&mut con, &handle.stats())
         });
-    let url = format!("redis://127.0.0.1:{port}/");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let ready = redis::Client::open(url.as_str())
-            .and_then(|c| c.get_connection())
-            .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-        if ready.is_ok() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "redis-server did not start: {ready:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+        handle.stop();
+        runner.join().unwrap()
+    })
+}
+
+/// Records how often each entry ran, and with which delivery count.
+#[derive(Clone, Default)]
+struct Runs(Arc<Mutex<HashMap<String, Vec<u64>>>>);
+
+impl Runs {
+    fn record(&self, entry: &Entry) {
+        self.0
+            .lock()
+            .unwrap()
+            .entry(entry.id.clone())
+            .or_default()
+            .push(entry.deliveries);
     }
-    Redis {
-        url,
-        server: Some(server),
+    fn of(&self, id: &str) -> Vec<u64> {
+        self.0.lock().unwrap().get(id).cloned().unwrap_or_default()
     }
-}
-
-/// Stream names unique to one test run, so tests can share a server.
-fn names(test: &str) -> (String, String) {
-    let nonce = std::process::id() as u64 * 1_000 + rand_suffix();
-    (format!("{test}:{nonce}"), format!("{test}:{nonce}:results"))
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0);
-    h.finish() % 1_000
-}
-
-fn con(url: &str) -> redis::Connection {
-    redis::Client::open(url).unwrap().get_connection().unwrap()
-}
-
-fn xlen(con: &mut redis::Connection, stream: &str) -> usize {
-    redis::cmd("XLEN").arg(stream).query(con).unwrap()
-}
-
-fn pending(con: &mut redis::Connection, stream: &str, group: &str) -> usize {
-    let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(stream)
-        .arg(group)
-        .query(con)
-        .unwrap();
-    match summary {
-        redis::Value::Array(parts) => redis::from_redis_value_ref(&parts[0]).unwrap(),
-        other => panic!("unexpected XPENDING reply {other:?}"),
+    fn all(&self) -> HashMap<String, Vec<u64>> {
+        self.0.lock().unwrap().clone()
     }
 }
 
-/// Entry ids recorded in a result stream, with how many times each appears.
-fn result_entries(con: &mut redis::Connection, results: &str) -> Vec<String> {
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(results)
-        .arg("-")
-        .arg("+")
-        .query(con)
-        .unwrap();
-    reply
-        .ids
-        .iter()
-        .map(|e| e.get::<String>("entry").unwrap())
+fn dead_letters(con: &mut redis::Connection, stream: &str) -> Vec<Fields> {
+    entries(con, &format!("{stream}:dead"))
+        .into_iter()
+        .map(|(_, f)| f)
         .collect()
 }
 
-/// Runs `worker` on `pool` on a thread, stopping it once `done` holds.
-fn run_until(
-    mut worker: StreamWorker,
-    pool: AsyncPool<Entry, Result<Vec<u8>, String>>,
-    url: &str,
-    done: impl Fn(&mut redis::Connection) -> bool + Send + 'static,
-) -> slowpool::redis::StreamStats {
-    let handle = worker.handle();
-    let runner = std::thread::spawn(move || worker.run(&pool).unwrap());
-    let mut con = con(url);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !done(&mut con) {
-        assert!(
-            Instant::now() < deadline,
-            "the worker never finished: {:?}",
-            handle.stats()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    handle.stop();
-    watchdog("stream worker stops", move || runner.join().unwrap())
+fn text(fields: &[(String, Vec<u8>)], name: &str) -> String {
+    String::from_utf8(
+        field(fields, name)
+            .unwrap_or_else(|| panic!("no field {name}"))
+            .to_vec(),
+    )
+    .unwrap()
 }
 
 #[test]
-fn every_entry_is_processed_and_acknowledged() {
+fn every_entry_is_processed_acknowledged_and_deleted() {
     let redis = redis();
-    let (stream, results) = names("acked");
+    let stream = stream_name("acked");
+    let results = format!("{stream}:results");
     let mut producer = Producer::connect(&redis.url, stream.as_str()).unwrap();
     let ids = producer
         .push_batch((0..500).map(|n: u32| n.to_string()))
@@ -166,10 +94,16 @@ fn every_entry_is_processed_and_acknowledged() {
         .connect()
         .unwrap();
     let r = results.clone();
-    let stats = run_until(worker, pool, &redis.url, move |con| xlen(con, &r) == 500);
+    let stats = run_until(worker, pool, &redis.url, move |con, _| xlen(con, &r) == 500);
     assert_eq!(
-        (stats.read, stats.acked, stats.retried, stats.in_flight),
-        (500, 500, 0, 0)
+        (
+            stats.read,
+            stats.acked,
+            stats.retried,
+            stats.lost_lease,
+            stats.in_flight
+        ),
+        (500, 500, 0, 0, 0)
     );
     let mut con = con(&redis.url);
     assert_eq!(
@@ -177,14 +111,21 @@ fn every_entry_is_processed_and_acknowledged() {
         0,
         "everything acknowledged"
     );
-    let seen: HashSet<String> = result_entries(&mut con, &results).into_iter().collect();
+    assert_eq!(
+        xlen(&mut con, &stream),
+        0,
+        "acknowledged entries are deleted"
+    );
+    let all = result_entries(&mut con, &results);
+    assert_eq!(all.len(), 500, "one result each");
+    let seen: HashSet<String> = all.into_iter().collect();
     assert_eq!(seen, ids.into_iter().collect());
 }
 
 #[test]
 fn the_in_flight_bound_holds() {
     let redis = redis();
-    let (stream, _) = names("inflight");
+    let stream = stream_name("inflight");
     Producer::connect(&redis.url, stream.as_str())
         .unwrap()
         .push_batch((0..300).map(|n: u32| n.to_string()))
@@ -203,24 +144,102 @@ fn the_in_flight_bound_holds() {
         .in_flight(4)
         .connect()
         .unwrap();
-    let handle = worker.handle();
-    let stream2 = stream.clone();
-    let stats = run_until(worker, pool, &redis.url, move |con| {
-        handle.stats().acked == 300 && pending(con, &stream2, "g") == 0
+    let s = stream.clone();
+    let stats = run_until(worker, pool, &redis.url, move |con, stats| {
+        stats.acked == 300 && pending(con, &s, "g") == 0
     });
     assert_eq!(stats.acked, 300);
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak <= 4, "{peak} ran at once");
+}
+
+/// Regression: entries waiting in the pool's queue used to age past `claim_after` and be
+/// claimed and run again by their own worker. Leases keep them fresh.
+#[test]
+fn tasks_three_times_longer_than_claim_after_never_run_twice() {
+    let redis = redis();
+    let stream = stream_name("long");
+    Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push_batch((0..12).map(|n: u32| n.to_string()))
+        .unwrap();
+    let runs = Runs::default();
+    let r = runs.clone();
+    // 3 threads, 12 entries in flight: the last ones wait 1.8 s in the queue, 9 × claim_after.
+    let pool = AsyncPool::new(3, move |entry: Entry| {
+        r.record(&entry);
+        std::thread::sleep(Duration::from_millis(600));
+        Ok::<_, String>(entry.payload)
+    })
+    .unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .in_flight(12)
+        .claim_after(Duration::from_millis(200))
+        .claim_every(Duration::from_millis(20))
+        .connect()
+        .unwrap();
+    let stats = run_until(worker, pool, &redis.url, |_, stats| stats.acked == 12);
+    let all = runs.all();
+    assert_eq!(all.len(), 12);
+    let reruns: Vec<_> = all.iter().filter(|(_, d)| d.len() > 1).collect();
+    assert!(reruns.is_empty(), "entries ran twice: {reruns:?}");
+    assert!(all.values().all(|d| d == &[1]), "every delivery count is 1");
+    assert_eq!((stats.claimed, stats.lost_lease), (0, 0));
+}
+
+#[test]
+fn a_failed_entry_is_retried_after_its_backoff_not_after_claim_after() {
+    let redis = redis();
+    let stream = stream_name("retry");
+    let results = format!("{stream}:results");
+    let id = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push(b"flaky")
+        .unwrap();
+    let runs = Runs::default();
+    let r = runs.clone();
+    let pool = AsyncPool::new(2, move |entry: Entry| {
+        r.record(&entry);
+        if entry.deliveries < 3 {
+            return Err(Failure::retry(format!(
+                "attempt {} failed",
+                entry.deliveries
+            )));
+        }
+        Ok(entry.deliveries.to_string().into_bytes())
+    })
+    .unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .result_stream(results.as_str())
+        .claim_after(Duration::from_secs(60))
+        .retry_backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .connect()
+        .unwrap();
+    let started = Instant::now();
+    let r = results.clone();
+    let stats = run_until(worker, pool, &redis.url, move |con, _| xlen(con, &r) == 1);
     assert!(
-        peak.load(Ordering::SeqCst) <= 4,
-        "{} ran at once",
-        peak.load(Ordering::SeqCst)
+        started.elapsed() < Duration::from_secs(30),
+        "retried long before claim_after"
     );
+    assert_eq!(runs.of(&id), vec![1, 2, 3], "exact delivery counts");
+    assert_eq!((stats.retried, stats.acked, stats.claimed), (2, 1, 0));
+    let mut con = con(&redis.url);
+    let out = entries(&mut con, &results);
+    assert_eq!(text(&out[0].1, "output"), "3");
+    let errors: usize = redis::cmd("HLEN")
+        .arg(format!("{stream}:errors:g"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(errors, 0, "the error record left with the entry");
 }
 
 #[test]
 fn a_poison_entry_is_dead_lettered_after_max_deliveries() {
     std::panic::set_hook(Box::new(|_| {}));
     let redis = redis();
-    let (stream, results) = names("poison");
+    let stream = stream_name("poison");
+    let results = format!("{stream}:results");
     let mut producer = Producer::connect(&redis.url, stream.as_str()).unwrap();
     let poison = producer.push(b"poison").unwrap();
     producer
@@ -235,37 +254,526 @@ fn a_poison_entry_is_dead_lettered_after_max_deliveries() {
     .unwrap();
     let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
         .result_stream(results.as_str())
-        .claim_after(Duration::from_millis(50))
-        .claim_every(Duration::from_millis(20))
         .max_deliveries(3)
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(50))
         .connect()
         .unwrap();
-    let dead = format!("{stream}:dead");
-    let (d, r) = (dead.clone(), results.clone());
-    let stats = run_until(worker, pool, &redis.url, move |con| {
+    let (d, r) = (format!("{stream}:dead"), results.clone());
+    let stats = run_until(worker, pool, &redis.url, move |con, _| {
         xlen(con, &d) == 1 && xlen(con, &r) == 20
     });
     let _ = std::panic::take_hook();
     assert_eq!(
         (stats.acked, stats.dead_lettered, stats.retried),
-        (20, 1, 3)
+        (20, 1, 2)
     );
     let mut con = con(&redis.url);
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
-        .arg(&dead)
-        .arg("-")
-        .arg("+")
+    let letter = &dead_letters(&mut con, &stream)[0];
+    assert_eq!(text(letter, "entry"), poison);
+    assert_eq!(text(letter, "payload"), "poison");
+    assert_eq!(text(letter, "error"), "task panicked: poison");
+    assert_eq!(text(letter, "deliveries"), "3");
+    assert_eq!(pending(&mut con, &stream, "g"), 0);
+    assert_eq!(xlen(&mut con, &stream), 0);
+}
+
+#[test]
+fn a_permanent_failure_is_dead_lettered_on_its_first_delivery() {
+    let redis = redis();
+    let stream = stream_name("permanent");
+    let id = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push(b"ftp://nope")
+        .unwrap();
+    let runs = Runs::default();
+    let r = runs.clone();
+    let pool = AsyncPool::new(2, move |entry: Entry| -> Result<Vec<u8>, Failure> {
+        r.record(&entry);
+        let url = entry.payload_str()?;
+        Err(Failure::permanent(format!("not a URL: {url}")))
+    })
+    .unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .max_deliveries(5)
+        .connect()
+        .unwrap();
+    let d = format!("{stream}:dead");
+    let stats = run_until(worker, pool, &redis.url, move |con, _| xlen(con, &d) == 1);
+    assert_eq!(runs.of(&id), vec![1], "ran once");
+    assert_eq!((stats.dead_lettered, stats.retried), (1, 0));
+    let letter = &dead_letters(&mut con(&redis.url), &stream)[0];
+    assert_eq!(text(letter, "error"), "not a URL: ftp://nope");
+    assert_eq!(text(letter, "deliveries"), "1");
+}
+
+#[test]
+fn malformed_entries_are_dead_lettered_with_all_their_fields_and_the_reason() {
+    let redis = redis();
+    let stream = stream_name("malformed");
+    let mut con = con(&redis.url);
+    let no_payload: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("url")
+        .arg("https://example.com/")
+        .arg("blob")
+        .arg(&[0xffu8, 0x00, 0x01][..])
         .query(&mut con)
         .unwrap();
-    let letter = &reply.ids[0];
-    assert_eq!(letter.get::<String>("entry").unwrap(), poison);
-    assert_eq!(letter.get::<Vec<u8>>("payload").unwrap(), b"poison");
-    assert_eq!(
-        letter.get::<String>("error").unwrap(),
-        "task panicked: poison"
+    let not_utf8: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("payload")
+        .arg(&[0xffu8, 0xfe][..])
+        .arg("source")
+        .arg("crawler-7")
+        .query(&mut con)
+        .unwrap();
+    let runs = Runs::default();
+    let r = runs.clone();
+    let pool = AsyncPool::new(2, move |entry: Entry| -> Result<Vec<u8>, Failure> {
+        r.record(&entry);
+        Ok(entry.payload_str()?.as_bytes().to_vec())
+    })
+    .unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .connect()
+        .unwrap();
+    let d = format!("{stream}:dead");
+    let stats = run_until(worker, pool, &redis.url, move |con, _| xlen(con, &d) == 2);
+    assert_eq!(stats.dead_lettered, 2);
+    assert!(
+        runs.of(&no_payload).is_empty(),
+        "an entry without a payload never runs"
     );
-    assert_eq!(letter.get::<u64>("deliveries").unwrap(), 4);
+    let letters = dead_letters(&mut con, &stream);
+    let by_id: HashMap<String, &Fields> = letters.iter().map(|l| (text(l, "entry"), l)).collect();
+    let first = by_id[&no_payload];
+    assert_eq!(text(first, "error"), "malformed entry: no `payload` field");
+    assert_eq!(text(first, "url"), "https://example.com/");
+    assert_eq!(field(first, "blob").unwrap(), &[0xff, 0x00, 0x01]);
+    let second = by_id[&not_utf8];
+    assert!(text(second, "error").starts_with("payload is not UTF-8"));
+    assert_eq!(field(second, "payload").unwrap(), &[0xff, 0xfe]);
+    assert_eq!(text(second, "source"), "crawler-7");
     assert_eq!(pending(&mut con, &stream, "g"), 0);
+}
+
+/// Regression: the delivery count of a claimed entry was read with one ranged XPENDING that
+/// the claimer's own entries crowded out, so it defaulted to 1 and ran again.
+#[test]
+fn max_deliveries_1_dead_letters_an_entry_claimed_from_a_dead_consumer() {
+    let redis = redis();
+    let stream = stream_name("claimed");
+    let mut producer = Producer::connect(&redis.url, stream.as_str()).unwrap();
+    let orphan = producer.push(b"orphan").unwrap();
+    let mut con = con(&redis.url);
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query::<()>(&mut con)
+        .unwrap();
+    // A consumer reads the entry and dies.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("ghost")
+        .arg("COUNT")
+        .arg(1)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut con)
+        .unwrap();
+    producer
+        .push_batch((0..50).map(|n: u32| n.to_string()))
+        .unwrap();
+    let runs = Runs::default();
+    let r = runs.clone();
+    let pool = AsyncPool::new(4, move |entry: Entry| {
+        r.record(&entry);
+        std::thread::sleep(Duration::from_millis(5));
+        Ok::<_, String>(entry.payload)
+    })
+    .unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .max_deliveries(1)
+        .claim_after(Duration::from_millis(200))
+        .claim_every(Duration::from_millis(20))
+        .connect()
+        .unwrap();
+    let d = format!("{stream}:dead");
+    let stats = run_until(worker, pool, &redis.url, move |con, stats| {
+        xlen(con, &d) == 1 && stats.acked == 50
+    });
+    assert!(runs.of(&orphan).is_empty(), "the orphan did not run again");
+    assert_eq!(stats.dead_lettered, 1);
+    let letter = &dead_letters(&mut con, &stream)[0];
+    assert_eq!(text(letter, "entry"), orphan);
+    assert_eq!(text(letter, "deliveries"), "2");
+    assert_eq!(
+        text(letter, "error"),
+        "delivered 2 times, more than max_deliveries (1)"
+    );
+    assert_eq!(text(letter, "payload"), "orphan");
+}
+
+#[test]
+fn retention_leaves_no_acknowledged_entry_no_error_record_and_trims_results() {
+    let redis = redis();
+    let stream = stream_name("retention");
+    let results = format!("{stream}:results");
+    Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push_batch((0..1_000).map(|n: u32| n.to_string()))
+        .unwrap();
+    // Every entry fails once (leaving an error record), then succeeds.
+    let pool = AsyncPool::new(8, |entry: Entry| {
+        if entry.deliveries == 1 {
+            return Err("first try fails".to_string());
+        }
+        Ok(entry.payload)
+    })
+    .unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .result_stream(results.as_str())
+        .result_stream_max_len(100)
+        .retry_backoff(Duration::from_millis(1), Duration::from_millis(5))
+        .connect()
+        .unwrap();
+    let stats = run_until(worker, pool, &redis.url, |_, stats| stats.acked == 1_000);
+    assert_eq!(stats.retried, 1_000);
+    let mut con = con(&redis.url);
+    assert_eq!(
+        xlen(&mut con, &stream),
+        0,
+        "no acknowledged entry left in the job stream"
+    );
+    let errors: usize = redis::cmd("HLEN")
+        .arg(format!("{stream}:errors:g"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(errors, 0, "no error record of a finished entry");
+    // MAXLEN ~ trims whole nodes (stream-node-max-entries, 100 by default).
+    let kept = xlen(&mut con, &results);
+    assert!(
+        (100..=200).contains(&kept),
+        "{kept} results kept for a limit of ~100"
+    );
+}
+
+/// The fence itself: a worker whose entry was claimed by another consumer while its task ran
+/// writes no result, acknowledges nothing, and counts a lost lease.
+#[test]
+fn a_late_settle_after_another_consumer_claimed_the_entry_writes_nothing() {
+    let redis = redis();
+    let stream = stream_name("fence");
+    let results = format!("{stream}:results");
+    let id = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push(b"contested")
+        .unwrap();
+    let contested = id.clone();
+    let (release, gate) = crossbeam_channel::bounded::<()>(0);
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let pool = AsyncPool::new(1, move |entry: Entry| {
+        s.fetch_add(1, Ordering::SeqCst);
+        let _ = gate.recv();
+        Ok::<_, String>(entry.payload)
+    })
+    .unwrap();
+    // A minute's claim_after: its next lease renewal is 20 s away.
+    let mut worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "slow")
+        .result_stream(results.as_str())
+        .claim_after(Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    let handle = worker.handle();
+    let url = redis.url.clone();
+    let (stats, late) = watchdog("fenced settle", PATIENCE, move || {
+        let runner = std::thread::spawn(move || worker.run(&pool).unwrap());
+        eventually("the task runs", PATIENCE, || {
+            started.load(Ordering::SeqCst) == 1
+        });
+        // Another consumer claims the entry (as if the worker had been cut off).
+        let mut con = con(&url);
+        let _: redis::Value = redis::cmd("XCLAIM")
+            .arg(&stream)
+            .arg("g")
+            .arg("thief")
+            .arg(0)
+            .arg(&id)
+            .query(&mut con)
+            .unwrap();
+        drop(release); // the task returns Ok; the worker tries to settle
+        eventually("the settle was refused", PATIENCE, || {
+            handle.stats().lost_lease == 1
+        });
+        handle.stop();
+        let stats = runner.join().unwrap();
+        (stats, pending_of(&mut con, &stream, "g", "thief"))
+    });
+    assert_eq!((stats.acked, stats.lost_lease), (0, 1));
+    assert_eq!(late, vec![contested], "still pending, with the thief");
+    assert_eq!(xlen(&mut con(&redis.url), &results), 0, "no result written");
+}
+
+/// An entry deleted from the stream while pending (trimmed, or `XDEL` by an operator) leaves
+/// the pending list at the next claim; its error record must leave with it.
+#[test]
+fn the_error_record_of_an_entry_deleted_while_pending_is_removed() {
+    let redis = redis();
+    let stream = stream_name("deleted");
+    let errors = format!("{stream}:errors:g");
+    let gone = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push(b"gone")
+        .unwrap();
+    let mut con = con(&redis.url);
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query::<()>(&mut con)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("crashed")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut con)
+        .unwrap();
+    redis::cmd("HSET")
+        .arg(&errors)
+        .arg(&gone)
+        .arg("it failed once")
+        .query::<()>(&mut con)
+        .unwrap();
+    redis::cmd("XDEL")
+        .arg(&stream)
+        .arg(&gone)
+        .query::<()>(&mut con)
+        .unwrap();
+    let pool = AsyncPool::new(1, |entry: Entry| Ok::<_, String>(entry.payload)).unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .claim_after(Duration::from_millis(50))
+        .claim_every(Duration::from_millis(20))
+        .connect()
+        .unwrap();
+    let (e, s) = (errors.clone(), stream.clone());
+    let stats = run_until(worker, pool, &redis.url, move |con, _| {
+        let left: usize = redis::cmd("HLEN").arg(&e).query(con).unwrap();
+        left == 0 && pending(con, &s, "g") == 0
+    });
+    assert_eq!((stats.claimed, stats.acked, stats.dead_lettered), (0, 0, 0));
+}
+
+#[test]
+fn stop_hands_unstarted_entries_back_at_once_and_abandons_running_ones_at_the_deadline() {
+    let redis = redis();
+    let stream = stream_name("stop");
+    let ids = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push_batch((0..5).map(|n: u32| n.to_string()))
+        .unwrap();
+    let (release, gate) = crossbeam_channel::bounded::<()>(0);
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    let pool = AsyncPool::new(1, move |entry: Entry| {
+        s.fetch_add(1, Ordering::SeqCst);
+        let _ = gate.recv(); // held until the test drops `release`
+        Ok::<_, String>(entry.payload)
+    })
+    .unwrap();
+    let mut worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "first")
+        .in_flight(5)
+        .stop_timeout(Duration::from_millis(300))
+        .claim_after(Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    let handle = worker.handle();
+    let (stats, first_pool) = watchdog("stop with a deadline", PATIENCE, move || {
+        // The pool outlives the run: dropping it would wait for the task held at the gate.
+        let runner = std::thread::spawn(move || (worker.run(&pool).unwrap(), pool));
+        eventually("one entry runs, four wait", PATIENCE, || {
+            started.load(Ordering::SeqCst) == 1 && handle.stats().in_flight == 5
+        });
+        let stopped = Instant::now();
+        handle.stop();
+        let (stats, pool) = runner.join().unwrap();
+        assert!(stopped.elapsed() < Duration::from_secs(10));
+        (stats, pool)
+    });
+    assert_eq!((stats.handed_back, stats.acked, stats.unsettled), (5, 0, 0));
+    // Another consumer takes all five at once, although its claim_after is a minute, with
+    // exact counts: the four that never ran are on their first delivery.
+    let runs = Runs::default();
+    let r = runs.clone();
+    let pool = AsyncPool::new(5, move |entry: Entry| {
+        r.record(&entry);
+        Ok::<_, String>(entry.payload)
+    })
+    .unwrap();
+    let second = StreamWorker::builder(&redis.url, stream.as_str(), "g", "second")
+        .claim_after(Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    let taken_at = Instant::now();
+    let stats = run_until(second, pool, &redis.url, |_, stats| stats.acked == 5);
+    assert!(
+        taken_at.elapsed() < Duration::from_secs(30),
+        "claimed at once"
+    );
+    assert_eq!(stats.claimed, 5);
+    let mut counts: Vec<u64> = ids.iter().map(|id| runs.of(id)[0]).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, vec![1, 1, 1, 1, 2]);
+    drop(release);
+    watchdog("the first pool ends", PATIENCE, move || drop(first_pool));
+}
+
+#[test]
+fn drain_returns_when_nothing_is_left_and_backlog_reports_others_pending() {
+    let redis = redis();
+    let stream = stream_name("drain");
+    let mut producer = Producer::connect(&redis.url, stream.as_str()).unwrap();
+    producer
+        .push_batch((0..30).map(|n: u32| n.to_string()))
+        .unwrap();
+    let mut con = con(&redis.url);
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .query::<()>(&mut con)
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("crashed")
+        .arg("COUNT")
+        .arg(3)
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut con)
+        .unwrap();
+    let pool = AsyncPool::new(4, |entry: Entry| Ok::<_, String>(entry.payload)).unwrap();
+    let mut worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .drain(true)
+        .connect()
+        .unwrap();
+    let (stats, backlog) = watchdog("drain", PATIENCE, move || {
+        let stats = worker.run(&pool).unwrap();
+        (stats, worker.backlog().unwrap())
+    });
+    assert_eq!(stats.acked, 27);
+    assert_eq!(backlog.pending, 3);
+    assert_eq!(backlog.undelivered, Some(0));
+    assert!(!backlog.is_empty());
+    assert!(backlog
+        .consumers
+        .iter()
+        .any(|(name, pending, _)| name == "crashed" && *pending == 3));
+}
+
+#[test]
+fn stale_consumers_with_nothing_pending_are_removed() {
+    let redis = redis();
+    let stream = stream_name("forget");
+    let mut con = con(&redis.url);
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&stream)
+        .arg("g")
+        .arg("0")
+        .arg("MKSTREAM")
+        .query::<()>(&mut con)
+        .unwrap();
+    for name in ["gone-1", "gone-2"] {
+        redis::cmd("XGROUP")
+            .arg("CREATECONSUMER")
+            .arg(&stream)
+            .arg("g")
+            .arg(name)
+            .query::<()>(&mut con)
+            .unwrap();
+    }
+    Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push(b"held")
+        .unwrap();
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg("g")
+        .arg("holder")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query(&mut con)
+        .unwrap();
+    let consumers = |con: &mut redis::Connection| -> Vec<String> {
+        let info: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("g")
+            .query(con)
+            .unwrap();
+        let mut names: Vec<String> = info
+            .iter()
+            .map(|c| redis::from_redis_value_ref(&c["name"]).unwrap())
+            .collect();
+        names.sort();
+        names
+    };
+    let pool = AsyncPool::new(1, |entry: Entry| Ok::<_, String>(entry.payload)).unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .forget_consumers_after(Some(Duration::from_millis(300)))
+        .connect()
+        .unwrap();
+    let stats = run_until(worker, pool, &redis.url, |_, stats| {
+        stats.consumers_removed == 2
+    });
+    assert_eq!(stats.consumers_removed, 2);
+    // The holder has an entry pending: it stays, whatever its idle time.
+    let left = consumers(&mut con);
+    assert!(left.contains(&"holder".to_string()), "{left:?}");
+    assert!(!left.iter().any(|n| n.starts_with("gone")), "{left:?}");
+}
+
+#[test]
+fn a_producer_with_a_capacity_refuses_when_full() {
+    watchdog("capacity", PATIENCE, producer_capacity);
+}
+
+fn producer_capacity() {
+    let redis = redis();
+    let stream = stream_name("capacity");
+    let mut producer = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .capacity(5);
+    producer
+        .push_batch((0..4).map(|n: u32| n.to_string()))
+        .unwrap();
+    let refused = producer.push_batch(["a", "b"]).unwrap_err();
+    assert!(refused.is_full(), "{refused}");
+    producer.push(b"fifth").unwrap();
+    let full = producer.push(b"sixth").unwrap_err();
+    assert!(matches!(
+        full,
+        slowpool::redis::StreamError::Full {
+            len: 5,
+            capacity: 5
+        }
+    ));
+    assert_eq!(xlen(&mut con(&redis.url), &stream), 5);
 }
 
 /// One of the crash test's worker processes (runs only when re-executed by that test).
@@ -277,7 +785,15 @@ fn crash_test_worker_process() {
     let url = std::env::var("ASYNC_POOL_CRASH_URL").unwrap();
     let stream = std::env::var("ASYNC_POOL_CRASH_STREAM").unwrap();
     let name = consumer.clone();
-    let pool = AsyncPool::new(4, move |_: Entry| {
+    let runs_key = format!("{stream}:runs");
+    let counter = Mutex::new(con(&url));
+    let pool = AsyncPool::new(4, move |entry: Entry| {
+        redis::cmd("HINCRBY")
+            .arg(&runs_key)
+            .arg(&entry.id)
+            .arg(1)
+            .query::<()>(&mut *counter.lock().unwrap())
+            .map_err(|e| e.to_string())?;
         std::thread::sleep(Duration::from_millis(1));
         Ok::<_, String>(name.clone().into_bytes())
     })
@@ -285,17 +801,19 @@ fn crash_test_worker_process() {
     let mut worker = StreamWorker::builder(&url, stream.as_str(), "crash", consumer.as_str())
         .result_stream(format!("{stream}:results"))
         .in_flight(8)
-        .claim_after(Duration::from_millis(500))
+        .claim_after(Duration::from_secs(1))
         .claim_every(Duration::from_millis(100))
         .connect()
         .unwrap();
     let handle = worker.handle();
     let stop_key = format!("{stream}:stop");
+    let parent = std::os::unix::process::parent_id();
     std::thread::spawn(move || {
         let mut con = con(&url);
         loop {
             let stop: Option<String> = redis::cmd("GET").arg(&stop_key).query(&mut con).unwrap();
-            if stop.is_some() {
+            // Stop too if the test process died (a failed test must not leave workers behind).
+            if stop.is_some() || std::os::unix::process::parent_id() != parent {
                 handle.stop();
                 return;
             }
@@ -307,11 +825,12 @@ fn crash_test_worker_process() {
 }
 
 #[test]
-fn a_killed_worker_process_loses_nothing() {
+fn a_killed_worker_process_loses_nothing_and_reruns_only_what_it_held() {
     const ENTRIES: usize = 5_000;
     let redis = redis();
-    // The workers write to `{stream}:results`, which is what `names` gives.
-    let (stream, results) = names("crash");
+    let stream = stream_name("crash");
+    let results = format!("{stream}:results");
+    let url = redis.url.clone();
     let ids: Vec<String> = {
         let mut producer = Producer::connect(&redis.url, stream.as_str()).unwrap();
         (0..ENTRIES / 500)
@@ -326,68 +845,79 @@ fn a_killed_worker_process_loses_nothing() {
     let _ = StreamWorker::builder(&redis.url, stream.as_str(), "crash", "setup")
         .connect()
         .unwrap();
-    let spawn = |consumer: &str| {
-        Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "crash_test_worker_process", "--nocapture"])
-            .env("ASYNC_POOL_CRASH_CONSUMER", consumer)
-            .env("ASYNC_POOL_CRASH_URL", &redis.url)
-            .env("ASYNC_POOL_CRASH_STREAM", &stream)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let mut victim = spawn("w1");
-    let survivors = [spawn("w2"), spawn("w3")];
-    let mut con = con(&redis.url);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    // Kill one worker mid-run, holding entries it read and has not acknowledged.
-    while xlen(&mut con, &results) < ENTRIES / 5 {
-        assert!(Instant::now() < deadline, "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    victim.kill().unwrap(); // SIGKILL
-    victim.wait().unwrap();
-    // The survivors claim what it held; wait until every entry has a result and none is pending.
-    loop {
-        let seen: HashSet<String> = result_entries(&mut con, &results).into_iter().collect();
-        if seen.len() == ENTRIES && pending(&mut con, &stream, "crash") == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {ENTRIES} entries have a result",
-            seen.len()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    redis::cmd("SET")
-        .arg(format!("{stream}:stop"))
-        .arg("1")
-        .query::<()>(&mut con)
-        .unwrap();
-    for survivor in survivors {
-        let out = watchdog("survivor stops", move || {
-            survivor.wait_with_output().unwrap()
+    watchdog("crash test", Duration::from_secs(120), move || {
+        let spawn = |consumer: &str| {
+            Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "crash_test_worker_process", "--nocapture"])
+                .env("ASYNC_POOL_CRASH_CONSUMER", consumer)
+                .env("ASYNC_POOL_CRASH_URL", &url)
+                .env("ASYNC_POOL_CRASH_STREAM", &stream)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let mut victim = spawn("w1");
+        let survivors = [spawn("w2"), spawn("w3")];
+        let mut con = con(&url);
+        // Kill one worker mid-run, holding entries it read and has not acknowledged.
+        eventually("a fifth done", PATIENCE, || {
+            xlen(&mut con, &results) >= ENTRIES / 5
         });
-        assert!(out.status.success());
-        eprintln!(
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .find(|l| l.starts_with("STATS"))
-                .unwrap_or("")
+        victim.kill().unwrap(); // SIGKILL
+        victim.wait().unwrap();
+        // What it held: its leases lapse only claim_after (1 s) after its last renewal.
+        let held: HashSet<String> = pending_of(&mut con, &stream, "crash", "w1")
+            .into_iter()
+            .collect();
+        assert!(
+            held.len() <= 8,
+            "it held at most its in_flight bound: {}",
+            held.len()
         );
-    }
-    let all = result_entries(&mut con, &results);
-    let unique: HashSet<&String> = all.iter().collect();
-    assert_eq!(unique.len(), ENTRIES, "every entry has a result");
-    assert!(ids.iter().all(|id| unique.contains(id)), "no entry lost");
-    let duplicates = all.len() - unique.len();
-    eprintln!(
-        "crash test: {ENTRIES} entries, {} results, {duplicates} duplicate results",
-        all.len()
-    );
-    // A result and its acknowledgement are written together, so an entry the killed worker
-    // finished is never redone; what it held unfinished (at most its in-flight bound) is.
-    assert!(duplicates <= 8, "{duplicates} duplicate results");
+        eventually("every entry settled", PATIENCE, || {
+            xlen(&mut con, &stream) == 0 && pending(&mut con, &stream, "crash") == 0
+        });
+        redis::cmd("SET")
+            .arg(format!("{stream}:stop"))
+            .arg("1")
+            .query::<()>(&mut con)
+            .unwrap();
+        for survivor in survivors {
+            let out = survivor.wait_with_output().unwrap();
+            assert!(out.status.success());
+            eprintln!(
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .find(|l| l.starts_with("STATS"))
+                    .unwrap_or("")
+            );
+        }
+        let all = result_entries(&mut con, &results);
+        let (counts, dups) = duplicates(&all);
+        assert!(
+            ids.iter().all(|id| counts.contains_key(id)),
+            "no entry lost"
+        );
+        assert_eq!(dups, 0, "no entry has two results");
+        let runs: HashMap<String, u64> = redis::cmd("HGETALL")
+            .arg(format!("{stream}:runs"))
+            .query(&mut con)
+            .unwrap();
+        let reruns: Vec<&String> = runs
+            .iter()
+            .filter(|(_, n)| **n > 1)
+            .map(|(id, _)| id)
+            .collect();
+        eprintln!(
+            "crash test: {ENTRIES} entries, {} results, victim held {}, {} ran twice",
+            all.len(),
+            held.len(),
+            reruns.len()
+        );
+        assert!(
+            reruns.iter().all(|id| held.contains(*id)),
+            "only entries the killed process held ran twice"
+        );
+    });
 }

@@ -97,7 +97,17 @@ impl<J: Job> KeyTable<J> {
         self.pump(key, now)
     }
 
-    /// A job of `key` left the queue or ended: its place is free.
+    /// True if a job of `key` admitted now would go into the queue at once.
+    pub(crate) fn has_room(&self, key: u64, now: Instant) -> bool {
+        self.keys.get(&key).map_or(true, |entry| {
+            entry.active < self.max_per_key
+                && !entry.unstarted
+                && entry.waiting.is_empty()
+                && entry.next_start.map_or(true, |at| at <= now)
+        })
+    }
+
+    /// A job of `key` left the queue or its callback returned: its place is free.
     pub(crate) fn release(&mut self, key: u64, was_unstarted: bool, now: Instant) -> Step<J> {
         if let Some(entry) = self.keys.get_mut(&key) {
             entry.active = entry.active.saturating_sub(1);
@@ -197,8 +207,8 @@ impl<J: Job> KeyTable<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cell::{Cell, Control, Ended, Header, Output, Slot};
-    use crate::engine::RunContext;
+    use crate::cell::{Cell, Control, Header, Output, Slot};
+    use crate::engine::{Ran, RunContext};
     use crate::task::TaskId;
     use std::sync::Arc;
 
@@ -216,8 +226,8 @@ mod tests {
         fn control_weak(&self) -> std::sync::Weak<dyn Control> {
             Arc::downgrade(&self.0) as std::sync::Weak<dyn Control>
         }
-        fn run(self, _: &(), _: &RunContext<'_>) -> Ended {
-            Ended::Finished
+        fn run(self, _: &(), _: &RunContext<'_, Self>) -> Ran {
+            Ran::Ended
         }
         fn into_input(self) {}
     }

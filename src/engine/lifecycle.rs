@@ -13,17 +13,21 @@
 //! - `shutdown_timeout` waits like `shutdown`, up to a deadline; then does what `shutdown_now`
 //!   does and also ends the tasks still running with `TimedOut`, abandoning their threads.
 //!
-//! The queue disconnects when the pool is closed and no accepted task is left (`after_finish`
-//! checks after every ending); workers then leave, and the shutdown joins them — except the
-//! calling thread when it is one of the pool's workers (a task that shuts down its own pool, or
-//! drops its last handle): joining itself would deadlock, so it returns and the workers finish
-//! on their own.
+//! `shutdown_timeout` also raises the give-up signal: a worker waiting for room in a full
+//! bounded mailbox drops that result (the task keeps the ending it was counted with; its
+//! receiver gets nothing for it), and so does the courier.
+//!
+//! The queue disconnects when the pool is closed and no accepted task is left unsettled
+//! (`Engine::settle` checks after every ending); workers then leave, and the shutdown joins
+//! them — except the calling thread when it is one of the pool's workers (a task that shuts down
+//! its own pool, or drops its last handle): joining itself would deadlock, so it returns and the
+//! workers finish on their own.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{Engine, Job};
+use super::{Engine, Job, CURRENT_TASK};
 use crate::cell::RUNNING;
 
 /// Owns a pool: dropping the last owner shuts the pool down.
@@ -39,7 +43,7 @@ impl<J: Job> Engine<J> {
     /// Stops accepting work. Returns once every add that saw the pool open has enqueued.
     fn close(&self) {
         self.closed.store(true, SeqCst);
-        self.admission.close();
+        self.admission().close();
         drop(self.sender.write());
     }
 
@@ -50,7 +54,7 @@ impl<J: Job> Engine<J> {
     /// Closes, lets everything accepted run, joins the workers.
     pub(crate) fn shutdown(&self) {
         self.close();
-        self.after_finish();
+        self.disconnect_if_done();
         self.wait_for_exit();
     }
 
@@ -59,6 +63,7 @@ impl<J: Job> Engine<J> {
     pub(crate) fn shutdown_now(&self) -> Vec<J::Input> {
         self.close();
         let inputs = self.stop_now();
+        self.disconnect_if_done();
         self.wait_for_exit();
         inputs
     }
@@ -67,7 +72,7 @@ impl<J: Job> Engine<J> {
     /// runs with `TimedOut`. True if everything ended within the time.
     pub(crate) fn shutdown_timeout(&self, timeout: Duration) -> bool {
         self.close();
-        self.after_finish();
+        self.disconnect_if_done();
         let deadline = Instant::now().checked_add(timeout);
         let finished = self.wait_quiet(deadline);
         if !finished {
@@ -77,6 +82,8 @@ impl<J: Job> Engine<J> {
                     self.time_out(&*control, true);
                 }
             }
+            // Deliveries still waiting for room in a mailbox nobody reads give up.
+            drop(self.give_up_tx.lock().take());
         }
         self.wait_for_exit();
         finished
@@ -91,7 +98,7 @@ impl<J: Job> Engine<J> {
     /// A task calling `shutdown_timeout` on its own pool is not ended by it.
     fn is_own_task(&self, control: &dyn crate::cell::Control) -> bool {
         self.current_worker()
-            .is_some_and(|index| index == control.header().worker())
+            .is_some_and(|seat| seat.index == control.header().worker())
     }
 
     /// Blocks until no task is queued or running.
@@ -108,33 +115,39 @@ impl<J: Job> Engine<J> {
     }
 
     /// Waits until quiet or `deadline`; true if quiet.
+    ///
+    /// The condition is checked under `quiet.lock` right before every wait, and everything that
+    /// can change it (a task settling, a job queued for a helper) takes that lock before it
+    /// notifies: no wake-up falls between the check and the wait.
     fn wait_quiet(&self, deadline: Option<Instant>) -> bool {
         let worker = self.current_worker();
-        if worker.is_some() {
-            self.joining.fetch_add(1, SeqCst);
+        // On a worker, the joining task is excused (and excuses the others) while it runs.
+        let joining = worker
+            .as_ref()
+            .and_then(|_| CURRENT_TASK.with(|task| task.get()));
+        if let Some(id) = joining {
+            self.joiners.add(id);
         }
         self.quiet.waiters.fetch_add(1, SeqCst);
         let mut guard = self.quiet.lock.lock();
         let quiet = loop {
             let excused = if worker.is_some() {
-                self.joining.load(SeqCst) as u64
+                self.joiners.count()
             } else {
                 0
             };
             if self.counters.outstanding() <= excused {
                 break true;
             }
-            if let Some(index) = worker {
-                drop(guard);
-                let job = self.take_queued(index);
-                let helped = job.is_some();
-                if let Some(job) = job {
-                    self.execute(job, false);
-                }
-                guard = self.quiet.lock.lock();
-                // A job queued between `take_queued` and re-locking nudged nobody: look again
-                // rather than wait.
-                if helped || !self.receiver.is_empty() {
+            // Help: run a queued task on this thread rather than wait for a free worker. An
+            // abandoned thread no longer runs the pool's work.
+            if let Some(seat) = worker.as_ref().filter(|seat| !seat.is_abandoned()) {
+                if !self.receiver.is_empty() {
+                    drop(guard);
+                    if let Some(job) = self.take_queued(seat) {
+                        self.execute(job, seat, false);
+                    }
+                    guard = self.quiet.lock.lock();
                     continue;
                 }
             }
@@ -150,16 +163,14 @@ impl<J: Job> Engine<J> {
         };
         drop(guard);
         self.quiet.waiters.fetch_sub(1, SeqCst);
-        if worker.is_some() {
-            self.joining.fetch_sub(1, SeqCst);
+        if let Some(id) = joining {
+            self.joiners.remove(id);
         }
         quiet
     }
 
-    /// Hook after any task ended: wake waiters, and disconnect the queue once the pool is closed
-    /// and nothing is left. (Races with `close` resolve because both sides write before they
-    /// read: `closed` then `outstanding`, or the ending then `closed`.)
-    pub(super) fn after_finish(&self) {
+    /// Disconnects the queue if the pool is closed and no accepted task is left.
+    pub(super) fn disconnect_if_done(&self) {
         self.quiet.nudge();
         if self.closed.load(SeqCst) && self.counters.outstanding() == 0 {
             self.disconnect();
@@ -167,10 +178,13 @@ impl<J: Job> Engine<J> {
     }
 
     /// Drops the queue's sender: idle workers see the disconnection and leave.
-    fn disconnect(&self) {
+    pub(super) fn disconnect(&self) {
         let sender = self.sender.write().take();
         drop(sender);
+        // After the sender is gone: a worker parking from now on sees the queue closed.
+        self.scheduler.close();
         self.timer.stop();
+        self.courier.close();
     }
 
     /// Waits for every task to end, then joins every worker and the timer — unless called
@@ -180,26 +194,14 @@ impl<J: Job> Engine<J> {
             return;
         }
         self.wait_quiet(None);
-        // One joiner at a time: a second shutdown must not find the handles already taken by
-        // the first and return while those threads are still being joined.
-        let _joining = self.exit_lock.lock();
-        loop {
-            let handles: Vec<_> = {
-                let mut threads = self.threads.lock();
-                if threads.handles.is_empty() {
-                    // Every task has ended (waited for above): no worker is needed again,
-                    // and none may start behind this join.
-                    threads.sealed = true;
-                    break;
-                }
-                threads.handles.drain().map(|(_, h)| h).collect()
-            };
-            for handle in handles {
-                let _ = handle.join();
-            }
-        }
+        // Every task has ended (waited for above): no worker is needed again, and none may
+        // start behind this join.
+        self.workers.join_all();
         if let Some(timer) = self.timer.take_thread() {
             let _ = timer.join();
+        }
+        if let Some(courier) = self.courier.take_thread() {
+            let _ = courier.join();
         }
     }
 

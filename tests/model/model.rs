@@ -1,7 +1,10 @@
-//! A model-based property test of the accounting invariant: random sequences of adds, joins,
-//! resizes, cancels, shutdowns and drops from several producer threads, with callbacks that
-//! return, sleep or panic. After each case every accepted task ended exactly once, in a way its
-//! caller was told, `stats()` agrees, and no pool thread is left.
+//! A model-based property test of the accounting invariant: random sequences of adds (plain,
+//! keyed, with a deadline, to a mailbox), joins, resizes, cancels, shutdowns and drops from
+//! several producer threads, with callbacks that return, sleep, panic or `join` their own pool
+//! from inside the task. After each case every accepted task ended exactly once, in a way its
+//! caller was told (`TimedOut` only for tasks added with a deadline), `stats()` agrees, no key
+//! ever had more than `max_per_key` callbacks running (timed-out ones included), and no pool
+//! thread is left.
 //!
 //! `PROPTEST_CASES` sets the number of cases (default 64). Each case runs under a watchdog that
 //! prints the case and aborts instead of hanging CI.
@@ -9,14 +12,14 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use slowpool::{AddError, AsyncPool, TaskError, TaskId, ThreadPool};
 use common::assert_threads_gone;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use proptest::prelude::*;
+use slowpool::{AddError, AsyncPool, TaskError, TaskId, ThreadPool};
 
 /// What a task's callback does.
 #[derive(Debug, Clone, Copy)]
@@ -26,11 +29,17 @@ enum Behaviour {
     PanicStr,
     PanicString,
     PanicOther,
+    /// Calls `join()` on its own pool from inside the task.
+    Join,
 }
 
 #[derive(Debug, Clone)]
 enum Op {
     Add(Behaviour),
+    /// Add under key 1..=3 (the pool may limit tasks per key).
+    AddKeyed(u8, Behaviour),
+    /// Add with a deadline of that many milliseconds.
+    AddWithTimeout(Behaviour, u8),
     TryAdd(Behaviour),
     AddTo(Behaviour),
     /// Add to a mailbox whose receiver is dropped at once.
@@ -52,12 +61,18 @@ fn behaviour() -> impl Strategy<Value = Behaviour> {
         1 => Just(Behaviour::PanicStr),
         1 => Just(Behaviour::PanicString),
         1 => Just(Behaviour::PanicOther),
+        1 => Just(Behaviour::Join),
     ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => behaviour().prop_map(Op::Add),
+        // Not `Join`: a task that joins while it fills its key's limit would wait for tasks of
+        // that key that cannot start before it ends (documented on `join`).
+        3 => (1u8..=3, behaviour())
+            .prop_map(|(k, b)| Op::AddKeyed(k, if let Behaviour::Join = b { Behaviour::Return } else { b })),
+        2 => (behaviour(), 1u8..=4).prop_map(|(b, ms)| Op::AddWithTimeout(b, ms)),
         2 => behaviour().prop_map(Op::TryAdd),
         4 => behaviour().prop_map(Op::AddTo),
         1 => behaviour().prop_map(Op::AddToGone),
@@ -71,36 +86,71 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-/// Input = sequence number << 6 | sleep milliseconds << 3 | behaviour code: unique, and the
-/// callback can decode it.
-fn encode(seq: u64, b: Behaviour) -> u64 {
+/// Input = sequence number << 8 | key << 6 | sleep milliseconds << 3 | behaviour code: unique,
+/// and the callback can decode it.
+fn encode(seq: u64, key: u8, b: Behaviour) -> u64 {
     let (code, ms) = match b {
         Behaviour::Return => (0, 0),
         Behaviour::Sleep(ms) => (1, u64::from(ms.min(7))),
         Behaviour::PanicStr => (2, 0),
         Behaviour::PanicString => (3, 0),
         Behaviour::PanicOther => (4, 0),
+        Behaviour::Join => (5, 0),
     };
-    (seq << 6) | (ms << 3) | code
+    (seq << 8) | (u64::from(key) << 6) | (ms << 3) | code
+}
+
+fn key_of(input: u64) -> usize {
+    ((input >> 6) & 3) as usize
+}
+
+/// Callbacks of each key running right now, and the most ever seen at once.
+#[derive(Default)]
+struct PerKey {
+    running: [AtomicUsize; 4],
+    peak: [AtomicUsize; 4],
+}
+
+/// Leaves its key when the callback returns or unwinds.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The pool's callback. `pool` is set right after the build, before any add.
+fn run_in(pool: &OnceLock<AsyncPool<u64, u64>>, keys: &PerKey, input: u64) -> u64 {
+    let key = key_of(input);
+    let now = keys.running[key].fetch_add(1, Ordering::SeqCst) + 1;
+    keys.peak[key].fetch_max(now, Ordering::SeqCst);
+    let _running = Running(&keys.running[key]);
+    if input & 7 == 5 {
+        if let Some(pool) = pool.get() {
+            pool.join();
+        }
+    }
+    run(input)
 }
 
 fn run(input: u64) -> u64 {
     match input & 7 {
         1 => std::thread::sleep(Duration::from_millis((input >> 3) & 7)),
         2 => panic!("str panic"),
-        3 => panic!("String panic {}", input >> 6),
+        3 => panic!("String panic {}", input >> 8),
         4 => std::panic::panic_any(input),
         _ => {}
     }
-    input >> 6
+    input >> 8
 }
 
 fn expected(input: u64) -> Result<u64, TaskError> {
     match input & 7 {
         2 => Err(TaskError::Panicked("str panic".into())),
-        3 => Err(TaskError::Panicked(format!("String panic {}", input >> 6))),
+        3 => Err(TaskError::Panicked(format!("String panic {}", input >> 8))),
         4 => Err(TaskError::Panicked("non-string panic payload".into())),
-        _ => Ok(input >> 6),
+        _ => Ok(input >> 8),
     }
 }
 
@@ -115,6 +165,8 @@ struct Seen {
     unobserved: u64,
     /// Inputs handed back by shutdown_now.
     handed_back: Vec<u64>,
+    /// Inputs added with a deadline: the only ones that may end `TimedOut`.
+    timed: HashSet<u64>,
     accepted: u64,
     spawned_accepted: u64,
 }
@@ -127,9 +179,31 @@ fn producer(
     mailbox: Sender<(TaskId, Result<u64, TaskError>)>,
 ) -> Seen {
     let mut seen = Seen::default();
-    let next = |b| encode(seq.fetch_add(1, Ordering::SeqCst), b);
+    let next_keyed = |key, b| encode(seq.fetch_add(1, Ordering::SeqCst), key, b);
+    let next = |b| next_keyed(0, b);
     for op in ops {
         match op {
+            Op::AddKeyed(key, b) => {
+                let input = next_keyed(key, b);
+                match pool.add_task_keyed(key, input) {
+                    Ok(task) => {
+                        seen.accepted += 1;
+                        seen.tasks.push((input, task));
+                    }
+                    Err(e) => assert_eq!(e.into_inner(), input),
+                }
+            }
+            Op::AddWithTimeout(b, ms) => {
+                let input = next(b);
+                match pool.add_task_with_timeout(input, Duration::from_millis(ms.into())) {
+                    Ok(task) => {
+                        seen.accepted += 1;
+                        seen.timed.insert(input);
+                        seen.tasks.push((input, task));
+                    }
+                    Err(e) => assert_eq!(e.into_inner(), input),
+                }
+            }
             Op::Add(b) => {
                 let input = next(b);
                 match pool.add_task(input) {
@@ -188,6 +262,7 @@ fn producer(
                 }
             }
             Op::Spawn(b) => {
+                // A spawned closure has no pool to join: `Join` just returns there.
                 let input = next(b);
                 match threads.spawn(move || run(input)) {
                     Ok(task) => {
@@ -223,15 +298,32 @@ fn producer(
     seen
 }
 
-fn check_case(case: u64, workers: usize, capacity: Option<usize>, producers: Vec<Vec<Op>>) {
+fn check_case(
+    case: u64,
+    workers: usize,
+    capacity: Option<usize>,
+    per_key: Option<usize>,
+    producers: Vec<Vec<Op>>,
+) {
     let name = format!("m{case}");
     let mut builder = AsyncPool::builder()
         .max_workers(workers)
+        .max_abandoned(2)
         .thread_name(name.clone());
     if let Some(c) = capacity {
         builder = builder.queue_capacity(c);
     }
-    let pool = builder.build(run).unwrap();
+    if let Some(n) = per_key {
+        builder = builder.max_per_key(n);
+    }
+    let me: Arc<OnceLock<AsyncPool<u64, u64>>> = Arc::new(OnceLock::new());
+    let keys = Arc::new(PerKey::default());
+    let (inner, counts) = (me.clone(), keys.clone());
+    let pool = builder
+        .build(move |input| run_in(&inner, &counts, input))
+        .unwrap();
+    // A clone inside the callback's reach: the pool is shut down explicitly below.
+    me.set(pool.clone()).ok().unwrap();
     let threads_name = format!("t{case}");
     let threads = ThreadPool::builder()
         .max_workers(workers)
@@ -261,15 +353,23 @@ fn check_case(case: u64, workers: usize, capacity: Option<usize>, producers: Vec
         .iter()
         .flat_map(|s| s.handed_back.iter().copied())
         .collect();
-    let mut outcomes = (0u64, 0u64, 0u64); // ok, panicked, cancelled
+    let timed: HashSet<u64> = seen.iter().flat_map(|s| s.timed.iter().copied()).collect();
+    let mut outcomes = (0u64, 0u64, 0u64, 0u64); // ok, panicked, cancelled, timed out
     let mut tally = |input: u64, result: Result<u64, TaskError>| {
         match &result {
             Ok(_) => outcomes.0 += 1,
             Err(TaskError::Panicked(_)) => outcomes.1 += 1,
             Err(TaskError::Cancelled) => outcomes.2 += 1,
+            Err(TaskError::TimedOut) => {
+                assert!(
+                    timed.contains(&input),
+                    "timed out without a deadline: {input:#x}"
+                );
+                outcomes.3 += 1;
+            }
             Err(other) => panic!("unexpected ending {other:?}"),
         }
-        if result != Err(TaskError::Cancelled) {
+        if !matches!(result, Err(TaskError::Cancelled | TaskError::TimedOut)) {
             assert_eq!(result, expected(input), "input {input:#x}");
             assert!(
                 !handed_back.contains(&input),
@@ -307,7 +407,18 @@ fn check_case(case: u64, workers: usize, capacity: Option<usize>, producers: Vec
     assert!(stats.completed >= outcomes.0 && stats.completed <= outcomes.0 + unobserved);
     assert!(stats.panicked >= outcomes.1 && stats.panicked <= outcomes.1 + unobserved);
     assert!(stats.cancelled >= outcomes.2 && stats.cancelled <= outcomes.2 + unobserved);
+    assert!(stats.timed_out >= outcomes.3 && stats.timed_out <= outcomes.3 + unobserved);
     assert!(handed_back.len() as u64 <= stats.cancelled);
+    // Keyed callbacks never exceeded the per-key limit, counting timed-out ones still running.
+    if let Some(limit) = per_key {
+        for key in 1..4 {
+            let peak = keys.peak[key].load(Ordering::SeqCst);
+            assert!(
+                peak <= limit,
+                "key {key}: {peak} callbacks at once, limit {limit}"
+            );
+        }
+    }
 
     // The ThreadPool side.
     let spawned: u64 = seen.iter().map(|s| s.spawned_accepted).sum();
@@ -343,15 +454,18 @@ proptest! {
     fn every_accepted_task_ends_exactly_once(
         workers in 1usize..=8,
         capacity in prop::option::of(0usize..=4),
+        per_key in prop::option::of(1usize..=2),
         producers in prop::collection::vec(prop::collection::vec(op(), 0..40), 1..=4),
     ) {
         // Silence the expected panics of callbacks.
         std::panic::set_hook(Box::new(|_| {}));
         let case = CASE.fetch_add(1, Ordering::SeqCst);
-        let description = format!("workers={workers} capacity={capacity:?} producers={producers:?}");
+        let description = format!(
+            "workers={workers} capacity={capacity:?} per_key={per_key:?} producers={producers:?}"
+        );
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         let runner = std::thread::spawn(move || {
-            check_case(case, workers, capacity, producers);
+            check_case(case, workers, capacity, per_key, producers);
             let _ = done_tx.send(());
         });
         match done_rx.recv_timeout(Duration::from_secs(60)) {

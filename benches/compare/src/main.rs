@@ -35,7 +35,12 @@ pub struct Run {
 /// What a child measured.
 #[derive(Clone, Debug)]
 pub struct Figures {
+    /// From before the contender is built to the last result.
     pub makespan: f64,
+    /// From the first add, on a contender already built (its threads started and idle).
+    pub makespan_built: f64,
+    /// Seconds from the start to the first add: building the contender.
+    pub build: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub cpu: f64,
@@ -77,8 +82,18 @@ fn child(args: &[String]) {
     let sampler = measure::ThreadSampler::start();
     let cpu_before = measure::cpu_seconds();
     let started = Instant::now();
-    let (outcomes, collected) = work::run(contender, kind, jobs, concurrency);
-    let makespan = (collected - started).as_secs_f64();
+    let (outcomes, first, collected) = work::run(contender, kind, jobs, concurrency);
+    // Building the contender (and the settle pause after it) is left out of both: `makespan`
+    // adds the time its threads took to start.
+    let build = (first - started).as_secs_f64();
+    let makespan_built = (collected - first).as_secs_f64();
+    let paused = if work::SETTLED.load(std::sync::atomic::Ordering::SeqCst) {
+        work::SETTLE.as_secs_f64()
+    } else {
+        0.0
+    };
+    let build = build - paused;
+    let makespan = makespan_built + build;
     let cpu = measure::cpu_seconds() - cpu_before;
     let threads = sampler.finish();
     let total: usize = outcomes.iter().map(|o| o.0).sum();
@@ -93,7 +108,7 @@ fn child(args: &[String]) {
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3;
     println!(
-        "RESULT {makespan} {} {} {cpu} {} {threads}",
+        "RESULT {makespan} {} {} {cpu} {} {threads} {makespan_built} {build}",
         pct(0.50),
         pct(0.99),
         measure::peak_rss_kib()
@@ -252,6 +267,8 @@ fn measure_run(
                     cpu: f[3],
                     peak_rss_kib: f[4] as u64,
                     peak_threads: f[5] as usize,
+                    makespan_built: f[6],
+                    build: f[7],
                 })
             }
             Some(l) => Err(l.to_string()),
@@ -268,9 +285,11 @@ fn measure_run(
     };
     match &run.result {
         Ok(f) => eprintln!(
-            "{workload:>10} c={concurrency:<5} {contender:<22} makespan {:>7.3} s  ratio {:.3}  cpu {:.2} s  rss {:>6} KiB  threads {}",
+            "{workload:>10} c={concurrency:<5} {contender:<22} makespan {:>7.3} s  ratio {:.3}  built {:.3} (build {:.3} s)  cpu {:.2} s  rss {:>6} KiB  threads {}",
             f.makespan,
             f.makespan / lower_bound,
+            f.makespan_built / lower_bound,
+            f.build,
             f.cpu,
             f.peak_rss_kib,
             f.peak_threads

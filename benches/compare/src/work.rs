@@ -104,9 +104,34 @@ pub const CONTENDERS: &[&str] = &[
     "crossbeam_floor",
 ];
 
+/// Waits until the `workers` threads a pool started at build are running and have had time to
+/// go idle, so a makespan measured from the next instant excludes starting them. Returns that
+/// instant (the first add).
+fn built(workers: usize) -> Instant {
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while (crate::measure::threads() as usize) < workers && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    std::thread::sleep(SETTLE);
+    SETTLED.store(true, std::sync::atomic::Ordering::SeqCst);
+    Instant::now()
+}
+
+/// The pause `built` makes after the threads started, so they are idle at the first add.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+/// Set when `built` paused: the pause is no part of any makespan.
+pub static SETTLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Runs `jobs` on the contender `name` with `concurrency` workers; returns the outcomes in any
-/// order, and the instant the last one was collected (before the contender is torn down).
-pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<Outcome>, Instant) {
+/// order, the instant of the first add (after the contender's threads were built and idle, for
+/// pools that start them at build), and the instant the last outcome was collected (before the
+/// contender is torn down).
+pub fn run(
+    name: &str,
+    kind: Kind,
+    jobs: Vec<Job>,
+    concurrency: usize,
+) -> (Vec<Outcome>, Instant, Instant) {
     let agent = agent(concurrency);
     let n = jobs.len();
     match name {
@@ -116,12 +141,14 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                     run_blocking(kind, &job, &agent, added)
                 })
                 .unwrap();
+            let first = built(concurrency);
             let tasks: Vec<_> = jobs
                 .into_iter()
                 .map(|job| pool.add_task((job, Instant::now())).unwrap())
                 .collect();
             (
                 tasks.iter().map(|t| t.recv().unwrap()).collect(),
+                first,
                 Instant::now(),
             )
         }
@@ -131,23 +158,30 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                     run_blocking(kind, &job, &agent, added)
                 })
                 .unwrap();
+            let first = built(concurrency);
             let (tx, rx) = unbounded();
             for job in jobs {
                 pool.add_task_to((job, Instant::now()), &tx).unwrap();
             }
             (
                 (0..n).map(|_| rx.recv().unwrap().1.unwrap()).collect(),
+                first,
                 Instant::now(),
             )
         }
         "threadpool" => {
             let pool = threadpool::ThreadPool::new(concurrency);
+            let first = built(concurrency);
             let (tx, rx) = unbounded();
             for job in jobs {
                 let (tx, agent, added) = (tx.clone(), agent.clone(), Instant::now());
                 pool.execute(move || tx.send(run_blocking(kind, &job, &agent, added)).unwrap());
             }
-            let out = ((0..n).map(|_| rx.recv().unwrap()).collect(), Instant::now());
+            let out = (
+                (0..n).map(|_| rx.recv().unwrap()).collect(),
+                first,
+                Instant::now(),
+            );
             pool.join();
             out
         }
@@ -156,12 +190,17 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                 .num_threads(concurrency)
                 .build()
                 .unwrap();
+            let first = built(concurrency);
             let (tx, rx) = unbounded();
             for job in jobs {
                 let (tx, agent, added) = (tx.clone(), agent.clone(), Instant::now());
                 pool.spawn(move || tx.send(run_blocking(kind, &job, &agent, added)).unwrap());
             }
-            ((0..n).map(|_| rx.recv().unwrap()).collect(), Instant::now())
+            (
+                (0..n).map(|_| rx.recv().unwrap()).collect(),
+                first,
+                Instant::now(),
+            )
         }
         "tokio_spawn_blocking" => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -170,6 +209,7 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                 .enable_all()
                 .build()
                 .unwrap();
+            let first = Instant::now();
             runtime.block_on(async move {
                 let handles: Vec<_> = jobs
                     .into_iter()
@@ -182,13 +222,14 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                 for h in handles {
                     out.push(h.await.unwrap());
                 }
-                (out, Instant::now())
+                (out, first, Instant::now())
             })
         }
         "tokio_async" => tokio_async(kind, jobs, concurrency),
         "thread_per_request" => {
             // No queue: every job is "added" at the start and waits for a free slot.
             let added = Instant::now();
+            let first = added;
             let mut alive: VecDeque<std::thread::JoinHandle<Outcome>> = VecDeque::new();
             let mut out = Vec::with_capacity(n);
             for job in jobs {
@@ -201,7 +242,7 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                 }));
             }
             out.extend(alive.into_iter().map(|h| h.join().unwrap()));
-            (out, Instant::now())
+            (out, first, Instant::now())
         }
         "crossbeam_floor" => {
             // Raw threads looping on one channel of boxed closures: what any pool costs at
@@ -218,6 +259,7 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                     })
                 })
                 .collect();
+            let first = built(concurrency);
             let (tx, rx): (Sender<Outcome>, _) = unbounded();
             for job in jobs {
                 let (tx, agent, added) = (tx.clone(), agent.clone(), Instant::now());
@@ -227,7 +269,11 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
                     }))
                     .unwrap();
             }
-            let out = ((0..n).map(|_| rx.recv().unwrap()).collect(), Instant::now());
+            let out = (
+                (0..n).map(|_| rx.recv().unwrap()).collect(),
+                first,
+                Instant::now(),
+            );
             drop(jobs_tx);
             for t in threads {
                 t.join().unwrap();
@@ -240,12 +286,13 @@ pub fn run(name: &str, kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<O
 
 /// The async way: tokio tasks (reqwest for HTTP, tokio's sleep), at most `concurrency` at
 /// once through `buffer_unordered`; empty jobs are one `tokio::spawn` each.
-fn tokio_async(kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<Outcome>, Instant) {
+fn tokio_async(kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<Outcome>, Instant, Instant) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(if kind == Kind::Empty { concurrency } else { 2 })
         .enable_all()
         .build()
         .unwrap();
+    let first = Instant::now();
     runtime.block_on(async move {
         if kind == Kind::Empty {
             let handles: Vec<_> = jobs
@@ -259,7 +306,7 @@ fn tokio_async(kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<Outcome>,
             for h in handles {
                 out.push(h.await.unwrap());
             }
-            return (out, Instant::now());
+            return (out, first, Instant::now());
         }
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
@@ -292,6 +339,6 @@ fn tokio_async(kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<Outcome>,
             .buffer_unordered(concurrency)
             .collect::<Vec<_>>()
             .await;
-        (out, Instant::now())
+        (out, first, Instant::now())
     })
 }

@@ -1,0 +1,170 @@
+//! How a task ends: one path for every ending.
+//!
+//! Whoever wins a task's final state change — the worker (`RUNNING → DONE`), a canceller
+//! (`WAITING/QUEUED → CANCELLED`), the timer or a shutdown (`RUNNING → TIMED_OUT`) — calls
+//! [`Engine::end`], which always does the same things in the same order:
+//!
+//! 1. **count** the ending (`stats()` shows it before anyone can receive it);
+//! 2. **release** what the task held: its place in the queue (cancelled while queued), its
+//!    worker (the worker counts idle again, before it delivers, so that a caller who adds its
+//!    next task on receiving this result finds it free), and its key — except a timed-out task,
+//!    whose callback still runs: it holds its key until the callback returns
+//!    ([`Engine::execute`](super::worker)), so a host with hanging requests never has more than
+//!    `max_per_key` of them in flight; the thread's own fate was settled by `time_out`;
+//! 3. forget it as a joiner (a task that ended no longer excuses anyone in `join`);
+//! 4. **deliver** the result — a worker may wait for room in a bounded mailbox, anyone else
+//!    hands a full mailbox's send to the courier;
+//! 5. **settle**: count it delivered, nudge `join`/shutdown waiters, and disconnect the queue if
+//!    the pool is closed and nothing is left.
+
+use std::thread;
+
+use super::scheduler::Seat;
+use super::{Engine, Job};
+use crate::cell::{drop_quietly, Cell, Header, DONE, QUEUED, RUNNING, WAITING};
+use crate::delivery::{Delivered, Way};
+use crate::error::TaskError;
+
+/// How a task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    Completed,
+    Panicked,
+    /// Cancelled from state `from` (WAITING or QUEUED): it never ran.
+    Cancelled {
+        from: u8,
+    },
+    /// Still running at its deadline (or at the end of `shutdown_timeout`).
+    TimedOut,
+}
+
+/// What the thread that ran a job learns from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ran {
+    /// The run ended the task.
+    Ended,
+    /// Someone else (the timer) ended it while it ran; its late result was dropped.
+    Lost,
+}
+
+/// Who ends a task.
+#[derive(Clone, Copy)]
+pub(super) struct Runner {
+    /// The worker is free again once this ending is counted (its own loop, not abandoned).
+    frees_worker: bool,
+}
+
+/// What a job needs from the engine while it runs on a worker.
+pub(crate) struct RunContext<'a, J: Job> {
+    pub(super) engine: &'a Engine<J>,
+    pub(super) seat: &'a Seat,
+    /// On the worker's own loop (not a task run inside `join()`).
+    pub(super) own_loop: bool,
+}
+
+impl<J: Job> RunContext<'_, J> {
+    /// The flag cancel tokens read: raised by `shutdown_now` and `shutdown_timeout`.
+    pub(crate) fn stopping(&self) -> &std::sync::Arc<std::sync::atomic::AtomicBool> {
+        &self.engine.stopping
+    }
+
+    /// Ends the task with the callback's outcome, unless the timer ended it first.
+    pub(crate) fn finish<T: Send + 'static>(
+        &self,
+        cell: &Cell<T>,
+        outcome: thread::Result<T>,
+    ) -> Ran {
+        let result = outcome.map_err(|payload| {
+            let error = TaskError::from_panic(&*payload);
+            drop_quietly(payload);
+            error
+        });
+        if !cell.header.transition(RUNNING, DONE) {
+            // Timed out while it ran: the caller already has `TimedOut`.
+            drop_quietly(result);
+            return Ran::Lost;
+        }
+        let ending = if result.is_ok() {
+            Ending::Completed
+        } else {
+            Ending::Panicked
+        };
+        let runner = Runner {
+            // Stable here: only a running task of this thread can get it abandoned, and this
+            // one just ended.
+            frees_worker: self.own_loop && !self.seat.is_abandoned(),
+        };
+        self.engine.end(&cell.header, ending, Some(runner), |way| {
+            cell.deliver(result, way)
+        });
+        Ran::Ended
+    }
+}
+
+impl<J: Job> Engine<J> {
+    /// The one ending path; see the module docs. The caller won the task's final state change.
+    /// `runner`: set when the thread that ran the task ends it.
+    pub(super) fn end(
+        &self,
+        header: &Header,
+        ending: Ending,
+        runner: Option<Runner>,
+        deliver: impl FnOnce(Way<'_>) -> Delivered,
+    ) {
+        // 1. Count.
+        match ending {
+            Ending::Completed => self.counters.completed(),
+            Ending::Panicked => self.counters.panicked(),
+            Ending::Cancelled { from } => {
+                if from == WAITING {
+                    self.counters.left_key();
+                }
+                self.counters.cancelled();
+            }
+            Ending::TimedOut => self.counters.timed_out(),
+        }
+        // 2. Release.
+        if runner.is_some_and(|r| r.frees_worker) {
+            self.admission().enter_idle();
+        }
+        match ending {
+            Ending::Completed | Ending::Panicked => {
+                if let Some(key) = header.key {
+                    self.release_key(key, false);
+                }
+            }
+            Ending::Cancelled { from } => {
+                if from == QUEUED {
+                    self.admission().release();
+                    if let Some(key) = header.key {
+                        self.release_key(key, true);
+                    }
+                }
+            }
+            Ending::TimedOut => {}
+        }
+        // 3. A joiner that ended excuses nobody any more.
+        self.joiners.remove(header.id);
+        // 4. Deliver, then 5. settle (the courier settles what it delivers).
+        let way = match runner {
+            Some(_) => Way::Wait {
+                give_up: &self.give_up,
+            },
+            None => Way::NoWait,
+        };
+        match deliver(way) {
+            Delivered::Done => self.settle(),
+            Delivered::Later(pending) => self.send_later(pending),
+        }
+    }
+
+    /// A task's ending was delivered (or dropped for good): `join` and shutdown may go on.
+    pub(super) fn settle(&self) {
+        self.counters.settled();
+        self.quiet.nudge();
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) && self.counters.outstanding() == 0
+        {
+            self.disconnect();
+        }
+    }
+}
