@@ -1,5 +1,6 @@
-//! A small polite crawler: ~500 linked pages across 5 local "hosts" (127.0.0.1 to 127.0.0.5),
-//! following links, with per-host limits, politeness, timeouts and a progress bar.
+//! A small polite crawler: a generated site of 500 pages across 5 local "hosts" (127.0.0.1 to
+//! 127.0.0.5), crawled by following links from the first page (499 of the pages are reachable),
+//! with per-host limits, politeness, timeouts and a progress line.
 //!
 //! - `max_per_key(4)`: at most 4 requests to one host at once. Pages of a busy host wait on
 //!   their host, not on a worker, so the other hosts keep the workers busy.
@@ -17,7 +18,6 @@ use std::io::Read;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::unbounded;
-use indicatif::{ProgressBar, ProgressStyle};
 use server::{Reply, Rng, Server};
 use slowpool::{AsyncPool, TaskError, TaskId};
 
@@ -141,10 +141,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         start,
     );
 
-    let bar = ProgressBar::new(1);
-    bar.set_style(ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:40}] {pos}/{len} pages {msg}",
-    )?);
+    let mut done = 0;
     let began = Instant::now();
     let mut summary: BTreeMap<String, HostSummary> = BTreeMap::new();
     while !url_of.is_empty() {
@@ -167,15 +164,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(TaskError::TimedOut) => host.timed_out += 1,
             Err(_) => host.failed += 1,
         }
-        bar.set_length(seen.len() as u64);
-        bar.inc(1);
+        done += 1;
         let stats = pool.stats();
-        bar.set_message(format!(
-            "{} running, {} waiting on their host",
-            stats.busy, stats.waiting_on_key
-        ));
+        eprint!(
+            "\r{done}/{} pages, {} running, {} waiting on their host   ",
+            seen.len(),
+            stats.busy,
+            stats.waiting_on_key
+        );
     }
-    bar.finish_and_clear();
+    eprintln!();
     let elapsed = began.elapsed();
 
     println!(

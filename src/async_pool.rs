@@ -18,6 +18,17 @@ use crate::task::{Task, TaskId};
 use crate::token::CancelToken;
 
 /// A mailbox sender: where `add_task_to` delivers `(TaskId, result)`.
+///
+/// ```
+/// use slowpool::{AsyncPool, Mailbox};
+/// use crossbeam_channel::unbounded;
+///
+/// let pool = AsyncPool::new(2, |s: String| s.len())?;
+/// let (mailbox, results): (Mailbox<usize>, _) = unbounded();
+/// let id = pool.add_task_to("four".into(), &mailbox)?;
+/// assert_eq!(results.recv()?, (id, Ok(4)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type Mailbox<O> = Sender<(TaskId, Result<O, TaskError>)>;
 
 /// A pool of worker threads that all run one callback, each on one input.
@@ -56,6 +67,24 @@ pub struct AsyncPool<I: Send + 'static, O: Send + 'static> {
 /// [`build_with_handle`](Builder::build_with_handle), so that a callback can add more work to
 /// its own pool (a crawler adding the links it found). Once the pool is shut down or its last
 /// `AsyncPool` is dropped, every add returns `Err(AddError::ShutDown(input))`.
+///
+/// Its adding methods are those of [`AsyncPool`], and behave the same while the pool is open.
+///
+/// ```
+/// use slowpool::{AsyncPool, TaskError, TaskId};
+/// use crossbeam_channel::unbounded;
+///
+/// let pool = AsyncPool::new(2, |n: u32| n * 2)?;
+/// let handle = pool.handle();
+/// let (mailbox, results) = unbounded::<(TaskId, Result<u32, TaskError>)>();
+/// assert_eq!(handle.add_task(1)?.recv(), Ok(2));
+/// assert_eq!(handle.try_add_task(2)?.recv(), Ok(4));
+/// let id = handle.add_task_to(3, &mailbox)?;
+/// assert_eq!(results.recv()?, (id, Ok(6)));
+/// let id = handle.add_task_keyed_to("key", 4, &mailbox)?;
+/// assert_eq!(results.recv()?, (id, Ok(8)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct PoolHandle<I: Send + 'static, O: Send + 'static> {
     engine: Weak<Engine<Envelope<I, O>>>,
 }
@@ -171,6 +200,12 @@ fn task<I: Send + 'static, O: Send + 'static>(
 impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// Builds a fixed pool of `max_workers` threads running `callback`.
     ///
+    /// Name the input's type in the closure: `|url: String| fetch(&url)`. Without it
+    /// (`|url| fetch(&url)`) the compiler picks the input type from the first use it sees,
+    /// which for `&url` is `str` — and fails with "the size for values of type `str` cannot
+    /// be known at compilation time". A function name (`AsyncPool::new(8, fetch)`) needs no
+    /// annotation.
+    ///
     /// # Errors
     ///
     /// [`BuildError::ZeroWorkers`] for 0 workers; [`BuildError::Spawn`] if the operating system
@@ -194,6 +229,14 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     }
 
     /// Returns a [`Builder`] for a pool whose settings are not the defaults.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::builder().max_workers(16).build(|n: u32| n * 2)?;
+    /// assert_eq!(pool.add_task(4)?.recv(), Ok(8));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder() -> Builder<AsyncPool<I, O>> {
         Builder::new()
     }
@@ -212,6 +255,25 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     ///
     /// `AddError::ShutDown(input)` once the pool is shut down (also for an add blocked on a full
     /// queue when the shutdown happens). The input is handed back.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(4, |word: String| -> Result<usize, String> {
+    ///     if word.is_empty() { Err("empty".into()) } else { Ok(word.len()) }
+    /// })?;
+    /// let long = pool.add_task("slowpool".to_string())?;
+    /// let empty = pool.add_task(String::new())?;
+    /// assert_eq!(long.recv(), Ok(Ok(8))); // Ok: the task ended; Ok(8): what the callback returned
+    /// assert_eq!(empty.recv(), Ok(Err("empty".to_string())));
+    ///
+    /// pool.shutdown();
+    /// let refused = pool.add_task("late".to_string()).unwrap_err();
+    /// assert_eq!(refused.into_inner(), "late"); // the input comes back
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
         let cell = submit(self.engine(), input, Submission::slot(true))?;
         Ok(task(self.engine(), cell))
@@ -319,6 +381,27 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     }
 
     /// The mailbox form of [`add_task_keyed`](AsyncPool::add_task_keyed).
+    ///
+    /// The key is hashed when the task is added, so it may borrow from the input it
+    /// accompanies only if the borrow ends first: `add_task_keyed_to(host_of(&url).to_string(),
+    /// url, &mailbox)`.
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, TaskError, TaskId};
+    /// use crossbeam_channel::unbounded;
+    ///
+    /// let pool = AsyncPool::builder().max_workers(4).max_per_key(2).build(|url: String| url.len())?;
+    /// let (mailbox, results) = unbounded::<(TaskId, Result<usize, TaskError>)>();
+    /// let url = "http://a.example/page/1".to_string();
+    /// let host = url.split('/').nth(2).unwrap_or_default().to_string();
+    /// let id = pool.add_task_keyed_to(host, url, &mailbox)?;
+    /// assert_eq!(results.recv()?, (id, Ok(23)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`add_task`](AsyncPool::add_task).
     pub fn add_task_keyed_to<K: Hash>(
         &self,
         key: K,
@@ -333,6 +416,23 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// Cancels the task with this id if it has not started: it never runs, and its result is
     /// `Err(TaskError::Cancelled)` (sent to its mailbox, or to its `Task`). Returns `false` if
     /// it is running, has ended, or is unknown.
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, TaskError, TaskId};
+    /// use crossbeam_channel::{bounded, unbounded};
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::new(1, move |n: u32| { let _ = gate.recv(); n })?;
+    /// let (mailbox, results) = unbounded::<(TaskId, Result<u32, TaskError>)>();
+    /// let running = pool.add_task_to(1, &mailbox)?; // takes the only worker
+    /// let queued = pool.add_task_to(2, &mailbox)?;
+    /// assert!(pool.cancel(queued));
+    /// assert_eq!(results.recv()?, (queued, Err(TaskError::Cancelled)));
+    /// release.send(())?;
+    /// assert_eq!(results.recv()?, (running, Ok(1)));
+    /// assert!(!pool.cancel(running)); // it has ended
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cancel(&self, id: TaskId) -> bool {
         self.engine().cancel_id(id)
     }
@@ -340,6 +440,26 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// Cancels every task that has not started, without shutting down, and hands their inputs
     /// back in the order they were added. Each cancelled task's result is
     /// `Err(TaskError::Cancelled)`.
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, TaskError};
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::new(1, move |n: u32| { let _ = gate.recv(); n })?;
+    /// let running = pool.add_task(1)?;
+    /// while !running.is_running() { std::thread::yield_now() }
+    /// let queued = [pool.add_task(2)?, pool.add_task(3)?];
+    /// assert_eq!(pool.cancel_all(), vec![2, 3]);
+    /// assert_eq!(queued[0].recv(), Err(TaskError::Cancelled));
+    /// release.send(())?;
+    /// assert_eq!(running.recv(), Ok(1));
+    /// // The pool is still open.
+    /// let later = pool.add_task(4)?;
+    /// release.send(())?;
+    /// assert_eq!(later.recv(), Ok(4));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cancel_all(&self) -> Vec<I> {
         self.engine().cancel_all()
     }
@@ -354,11 +474,43 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// A *keyed* task that joins still holds its key, so it also waits for tasks of that key —
     /// which cannot start while it fills the key's [`max_per_key`](Builder::max_per_key): do
     /// not call `join` from a task whose key may have others waiting behind it.
+    ///
+    /// Every result has been delivered when `join` returns: a mailbox holds them all, and
+    /// each `Task` has its result ready.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let total = Arc::new(AtomicU64::new(0));
+    /// let sum = total.clone();
+    /// let pool = AsyncPool::new(4, move |n: u64| { sum.fetch_add(n, Ordering::SeqCst); })?;
+    /// for n in 1..=100 {
+    ///     pool.add_task(n)?; // fire and forget: the Task is dropped
+    /// }
+    /// pool.join();
+    /// assert_eq!(total.load(Ordering::SeqCst), 5050);
+    /// assert_eq!(pool.stats().completed, 100);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn join(&self) {
         self.engine().join();
     }
 
-    /// Returns a snapshot of the pool's workers and tasks.
+    /// Returns a snapshot of the pool's workers and tasks (see [`Stats`]).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(2, |n: i32| if n < 0 { panic!("negative") } else { n })?;
+    /// pool.add_task(1)?.recv()?;
+    /// assert!(pool.add_task(-1)?.recv().is_err());
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.workers, stats.submitted), (2, 2));
+    /// assert_eq!((stats.completed, stats.panicked), (1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.engine().stats()
     }
@@ -370,6 +522,17 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// Returns `false`, changing nothing, for 0, for more than
     /// [`MAX_WORKERS`](crate::MAX_WORKERS), or on a pool that is shut down. If the operating
     /// system refuses threads while growing, the pool goes on with the workers it has.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(2, |n: u32| n)?;
+    /// assert!(pool.set_max_workers(8));
+    /// assert_eq!(pool.max_workers(), 8);
+    /// assert!(!pool.set_max_workers(0)); // refused, nothing changed
+    /// assert_eq!(pool.max_workers(), 8);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_max_workers(&self, max_workers: usize) -> bool {
         self.engine().set_max_workers(max_workers)
     }
@@ -378,6 +541,19 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     ///
     /// Idempotent. Called from inside one of this pool's tasks, it does not wait (the calling
     /// task could never end): it returns at once and the workers finish the work on their own.
+    ///
+    /// ```
+    /// use slowpool::{AddError, AsyncPool};
+    ///
+    /// let pool = AsyncPool::new(2, |n: u32| n * 10)?;
+    /// let tasks: Vec<_> = (1..=5).map(|n| pool.add_task(n)).collect::<Result<_, _>>()?;
+    /// pool.shutdown(); // everything accepted has run when it returns
+    /// let results: Vec<_> = tasks.iter().map(|t| t.try_recv()).collect();
+    /// assert_eq!(results, [Some(Ok(10)), Some(Ok(20)), Some(Ok(30)), Some(Ok(40)), Some(Ok(50))]);
+    /// assert!(matches!(pool.add_task(6), Err(AddError::ShutDown(6))));
+    /// assert_eq!(pool.stats().workers, 0);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(&self) {
         self.engine().shutdown();
     }
@@ -396,7 +572,12 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// let running = pool.add_task(1)?;
     /// while !running.is_running() { std::thread::yield_now() }
     /// let queued = pool.add_task(2)?;
-    /// std::thread::spawn(move || release.send(()));
+    /// let watcher = pool.clone();
+    /// std::thread::spawn(move || {
+    ///     // Let the running task finish once `shutdown_now` has cancelled the queued one.
+    ///     while watcher.stats().cancelled == 0 { std::thread::yield_now() }
+    ///     release.send(())
+    /// });
     /// assert_eq!(pool.shutdown_now(), vec![2]);
     /// assert_eq!(queued.recv(), Err(TaskError::Cancelled));
     /// assert_eq!(running.recv(), Ok(1));
@@ -409,11 +590,43 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// Shuts down gracefully for at most `timeout`; then cancels what is still queued (its
     /// inputs are dropped; their tasks get `Cancelled`), ends the tasks still running with
     /// `TimedOut` and abandons their threads. Returns `true` if everything ended in time.
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, TaskError};
+    /// use crossbeam_channel::bounded;
+    /// use std::time::Duration;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::new(1, move |n: u32| { let _ = gate.recv(); n })?;
+    /// let stuck = pool.add_task(1)?;
+    /// while !stuck.is_running() { std::thread::yield_now() }
+    /// let queued = pool.add_task(2)?;
+    /// assert!(!pool.shutdown_timeout(Duration::from_millis(20))); // not everything ended
+    /// assert_eq!(stuck.recv(), Err(TaskError::TimedOut));
+    /// assert_eq!(queued.recv(), Err(TaskError::Cancelled));
+    /// drop(release); // the abandoned thread returns and exits
+    ///
+    /// let quick = AsyncPool::new(2, |n: u32| n)?;
+    /// let task = quick.add_task(7)?;
+    /// assert!(quick.shutdown_timeout(Duration::from_secs(10)));
+    /// assert_eq!(task.recv(), Ok(7));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown_timeout(&self, timeout: Duration) -> bool {
         self.engine().shutdown_timeout(timeout)
     }
 
     /// Returns `true` once a shutdown has begun: adds are refused from then on.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// assert!(!pool.is_shut_down());
+    /// pool.shutdown();
+    /// assert!(pool.is_shut_down());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         self.engine().is_closed()
     }
@@ -475,6 +688,18 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     }
 
     /// Returns a [`PoolHandle`]: it can add work but does not keep the pool alive.
+    ///
+    /// ```
+    /// use slowpool::{AddError, AsyncPool};
+    ///
+    /// let pool = AsyncPool::new(2, |n: u32| n + 1)?;
+    /// let handle = pool.handle();
+    /// assert_eq!(handle.add_task(1)?.recv(), Ok(2));
+    /// drop(pool); // the last AsyncPool: the pool shuts down
+    /// assert!(handle.is_shut_down());
+    /// assert!(matches!(handle.add_task(2), Err(AddError::ShutDown(2))));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn handle(&self) -> PoolHandle<I, O> {
         PoolHandle {
             engine: Arc::downgrade(self.engine()),
@@ -482,6 +707,14 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     }
 
     /// The pool's current maximum number of workers.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(3, |n: u8| n)?;
+    /// assert_eq!(pool.max_workers(), 3);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_workers(&self) -> usize {
         self.engine().max_workers()
     }
@@ -489,6 +722,19 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
 
 impl<I: Send + 'static, O: Send + 'static> Builder<AsyncPool<I, O>> {
     /// Builds the pool; every worker runs `callback` on the inputs it takes.
+    ///
+    /// As for [`AsyncPool::new`], name the input's type in a closure (`|url: String|`).
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, BuildError};
+    ///
+    /// let pool = AsyncPool::builder().max_workers(2).build(|s: String| s.to_uppercase())?;
+    /// assert_eq!(pool.add_task("ok".into())?.recv().as_deref(), Ok("OK"));
+    ///
+    /// let refused = AsyncPool::builder().max_workers(0).build(|s: String| s);
+    /// assert!(matches!(refused, Err(BuildError::ZeroWorkers)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -502,6 +748,26 @@ impl<I: Send + 'static, O: Send + 'static> Builder<AsyncPool<I, O>> {
 
     /// Builds the pool with a callback that also receives a [`CancelToken`], raised when its
     /// task times out or the pool stops now, so a long callback can stop early.
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// let pool = AsyncPool::builder()
+    ///     .max_workers(2)
+    ///     .task_timeout(Duration::from_millis(20))
+    ///     .build_with_token(|limit: u64, token| {
+    ///         let mut n = 0;
+    ///         while n < limit && !token.is_cancelled() {
+    ///             n += 1;
+    ///             std::thread::yield_now();
+    ///         }
+    ///         n
+    ///     })?;
+    /// assert_eq!(pool.add_task(3)?.recv(), Ok(3));
+    /// assert_eq!(pool.add_task(u64::MAX)?.recv(), Err(TaskError::TimedOut)); // and it stops
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -578,7 +844,18 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
         }
     }
 
-    /// As [`AsyncPool::add_task`].
+    /// As [`AsyncPool::add_task`]; `Err(AddError::ShutDown(input))` once the pool is gone.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let handle = pool.handle();
+    /// assert_eq!(handle.add_task(3)?.recv(), Ok(3));
+    /// drop(pool);
+    /// assert_eq!(handle.add_task(4).unwrap_err().into_inner(), 4);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
         self.with_engine(input, |engine, input| {
             submit(engine, input, Submission::slot(true)).map(|cell| task(engine, cell))
@@ -587,6 +864,14 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
 
     /// As [`AsyncPool::try_add_task`]. From inside a callback of a pool with a bounded queue,
     /// prefer this to `add_task`: a worker blocked on its own full queue waits for itself.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::builder().max_workers(1).queue_capacity(8).build(|n: u8| n)?;
+    /// assert_eq!(pool.handle().try_add_task(5)?.recv(), Ok(5));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
         self.with_engine(input, |engine, input| {
             submit(engine, input, Submission::slot(false)).map(|cell| task(engine, cell))
@@ -594,6 +879,17 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     }
 
     /// As [`AsyncPool::add_task_to`].
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, Mailbox};
+    /// use crossbeam_channel::unbounded;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n + 1)?;
+    /// let (mailbox, results): (Mailbox<u8>, _) = unbounded();
+    /// let id = pool.handle().add_task_to(1, &mailbox)?;
+    /// assert_eq!(results.recv()?, (id, Ok(2)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_task_to(&self, input: I, mailbox: &Mailbox<O>) -> Result<TaskId, AddError<I>> {
         self.with_engine(input, |engine, input| {
             submit(engine, input, Submission::mailbox(mailbox)).map(|cell| cell.header.id)
@@ -601,6 +897,17 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     }
 
     /// As [`AsyncPool::add_task_keyed_to`].
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, Mailbox};
+    /// use crossbeam_channel::unbounded;
+    ///
+    /// let pool = AsyncPool::builder().max_workers(2).max_per_key(1).build(|n: u8| n * 3)?;
+    /// let (mailbox, results): (Mailbox<u8>, _) = unbounded();
+    /// let id = pool.handle().add_task_keyed_to("a.example", 2, &mailbox)?;
+    /// assert_eq!(results.recv()?, (id, Ok(6)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn add_task_keyed_to<K: Hash>(
         &self,
         key: K,
@@ -615,6 +922,17 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     }
 
     /// Returns `true` once the pool is shut down or gone.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let handle = pool.handle();
+    /// assert!(!handle.is_shut_down());
+    /// drop(pool);
+    /// assert!(handle.is_shut_down());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         self.engine
             .upgrade()

@@ -48,11 +48,27 @@ impl<I> AddError<I> {
     }
 
     /// Returns `true` if the add failed because the queue was full.
+    ///
+    /// ```
+    /// use slowpool::AddError;
+    ///
+    /// assert!(AddError::Full(1).is_full());
+    /// assert!(!AddError::ShutDown(1).is_full());
+    /// ```
     pub fn is_full(&self) -> bool {
         matches!(self, AddError::Full(_))
     }
 
     /// Returns `true` if the add failed because the pool is shut down.
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(1)?;
+    /// pool.shutdown();
+    /// assert!(pool.spawn(|| ()).unwrap_err().is_shut_down());
+    /// # Ok::<(), slowpool::BuildError>(())
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         matches!(self, AddError::ShutDown(_))
     }
@@ -83,6 +99,29 @@ impl<I> Error for AddError<I> {}
 /// Every accepted task ends in exactly one of `Ok(output)`, [`TaskError::Panicked`],
 /// [`TaskError::Cancelled`] or [`TaskError::TimedOut`]. [`TaskError::AlreadyReceived`] is not an
 /// ending: it tells a caller who asks a second time that the one result was already taken.
+///
+/// # Examples
+///
+/// ```
+/// use slowpool::{AsyncPool, TaskError};
+/// use crossbeam_channel::bounded;
+/// use std::time::Duration;
+///
+/// let (release, gate) = bounded::<()>(0);
+/// let pool = AsyncPool::new(2, move |n: u32| match n {
+///     0 => panic!("zero"),
+///     1 => { let _ = gate.recv(); 1 } // stuck until released
+///     n => n,
+/// })?;
+/// assert_eq!(pool.add_task(0)?.recv(), Err(TaskError::Panicked("zero".into())));
+/// let stuck = pool.add_task_with_timeout(1, Duration::from_millis(20))?;
+/// assert_eq!(stuck.recv(), Err(TaskError::TimedOut));
+/// drop(release); // the abandoned thread returns and exits
+/// let task = pool.add_task(2)?;
+/// assert_eq!(task.recv(), Ok(2));
+/// assert_eq!(task.recv(), Err(TaskError::AlreadyReceived));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum TaskError {
@@ -131,6 +170,19 @@ impl fmt::Display for TaskError {
 impl Error for TaskError {}
 
 /// Why a pool could not be built. No thread is left running when a build fails.
+///
+/// # Examples
+///
+/// ```
+/// use slowpool::{AsyncPool, BuildError};
+///
+/// match AsyncPool::builder().min_workers(8).max_workers(4).build(|n: u32| n) {
+///     Err(BuildError::MinAboveMax { min, max }) => assert_eq!((min, max), (8, 4)),
+///     other => panic!("unexpected: {other:?}"),
+/// }
+/// let err = AsyncPool::new(0, |n: u32| n).unwrap_err();
+/// assert_eq!(err.to_string(), "a pool needs at least one worker");
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum BuildError {

@@ -101,9 +101,13 @@
 //!
 //! A fixed pool starts `max_workers` threads at build and keeps them; an elastic pool
 //! (`min_workers < max_workers`) starts threads as work arrives and retires them after
-//! `keep_alive` idle. A pool that uses timeouts or per-key intervals starts one timer thread.
+//! `keep_alive` idle. [`AsyncPool::new`] and [`ThreadPool::new`] build fixed pools; a
+//! [`Builder`] whose worker counts are left alone builds an elastic pool of up to 512 threads,
+//! none of them started before work arrives (see [`Builder::max_workers`] for why that
+//! default). A pool that uses timeouts or per-key intervals starts one timer thread.
 //! Nothing else: no thread per task, key or deadline.
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![deny(missing_debug_implementations)]
@@ -133,6 +137,19 @@ pub use crate::task::{Task, TaskId};
 pub use crate::thread_pool::ThreadPool;
 pub use crate::token::CancelToken;
 
+/// README.md's code, compiled and run by `cargo test --doc`: a snippet that stops compiling
+/// fails the tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// The most workers a pool may have. A larger `max_workers` is refused with
 /// [`BuildError::TooManyWorkers`] rather than left to exhaust the machine.
+///
+/// ```
+/// use slowpool::{BuildError, ThreadPool, MAX_WORKERS};
+///
+/// let refused = ThreadPool::builder().max_workers(MAX_WORKERS + 1).build();
+/// assert!(matches!(refused, Err(BuildError::TooManyWorkers { requested }) if requested == MAX_WORKERS + 1));
+/// ```
 pub const MAX_WORKERS: usize = 1 << 16;

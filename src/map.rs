@@ -137,6 +137,15 @@ impl<Item, O, It> Drop for Stream<Item, O, It> {
 /// Dropping it cancels the tasks it queued that have not started; running ones finish and their
 /// results are dropped. If the pool shuts down, the input it could not add is yielded as
 /// `Err(TaskError::Cancelled)` (the input itself is dropped) and no more are pulled.
+///
+/// ```
+/// use slowpool::AsyncPool;
+///
+/// let pool = AsyncPool::new(4, |n: u64| n + 1)?;
+/// let total: u64 = pool.map_unordered(0..1_000).map(|(_, r)| r.unwrap()).sum();
+/// assert_eq!(total, 500_500);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct MapUnordered<Item, O, It> {
     stream: Stream<Item, O, It>,
     in_flight: usize,
@@ -152,6 +161,23 @@ impl<Item, O, It: Iterator<Item = Item>> MapUnordered<Item, O, It> {
 
     /// Sets how many tasks may be outstanding at once (default: twice the pool's
     /// `max_workers`; 0 is treated as 1).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    /// let (n, m) = (now.clone(), most.clone());
+    /// let pool = AsyncPool::new(8, move |i: u32| {
+    ///     m.fetch_max(n.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+    ///     n.fetch_sub(1, Ordering::SeqCst);
+    ///     i
+    /// })?;
+    /// assert_eq!(pool.map_unordered(0..100).in_flight(3).count(), 100);
+    /// assert!(most.load(Ordering::SeqCst) <= 3); // never more than 3 outstanding
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn in_flight(mut self, n: usize) -> Self {
         self.in_flight = n.max(1);
         self
@@ -181,6 +207,15 @@ impl<Item, O, It: Iterator<Item = Item>> Iterator for MapUnordered<Item, O, It> 
 /// Input `i` is pulled only while `i < next_to_yield + in_flight`: results that finish early
 /// wait in a reorder buffer of at most `in_flight` entries, and a slow task at the head stalls
 /// intake rather than letting memory grow. Dropping it cancels what it queued.
+///
+/// ```
+/// use slowpool::AsyncPool;
+///
+/// let pool = AsyncPool::new(4, |n: u64| n * 2)?;
+/// let first: Vec<u64> = pool.map_ordered(0..).take(4).map(Result::unwrap).collect(); // endless input
+/// assert_eq!(first, [0, 2, 4, 6]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct MapOrdered<Item, O, It> {
     stream: Stream<Item, O, It>,
     in_flight: usize,
@@ -201,6 +236,15 @@ impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
 
     /// Sets the window: how far past the next result to yield inputs may be pulled (default:
     /// twice the pool's `max_workers`; 0 is treated as 1).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(4, |n: u64| n * n)?;
+    /// let squares: Vec<u64> = pool.map_ordered(1..=5).in_flight(2).map(Result::unwrap).collect();
+    /// assert_eq!(squares, [1, 4, 9, 16, 25]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn in_flight(mut self, n: usize) -> Self {
         self.in_flight = n.max(1);
         self

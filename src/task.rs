@@ -14,11 +14,32 @@ use crate::error::TaskError;
 /// Ids are unique per pool and increase in the order tasks were added, so sorting by id sorts by
 /// submission. They tag mailbox results (`(TaskId, Result<O, TaskError>)`) and cancel queued
 /// tasks (`cancel(id)`).
+///
+/// ```
+/// use slowpool::{AsyncPool, TaskError, TaskId};
+/// use crossbeam_channel::unbounded;
+///
+/// let pool = AsyncPool::new(2, |n: u32| n * 2)?;
+/// let (mailbox, results) = unbounded::<(TaskId, Result<u32, TaskError>)>();
+/// let ids: Vec<TaskId> = (1..=3).map(|n| pool.add_task_to(n, &mailbox)).collect::<Result<_, _>>()?;
+/// let mut received: Vec<(TaskId, Result<u32, TaskError>)> = results.iter().take(3).collect();
+/// received.sort_by_key(|(id, _)| *id); // ids follow the order of the adds
+/// assert_eq!(received, [(ids[0], Ok(2)), (ids[1], Ok(4)), (ids[2], Ok(6))]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct TaskId(pub(crate) u64);
 
 impl TaskId {
     /// Returns the id as a number: 1 for the first task a pool accepted, then 2, 3, ...
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// assert_eq!(pool.add_task(1)?.id().as_u64(), 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn as_u64(self) -> u64 {
         self.0
     }
@@ -70,7 +91,17 @@ impl<T: Send + 'static> Task<T> {
         }
     }
 
-    /// Returns this task's id.
+    /// Returns this task's id: the one a mailbox result carries, and
+    /// [`cancel`](crate::AsyncPool::cancel) takes.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let (first, second) = (pool.add_task(1)?, pool.add_task(2)?);
+    /// assert!(first.id() < second.id()); // ids follow the order of the adds
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn id(&self) -> TaskId {
         self.cell.header.id
     }
@@ -122,6 +153,20 @@ impl<T: Send + 'static> Task<T> {
 
     /// Waits at most `timeout` for the task to end: its result, or `None` if time ran out.
     /// The task goes on running either way.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use crossbeam_channel::bounded;
+    /// use std::time::Duration;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::new(1, move |n: u8| { let _ = gate.recv(); n })?;
+    /// let task = pool.add_task(1)?;
+    /// assert_eq!(task.recv_timeout(Duration::from_millis(10)), None); // still blocked
+    /// release.send(())?;
+    /// assert_eq!(task.recv_timeout(Duration::from_secs(60)), Some(Ok(1)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Result<T, TaskError>> {
         match Instant::now().checked_add(timeout) {
             Some(deadline) => self.read(Some(deadline)),
@@ -134,7 +179,10 @@ impl<T: Send + 'static> Task<T> {
     ///
     /// The channel is created on the first call; from then on the result goes through it, and
     /// `recv`/`try_recv` read it from there. After the result was received, the receiver is
-    /// disconnected.
+    /// disconnected — and a disconnected receiver is always ready: a finished task left in a
+    /// `select!` loop fires again at once, every time, with `Err(RecvError)`. Take each task
+    /// out of the select set once it has delivered (below), or, for many tasks, send their
+    /// results to one mailbox ([`AsyncPool::add_task_to`](crate::AsyncPool::add_task_to)).
     ///
     /// ```
     /// use slowpool::AsyncPool;
@@ -198,11 +246,37 @@ impl<T: Send + 'static> Task<T> {
     }
 
     /// Returns `true` once the task has ended (its result may or may not have been read).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let task = pool.add_task(1)?;
+    /// pool.join();
+    /// assert!(task.is_finished() && !task.is_running());
+    /// assert_eq!(task.recv(), Ok(1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_finished(&self) -> bool {
         !matches!(self.cell.header.state(), WAITING | QUEUED | RUNNING)
     }
 
     /// Returns `true` if the task is running now.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::new(1, move |n: u8| { let _ = gate.recv(); n })?;
+    /// let task = pool.add_task(1)?;
+    /// while !task.is_running() { std::thread::yield_now() } // a worker took it
+    /// assert!(!task.is_finished());
+    /// release.send(())?;
+    /// assert_eq!(task.recv(), Ok(1));
+    /// assert!(!task.is_running());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_running(&self) -> bool {
         self.cell.header.state() == RUNNING
     }

@@ -117,11 +117,28 @@ impl ThreadPool {
     ///
     /// [`BuildError::ZeroWorkers`] for 0 workers; [`BuildError::Spawn`] if the operating system
     /// refuses a thread (the threads already started are stopped first).
+    ///
+    /// ```
+    /// use slowpool::{BuildError, ThreadPool};
+    ///
+    /// let pool = ThreadPool::new(8)?;
+    /// assert_eq!(pool.stats().workers, 8);
+    /// assert!(matches!(ThreadPool::new(0), Err(BuildError::ZeroWorkers)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(max_workers: usize) -> Result<ThreadPool, BuildError> {
         ThreadPool::builder().max_workers(max_workers).build()
     }
 
     /// Returns a [`Builder`] for a pool whose settings are not the defaults.
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::builder().max_workers(2).thread_name("io").build()?;
+    /// assert_eq!(pool.spawn(|| 1 + 1)?.recv(), Ok(2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn builder() -> Builder<ThreadPool> {
         Builder::new()
     }
@@ -165,6 +182,23 @@ impl ThreadPool {
     /// # Errors
     ///
     /// `AddError::ShutDown(f)` once the pool is shut down: the closure is handed back, unrun.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use slowpool::{TaskError, ThreadPool};
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// let sum = pool.spawn(|| (1..=10).sum::<u32>())?;
+    /// let boom = pool.spawn(|| -> u32 { panic!("boom") })?;
+    /// assert_eq!(sum.recv(), Ok(55));
+    /// assert_eq!(boom.recv(), Err(TaskError::Panicked("boom".into())));
+    ///
+    /// pool.shutdown();
+    /// let refused = pool.spawn(|| 42).unwrap_err();
+    /// assert_eq!(refused.into_inner()(), 42); // the closure comes back, unrun
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn spawn<F, T>(&self, f: F) -> Result<Task<T>, AddError<F>>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -176,6 +210,24 @@ impl ThreadPool {
 
     /// Like [`spawn`](ThreadPool::spawn), but never blocks: with a full bounded queue it
     /// returns `AddError::Full(f)`.
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = ThreadPool::builder().max_workers(1).queue_capacity(1).build()?;
+    /// let wait = gate.clone();
+    /// let running = pool.spawn(move || wait.recv().is_ok())?;
+    /// while !running.is_running() { std::thread::yield_now() }
+    /// let queued = pool.try_spawn(|| true)?; // the one place in the queue
+    /// let refused = pool.try_spawn(|| false).unwrap_err();
+    /// assert!(refused.is_full());
+    /// release.send(())?;
+    /// assert_eq!((running.recv(), queued.recv()), (Ok(true), Ok(true)));
+    /// # drop(gate);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_spawn<F, T>(&self, f: F) -> Result<Task<T>, AddError<F>>
     where
         F: FnOnce() -> T + Send + 'static,
@@ -239,6 +291,16 @@ impl ThreadPool {
 
     /// Runs a stream of closures, yielding their results in input order (see
     /// [`AsyncPool::map_ordered`](crate::AsyncPool::map_ordered)).
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(3)?;
+    /// let jobs = ["a", "bbb", "cc"].map(|s| move || s.len());
+    /// let lengths: Vec<usize> = pool.map_ordered(jobs).collect::<Result<_, _>>()?;
+    /// assert_eq!(lengths, [1, 3, 2]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn map_ordered<F, T, It>(&self, closures: It) -> MapOrdered<F, T, It::IntoIter>
     where
         It: IntoIterator<Item = F>,
@@ -264,35 +326,116 @@ impl ThreadPool {
 
     /// Cancels the task with this id if it has not started (see
     /// [`AsyncPool::cancel`](crate::AsyncPool::cancel)).
+    ///
+    /// ```
+    /// use slowpool::{TaskError, TaskId, ThreadPool};
+    /// use crossbeam_channel::{bounded, unbounded};
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = ThreadPool::new(1)?;
+    /// let (mailbox, results) = unbounded::<(TaskId, Result<u8, TaskError>)>();
+    /// let running = pool.spawn_to(move || { let _ = gate.recv(); 1 }, &mailbox)?;
+    /// let queued = pool.spawn_to(|| 2, &mailbox)?;
+    /// assert!(pool.cancel(queued));
+    /// assert_eq!(results.recv()?, (queued, Err(TaskError::Cancelled)));
+    /// release.send(())?;
+    /// assert_eq!(results.recv()?, (running, Ok(1)));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cancel(&self, id: TaskId) -> bool {
         self.engine().cancel_id(id)
     }
 
     /// Cancels every task that has not started, without shutting down; returns how many. Each
     /// cancelled task's result is `Err(TaskError::Cancelled)`.
+    ///
+    /// ```
+    /// use slowpool::{TaskError, ThreadPool};
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = ThreadPool::new(1)?;
+    /// let running = pool.spawn(move || gate.recv().is_ok())?;
+    /// while !running.is_running() { std::thread::yield_now() }
+    /// let queued = [pool.spawn(|| false)?, pool.spawn(|| false)?];
+    /// assert_eq!(pool.cancel_all(), 2);
+    /// assert_eq!(queued[1].recv(), Err(TaskError::Cancelled));
+    /// release.send(())?;
+    /// assert_eq!(running.recv(), Ok(true));
+    /// assert_eq!(pool.spawn(|| true)?.recv(), Ok(true)); // still open
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn cancel_all(&self) -> usize {
         self.engine().cancel_all().len()
     }
 
     /// Blocks until no task is queued or running (see
     /// [`AsyncPool::join`](crate::AsyncPool::join) for a call from inside a task).
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    ///
+    /// let pool = ThreadPool::new(4)?;
+    /// let done = Arc::new(AtomicUsize::new(0));
+    /// for _ in 0..50 {
+    ///     let done = done.clone();
+    ///     pool.spawn(move || done.fetch_add(1, Ordering::SeqCst))?;
+    /// }
+    /// pool.join();
+    /// assert_eq!(done.load(Ordering::SeqCst), 50);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn join(&self) {
         self.engine().join();
     }
 
-    /// Returns a snapshot of the pool's workers and tasks.
+    /// Returns a snapshot of the pool's workers and tasks (see [`Stats`]).
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// pool.spawn(|| ())?.recv()?;
+    /// let stats = pool.stats();
+    /// assert_eq!((stats.workers, stats.submitted, stats.completed), (2, 1, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> Stats {
         self.engine().stats()
     }
 
     /// Changes the number of workers (see
     /// [`AsyncPool::set_max_workers`](crate::AsyncPool::set_max_workers)).
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// assert!(pool.set_max_workers(4));
+    /// assert_eq!(pool.max_workers(), 4);
+    /// assert!(!pool.set_max_workers(0));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn set_max_workers(&self, max_workers: usize) -> bool {
         self.engine().set_max_workers(max_workers)
     }
 
     /// Stops accepting work, runs everything accepted, joins the workers (see
     /// [`AsyncPool::shutdown`](crate::AsyncPool::shutdown)).
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(2)?;
+    /// let tasks: Vec<_> = (0..4).map(|n| pool.spawn(move || n)).collect::<Result<_, _>>()?;
+    /// pool.shutdown();
+    /// assert!(tasks.iter().all(|t| t.is_finished()));
+    /// assert!(pool.is_shut_down());
+    /// assert!(pool.spawn(|| 5).unwrap_err().is_shut_down());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown(&self) {
         self.engine().shutdown();
     }
@@ -300,6 +443,27 @@ impl ThreadPool {
     /// Stops accepting work, cancels every task not started (each gets
     /// `Err(TaskError::Cancelled)`), waits for the running ones; returns how many were
     /// cancelled.
+    ///
+    /// ```
+    /// use slowpool::{TaskError, ThreadPool};
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = ThreadPool::new(1)?;
+    /// let running = pool.spawn(move || gate.recv().is_ok())?;
+    /// while !running.is_running() { std::thread::yield_now() }
+    /// let queued = pool.spawn(|| false)?;
+    /// let watcher = pool.clone();
+    /// std::thread::spawn(move || {
+    ///     // Let the running task finish once `shutdown_now` has cancelled the queued one.
+    ///     while watcher.stats().cancelled == 0 { std::thread::yield_now() }
+    ///     release.send(())
+    /// });
+    /// assert_eq!(pool.shutdown_now(), 1);
+    /// assert_eq!(queued.recv(), Err(TaskError::Cancelled));
+    /// assert_eq!(running.recv(), Ok(true));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown_now(&self) -> usize {
         self.engine().shutdown_now().len()
     }
@@ -307,16 +471,48 @@ impl ThreadPool {
     /// Shuts down gracefully for at most `timeout`, then as
     /// [`AsyncPool::shutdown_timeout`](crate::AsyncPool::shutdown_timeout). True if everything
     /// ended in time.
+    ///
+    /// ```
+    /// use slowpool::{TaskError, ThreadPool};
+    /// use crossbeam_channel::bounded;
+    /// use std::time::Duration;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = ThreadPool::new(1)?;
+    /// let stuck = pool.spawn(move || gate.recv().is_ok())?;
+    /// while !stuck.is_running() { std::thread::yield_now() }
+    /// assert!(!pool.shutdown_timeout(Duration::from_millis(20)));
+    /// assert_eq!(stuck.recv(), Err(TaskError::TimedOut));
+    /// drop(release); // the abandoned thread returns and exits
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn shutdown_timeout(&self, timeout: Duration) -> bool {
         self.engine().shutdown_timeout(timeout)
     }
 
     /// Returns `true` once a shutdown has begun.
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// let pool = ThreadPool::new(1)?;
+    /// assert!(!pool.is_shut_down());
+    /// pool.shutdown();
+    /// assert!(pool.is_shut_down());
+    /// # Ok::<(), slowpool::BuildError>(())
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         self.engine().is_closed()
     }
 
     /// The pool's current maximum number of workers.
+    ///
+    /// ```
+    /// use slowpool::ThreadPool;
+    ///
+    /// assert_eq!(ThreadPool::new(6)?.max_workers(), 6);
+    /// # Ok::<(), slowpool::BuildError>(())
+    /// ```
     pub fn max_workers(&self) -> usize {
         self.engine().max_workers()
     }
@@ -324,6 +520,17 @@ impl ThreadPool {
 
 impl Builder<ThreadPool> {
     /// Builds the pool.
+    ///
+    /// ```
+    /// use slowpool::{BuildError, ThreadPool};
+    ///
+    /// let pool = ThreadPool::builder().max_workers(4).build()?;
+    /// assert_eq!(pool.spawn(|| "done")?.recv(), Ok("done"));
+    ///
+    /// let refused = ThreadPool::builder().min_workers(8).max_workers(4).build();
+    /// assert!(matches!(refused, Err(BuildError::MinAboveMax { min: 8, max: 4 })));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// # Errors
     ///

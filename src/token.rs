@@ -48,6 +48,22 @@ impl CancelToken {
     }
 
     /// Returns `true` once the task should stop: it timed out, or the pool is stopping.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::builder().max_workers(1).build_with_token(|_: (), token| {
+    ///     while !token.is_cancelled() {
+    ///         std::thread::yield_now(); // one more page, one more row ...
+    ///     }
+    ///     "stopped"
+    /// })?;
+    /// let task = pool.add_task(())?;
+    /// while !task.is_running() { std::thread::yield_now() }
+    /// pool.shutdown_now(); // raises every token, then waits for the running task
+    /// assert_eq!(task.recv(), Ok("stopped"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn is_cancelled(&self) -> bool {
         self.task.header().stop_requested() || self.pool.load(Ordering::Acquire)
     }

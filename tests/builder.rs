@@ -164,3 +164,36 @@ fn builder_settings_are_visible_in_debug() {
         "{text}"
     );
 }
+
+#[test]
+fn min_workers_alone_never_fails_on_the_default_maximum() {
+    // Issue 12: with the old default (the CPU count), `.min_workers(4)` alone failed with
+    // `MinAboveMax { min: 4, max: 2 }` on a 2-core machine.
+    let pool = ThreadPool::builder().min_workers(4).build().unwrap();
+    assert_eq!(pool.stats().workers, 4);
+    assert_eq!(pool.max_workers(), 512);
+    let big = ThreadPool::builder().min_workers(600).build().unwrap();
+    assert_eq!(big.max_workers(), 600);
+    big.shutdown();
+    // A maximum the caller chose is still enforced, in either order.
+    for built in [
+        ThreadPool::builder().min_workers(5).max_workers(2).build(),
+        ThreadPool::builder().max_workers(2).min_workers(5).build(),
+    ] {
+        assert!(matches!(
+            built,
+            Err(BuildError::MinAboveMax { min: 5, max: 2 })
+        ));
+    }
+}
+
+#[test]
+fn the_default_pool_is_elastic_and_made_for_io() {
+    let pool = ThreadPool::builder().build().unwrap();
+    assert_eq!(pool.max_workers(), 512);
+    assert_eq!(pool.stats().workers, 0);
+    assert_eq!(pool.spawn(|| 1).unwrap().recv(), Ok(1));
+    // `max_workers` alone still means a fixed pool of that size.
+    let fixed = ThreadPool::builder().max_workers(3).build().unwrap();
+    assert_eq!(fixed.stats().workers, 3);
+}

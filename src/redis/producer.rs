@@ -6,6 +6,17 @@ use std::time::{Duration, Instant};
 use super::{scripts, StreamError, PAYLOAD};
 
 /// Adds payloads to a stream.
+///
+/// ```no_run
+/// use slowpool::redis::Producer;
+///
+/// let mut producer = Producer::connect("redis://127.0.0.1/", "urls")?;
+/// let first = producer.push(b"http://127.0.0.1:8080/page/0")?; // an id such as "1732800000000-0"
+/// let more = producer.push_batch((1..100).map(|n| format!("http://127.0.0.1:8080/page/{n}")))?;
+/// assert_eq!(more.len(), 99);
+/// assert!(!more.contains(&first)); // every entry has its own id
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct Producer {
     con: redis::Connection,
     stream: String,

@@ -363,6 +363,33 @@ struct Shared {
 
 /// Feeds an [`AsyncPool`] from one consumer of a Redis Stream consumer group. See the
 /// [module documentation](super).
+///
+/// ```no_run
+/// use slowpool::redis::{Entry, StreamWorker};
+/// use slowpool::AsyncPool;
+/// use std::time::Duration;
+///
+/// fn fetch(url: &str) -> Result<String, ureq::Error> {
+///     ureq::get(url).call()?.body_mut().read_to_string()
+/// }
+///
+/// // The callback's `Err` leaves the entry pending: it runs again, up to `max_deliveries`.
+/// let pool = AsyncPool::new(32, |entry: Entry| -> Result<Vec<u8>, String> {
+///     let url = String::from_utf8(entry.payload).map_err(|e| e.to_string())?;
+///     fetch(&url).map(String::into_bytes).map_err(|e| e.to_string())
+/// })?;
+/// let mut worker = StreamWorker::builder("redis://127.0.0.1/", "urls", "crawlers", "machine-1")
+///     .result_stream("urls:results") // each page, written before its entry is acknowledged
+///     .claim_after(Duration::from_secs(60))
+///     .max_deliveries(5)
+///     .connect()?;
+/// let handle = worker.handle();
+/// ctrlc::set_handler(move || handle.stop())?; // Ctrl-C: stop reading, finish what is in flight
+/// let stats = worker.run(&pool)?; // returns once stopped, every entry in flight settled
+/// assert_eq!(stats.in_flight, 0);
+/// println!("{} read, {} acknowledged, {} to retry", stats.read, stats.acked, stats.retried);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct StreamWorker {
     link: Link,
     keys: Keys,

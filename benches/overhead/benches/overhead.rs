@@ -4,7 +4,7 @@
 //! channel of boxed closures, replying (a) on one shared unbounded channel, (b) on a
 //! `bounded(1)` channel per task. Also prints the memory each outstanding task costs.
 //!
-//! `cargo bench --bench overhead` (set `OVERHEAD_WORKERS=2,16,64` to choose the pool sizes).
+//! `cargo bench -p overhead` (set `OVERHEAD_WORKERS=2,16,64` to choose the pool sizes).
 
 use std::hint::black_box;
 use std::thread;
