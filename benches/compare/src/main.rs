@@ -94,7 +94,9 @@ fn child(args: &[String]) {
     };
     let build = build - paused;
     let makespan = makespan_built + build;
-    let cpu = measure::cpu_seconds() - cpu_before;
+    let cpu_at_collect =
+        f64::from_bits(work::CPU_AT_COLLECT.load(std::sync::atomic::Ordering::SeqCst));
+    let cpu = cpu_at_collect - cpu_before;
     let threads = sampler.finish();
     let total: usize = outcomes.iter().map(|o| o.0).sum();
     if outcomes.len() != tasks || total != expected {

@@ -117,6 +117,17 @@ fn built(workers: usize) -> Instant {
     Instant::now()
 }
 
+/// The instant the last outcome was collected; also records the process's CPU time then, so
+/// that tearing the contender down (joining thousands of threads, or not) is not counted.
+fn collected() -> Instant {
+    let cpu = crate::measure::cpu_seconds();
+    CPU_AT_COLLECT.store(cpu.to_bits(), std::sync::atomic::Ordering::SeqCst);
+    Instant::now()
+}
+
+/// CPU seconds of the process when the last outcome was collected (`f64` bits).
+pub static CPU_AT_COLLECT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The pause `built` makes after the threads started, so they are idle at the first add.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 /// Set when `built` paused: the pause is no part of any makespan.
@@ -149,7 +160,7 @@ pub fn run(
             (
                 tasks.iter().map(|t| t.recv().unwrap()).collect(),
                 first,
-                Instant::now(),
+                collected(),
             )
         }
         "slowpool_mailbox" => {
@@ -166,7 +177,7 @@ pub fn run(
             (
                 (0..n).map(|_| rx.recv().unwrap().1.unwrap()).collect(),
                 first,
-                Instant::now(),
+                collected(),
             )
         }
         "threadpool" => {
@@ -180,7 +191,7 @@ pub fn run(
             let out = (
                 (0..n).map(|_| rx.recv().unwrap()).collect(),
                 first,
-                Instant::now(),
+                collected(),
             );
             pool.join();
             out
@@ -199,7 +210,7 @@ pub fn run(
             (
                 (0..n).map(|_| rx.recv().unwrap()).collect(),
                 first,
-                Instant::now(),
+                collected(),
             )
         }
         "tokio_spawn_blocking" => {
@@ -222,7 +233,7 @@ pub fn run(
                 for h in handles {
                     out.push(h.await.unwrap());
                 }
-                (out, first, Instant::now())
+                (out, first, collected())
             })
         }
         "tokio_async" => tokio_async(kind, jobs, concurrency),
@@ -242,7 +253,7 @@ pub fn run(
                 }));
             }
             out.extend(alive.into_iter().map(|h| h.join().unwrap()));
-            (out, first, Instant::now())
+            (out, first, collected())
         }
         "crossbeam_floor" => {
             // Raw threads looping on one channel of boxed closures: what any pool costs at
@@ -272,7 +283,7 @@ pub fn run(
             let out = (
                 (0..n).map(|_| rx.recv().unwrap()).collect(),
                 first,
-                Instant::now(),
+                collected(),
             );
             drop(jobs_tx);
             for t in threads {
@@ -306,7 +317,7 @@ fn tokio_async(kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<Outcome>,
             for h in handles {
                 out.push(h.await.unwrap());
             }
-            return (out, first, Instant::now());
+            return (out, first, collected());
         }
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
@@ -339,6 +350,6 @@ fn tokio_async(kind: Kind, jobs: Vec<Job>, concurrency: usize) -> (Vec<Outcome>,
             .buffer_unordered(concurrency)
             .collect::<Vec<_>>()
             .await;
-        (out, first, Instant::now())
+        (out, first, collected())
     })
 }
