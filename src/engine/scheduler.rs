@@ -248,11 +248,9 @@ impl Scheduler {
         }
         // Announce, then look: pairs with the fence in `job_added`.
         fence(SeqCst);
-        if !queue.is_empty() || self.done.load(SeqCst) {
-            if self.unlist(seat) {
-                return Woke::Work;
-            }
-            // Popped meanwhile: the wake flag is already set; take it below.
+        // If a waker popped this seat meanwhile, its flag is already set: taken below.
+        if (!queue.is_empty() || self.done.load(SeqCst)) && self.unlist(seat) {
+            return Woke::Work;
         }
         let deadline = keep_alive.and_then(|d| Instant::now().checked_add(d));
         loop {
