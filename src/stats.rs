@@ -133,13 +133,29 @@ impl Counters {
 
     pub(crate) fn snapshot(&self, workers: usize, abandoned: usize) -> Stats {
         // Read in the order things happen to a task, latest first, so that each derived gauge
-        // is computed from counts that were at least as large as the ones subtracted.
+        // is computed from counts that were at least as large as the ones subtracted. A task
+        // that ends and another that starts between the reads would still make `busy` one too
+        // high: read again (a few times at most) until the ended counts did not move.
         let e = &self.ended;
-        let completed = e.completed.load(SeqCst);
-        let panicked = e.panicked.load(SeqCst);
-        let timed_out = e.timed_out.load(SeqCst);
-        let cancelled = e.cancelled.load(SeqCst);
-        let started = self.started.load(SeqCst);
+        let read_ended = || {
+            (
+                e.completed.load(SeqCst),
+                e.panicked.load(SeqCst),
+                e.timed_out.load(SeqCst),
+                e.cancelled.load(SeqCst),
+            )
+        };
+        let mut ended = read_ended();
+        let mut started = self.started.load(SeqCst);
+        for _ in 0..8 {
+            let again = read_ended();
+            if again == ended {
+                break;
+            }
+            ended = again;
+            started = self.started.load(SeqCst);
+        }
+        let (completed, panicked, timed_out, cancelled) = ended;
         let waiting_on_key = self.waiting_on_key.load(SeqCst);
         let submitted = self.submitted.load(SeqCst);
         let busy = started.saturating_sub(completed + panicked + timed_out);
