@@ -918,7 +918,9 @@ fn abandoned_threads_stay_within_max_abandoned_and_workers_within_max() {
                 let s = pool.stats();
                 assert!(s.workers <= MAX, "{s:?}");
                 assert!(s.abandoned <= MAX_ABANDONED, "{s:?}");
-                assert!(s.busy <= MAX + s.abandoned, "{s:?}");
+                // Not checked: `busy`. A timed-out task's replacement can start a new task
+                // before the timeout is counted, and `workers`/`abandoned` are read before the
+                // counters: samples such as busy 5 with 3 workers and 0 abandoned occur.
                 samples += 1;
                 thread::yield_now();
             }
@@ -948,4 +950,93 @@ fn abandoned_threads_stay_within_max_abandoned_and_workers_within_max() {
     assert_eq!(s.timed_out, outcomes);
     pool.shutdown();
     assert_no_thread_left("bounds");
+}
+
+#[test]
+fn map_ordered_and_unordered_end_cleanly_when_the_pool_shuts_down_under_them() {
+    for (round, how) in [0usize, 1, 2, 0, 1, 2].into_iter().enumerate() {
+        let pool = AsyncPool::builder()
+            .max_workers(3)
+            .task_timeout(Duration::from_millis(5))
+            .build(|n: u32| {
+                if n % 13 == 5 {
+                    panic!("boom {n}");
+                }
+                if n % 17 == 3 {
+                    thread::sleep(Duration::from_millis(12));
+                }
+                n
+            })
+            .unwrap();
+        let (halfway_tx, halfway) = bounded::<()>(1);
+        let p = pool.clone();
+        let stopper = thread::spawn(move || {
+            let _ = halfway.recv();
+            match how {
+                0 => p.shutdown(),
+                1 => drop(p.shutdown_now()),
+                _ => drop(p.shutdown_timeout(Duration::from_millis(8))),
+            }
+        });
+        let p = pool.clone();
+        let ordered = round % 2 == 0;
+        let yielded = watchdog("map over a closing pool", move || {
+            let mut out = Vec::new();
+            let mut tell = Some(halfway_tx);
+            let mut on_item = |i: usize, r: Result<u32, TaskError>| {
+                if i == 40 {
+                    if let Some(t) = tell.take() {
+                        let _ = t.send(());
+                    }
+                }
+                out.push(r);
+            };
+            if ordered {
+                for (i, r) in p.map_ordered(0..400u32).in_flight(6).enumerate() {
+                    on_item(i, r);
+                }
+            } else {
+                for (i, (_, r)) in p.map_unordered(0..400u32).in_flight(6).enumerate() {
+                    on_item(i, r);
+                }
+            }
+            out
+        });
+        stopper.join().unwrap();
+        assert!(
+            yielded.len() >= 41 && yielded.len() <= 400,
+            "{}",
+            yielded.len()
+        );
+        if ordered {
+            // In input order: the i-th item is input i's result.
+            for (i, r) in yielded.iter().enumerate() {
+                if let Ok(n) = r {
+                    assert_eq!(*n as usize, i, "round {round}");
+                }
+            }
+        }
+        let mut oks: Vec<u32> = yielded.iter().filter_map(|r| r.clone().ok()).collect();
+        oks.sort_unstable();
+        oks.dedup();
+        assert_eq!(
+            oks.len(),
+            yielded.iter().filter(|r| r.is_ok()).count(),
+            "an input yielded twice"
+        );
+        for r in &yielded {
+            assert!(
+                matches!(
+                    r,
+                    Ok(_)
+                        | Err(TaskError::Panicked(_))
+                        | Err(TaskError::TimedOut)
+                        | Err(TaskError::Cancelled)
+                ),
+                "{r:?}"
+            );
+        }
+        let s = pool.stats();
+        assert_eq!(s.submitted, ended(&s), "{s:?}");
+    }
 }

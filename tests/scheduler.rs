@@ -481,3 +481,52 @@ fn a_chain_of_single_adds_from_callbacks_hands_off_between_workers() {
     assert_quiet(s, 3);
     assert_eq!(s.completed, u64::from(CHAIN) + 1);
 }
+
+#[test]
+fn hundreds_of_parked_workers_all_wake_for_a_burst_and_lifo_keeps_hand_offs_on_few() {
+    const N: usize = 384;
+    let pool = ThreadPool::builder()
+        .max_workers(N)
+        .stack_size(128 * 1024)
+        .thread_name("deepstack")
+        .build()
+        .unwrap();
+    let p = pool.clone();
+    watchdog("bursts onto hundreds of parked workers", move || {
+        for _ in 0..4 {
+            let barrier = Arc::new(Barrier::new(N));
+            let tasks: Vec<_> = (0..N)
+                .map(|_| {
+                    let b = barrier.clone();
+                    p.spawn(move || {
+                        b.wait();
+                    })
+                    .unwrap()
+                })
+                .collect();
+            for t in tasks {
+                t.recv().unwrap();
+            }
+        }
+        // Sequential hand-offs: the most recently parked worker is woken each time, so a
+        // handful of threads serve them all while hundreds stay parked.
+        let mut names = std::collections::HashSet::new();
+        for _ in 0..2_000 {
+            let name = p
+                .spawn(|| thread::current().name().unwrap_or("").to_string())
+                .unwrap()
+                .recv()
+                .unwrap();
+            names.insert(name);
+        }
+        assert!(
+            names.len() <= 8,
+            "{} distinct workers served sequential hand-offs",
+            names.len()
+        );
+    });
+    pool.join();
+    assert_quiet(pool.stats(), N);
+    pool.shutdown();
+    assert_threads_gone("deepstack");
+}
