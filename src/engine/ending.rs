@@ -7,7 +7,9 @@
 //! 1. **count** the ending (`stats()` shows it before anyone can receive it);
 //! 2. **release** what the task held: its place in the queue (cancelled while queued), its
 //!    worker (the worker counts idle again, before it delivers, so that a caller who adds its
-//!    next task on receiving this result finds it free), and its key — except a timed-out task,
+//!    next task on receiving this result finds it free; a timed-out task's abandoned thread is
+//!    replaced — counted first, so `stats()` never shows the replacement busy beside a task not
+//!    yet counted as ended), and its key — except a timed-out task,
 //!    whose callback still runs: it holds its key until the callback returns
 //!    ([`Engine::execute`](super::worker)), so a host with hanging requests never has more than
 //!    `max_per_key` of them in flight; the thread's own fate was settled by `time_out`;
@@ -34,8 +36,11 @@ pub(super) enum Ending {
     Cancelled {
         from: u8,
     },
-    /// Still running at its deadline (or at the end of `shutdown_timeout`).
-    TimedOut,
+    /// Still running at its deadline (or at the end of `shutdown_timeout`). `thread_left`: its
+    /// thread was abandoned (see `Workers::time_out`) and gets a replacement.
+    TimedOut {
+        thread_left: bool,
+    },
 }
 
 /// What the thread that ran a job learns from it.
@@ -121,7 +126,7 @@ impl<J: Job> Engine<J> {
                 }
                 self.counters.cancelled();
             }
-            Ending::TimedOut => self.counters.timed_out(),
+            Ending::TimedOut { .. } => self.counters.timed_out(),
         }
         // 2. Release.
         if runner.is_some_and(|r| r.frees_worker) {
@@ -141,7 +146,11 @@ impl<J: Job> Engine<J> {
                     }
                 }
             }
-            Ending::TimedOut => {}
+            Ending::TimedOut { thread_left } => {
+                if thread_left {
+                    self.replace_abandoned();
+                }
+            }
         }
         // 3. A joiner that ended excuses nobody any more.
         self.joiners.remove(header.id);

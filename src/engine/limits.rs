@@ -13,12 +13,16 @@
 //! - `RLIMIT_NPROC` (`/proc/self/limits`, "Max processes"), which does not bind root, against
 //!   the same count.
 //!
-//! A margin ([`MARGIN`]) is kept for the rest of the process. Where `/proc` cannot be read the
+//! A pool refuses to build if its initial threads do not fit ([`headroom`], read fresh). Every
+//! later thread start — growth, replacements — takes room from one budget shared by all the
+//! pools of the process ([`take`]), re-read when it runs low. A margin ([`MARGIN`]) is kept for
+//! the rest of the process. Where `/proc` cannot be read the
 //! pool relies on thread starts failing with an error.
 
 use std::fs;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use parking_lot::Mutex;
 
 /// Memory maps one more thread costs: its stack and guard page, its signal stack and guard.
 pub(crate) const MAPS_PER_THREAD: usize = 4;
@@ -97,44 +101,50 @@ fn nproc_limit() -> Option<usize> {
         .ok()
 }
 
-/// How many more threads the pool may start: the headroom read at build, less the threads
-/// started since (given back as they exit).
-pub(crate) struct ThreadBudget {
-    left: AtomicUsize,
+/// Below this many threads of room, the next thread start reads the limits again.
+const REREAD_BELOW: usize = 1024;
+
+/// Room for threads, shared by every pool of the process: the headroom read from `/proc`, less
+/// the threads started since (given back as they exit). Read again whenever it runs low, so
+/// threads and memory maps the rest of the program added meanwhile are counted too; far from the
+/// limits a thread start costs one uncontended lock.
+static ROOM: Mutex<Option<Room>> = Mutex::new(None);
+
+struct Room {
+    left: usize,
     limit: &'static str,
 }
 
-impl ThreadBudget {
-    pub(crate) fn new(headroom: Option<Headroom>) -> ThreadBudget {
-        match headroom {
-            Some(h) => ThreadBudget {
-                left: AtomicUsize::new(h.threads),
-                limit: h.limit,
-            },
-            None => ThreadBudget {
-                left: AtomicUsize::new(usize::MAX),
+/// Takes room for one more thread, or refuses with an error that names the limit.
+pub(crate) fn take() -> io::Result<()> {
+    let mut room = ROOM.lock();
+    if room.as_ref().map_or(true, |r| r.left < REREAD_BELOW) {
+        // Unreadable limits: only the operating system's own refusal applies.
+        *room = Some(headroom().map_or(
+            Room {
+                left: usize::MAX,
                 limit: "",
             },
-        }
+            |h| Room {
+                left: h.threads,
+                limit: h.limit,
+            },
+        ));
     }
-
-    /// Takes room for one thread, or refuses with an error that names the limit.
-    pub(crate) fn take(&self) -> io::Result<()> {
-        self.left
-            .fetch_update(SeqCst, SeqCst, |left| left.checked_sub(1))
-            .map(drop)
-            .map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!("no room for another thread under {}", self.limit),
-                )
-            })
+    let room = room.as_mut().expect("just filled");
+    if room.left == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!("no room for another thread under {}", room.limit),
+        ));
     }
+    room.left -= 1;
+    Ok(())
+}
 
-    /// A thread started with `take` has exited (or never started).
-    pub(crate) fn put_back(&self) {
-        let _ = self
-            .left
-            .fetch_update(SeqCst, SeqCst, |left| Some(left.saturating_add(1)));
+/// A thread started after `take` has exited, or never started.
+pub(crate) fn put_back() {
+    if let Some(room) = ROOM.lock().as_mut() {
+        room.left = room.left.saturating_add(1);
     }
 }

@@ -213,13 +213,7 @@ impl<J: Job> Engine<J> {
                 max_abandoned: config.max_abandoned.unwrap_or(max),
                 keyed,
             },
-            workers: Workers::new(
-                config.thread_name.clone(),
-                config.stack_size,
-                min,
-                max,
-                limits::ThreadBudget::new(headroom),
-            ),
+            workers: Workers::new(config.thread_name.clone(), config.stack_size, min, max),
             scheduler: Scheduler::new(Admission::new(config.queue_capacity, elastic)),
             sender: RwLock::new(Some(tx)),
             receiver: rx,
@@ -584,22 +578,23 @@ impl<J: Job> Engine<J> {
                 .time_out(header.worker(), force, self.settings.max_abandoned, || {
                     header.transition(RUNNING, TIMED_OUT)
                 });
-        match abandoned {
-            None => return false,
-            Some(Abandon::Now) => {
-                // Its place passes to a replacement, so the pool keeps its capacity — unless
-                // the pool is closing and this was the last task.
-                let needed = !(self.closed.load(SeqCst) && self.counters.outstanding() <= 1);
-                if !needed || self.start_worker().is_err() {
-                    self.workers.give_up_place();
-                }
-            }
-            Some(Abandon::Already | Abandon::Refused) => {}
-        }
-        self.end(header, Ending::TimedOut, None, |way| {
+        let Some(abandoned) = abandoned else {
+            return false;
+        };
+        let thread_left = abandoned == Abandon::Now;
+        self.end(header, Ending::TimedOut { thread_left }, None, |way| {
             control.fail(TaskError::TimedOut, way)
         });
         true
+    }
+
+    /// A timed-out task's thread left the pool: its place passes to a replacement, so the pool
+    /// keeps its capacity — unless the pool is closing and no task is left for it.
+    fn replace_abandoned(&self) {
+        let needed = !(self.closed.load(SeqCst) && self.counters.outstanding() <= 1);
+        if !needed || self.start_worker().is_err() {
+            self.workers.give_up_place();
+        }
     }
 
     /// The current thread's seat if it is one of this pool's workers.

@@ -30,7 +30,8 @@
 //! reads the queue. So either the worker's last look sees the job, or the add sees the worker
 //! parked. If the add instead saw a searcher, that searcher reads the queue *after* it leaves
 //! the role (found a job: it wakes another if the queue is non-empty; found none: it parks, and
-//! parking ends with the last look). Anyone who claims the searcher role and then finds nobody
+//! parking ends with the last look — which, if it finds a job, again wakes another for the jobs
+//! behind it, since those adds all relied on the searcher). Anyone who claims the searcher role and then finds nobody
 //! to wake gives it back and looks again. `tests/scheduler.rs` drives every one of these windows
 //! (single producer and consumer hand-offs, bursts, keep-alive retirements racing adds) under a
 //! watchdog: a lost wake-up there is a hang, not a slow test.
@@ -169,6 +170,16 @@ impl Scheduler {
         }
         self.stop_searching();
         false
+    }
+
+    /// A worker took a job found by its last look before parking ([`Woke::Work`]). An add may
+    /// have skipped its wake-up because this worker was still the searcher then: so, like a
+    /// searcher that found work, it makes sure the jobs behind its own get a worker.
+    pub(crate) fn took_last_look_work<J>(&self, queue: &Receiver<J>) {
+        fence(SeqCst);
+        if !queue.is_empty() && self.parked.load(SeqCst) > 0 {
+            self.wake_searcher(queue, true);
+        }
     }
 
     /// A searching worker found the queue empty. It parks next, and parking ends with a last

@@ -56,12 +56,16 @@ impl<J: Job> Engine<J> {
     /// idle.
     fn next_job(&self, seat: &Arc<Seat>) -> Result<J, Exit> {
         let mut searching = false;
+        let mut last_look = false;
         loop {
             match self.receiver.try_recv() {
                 Ok(job) => {
                     if searching {
                         searching = false;
                         self.scheduler.found_work(&self.receiver);
+                    } else if last_look {
+                        last_look = false;
+                        self.scheduler.took_last_look_work(&self.receiver);
                     }
                     if job.control().header().start(seat.index) {
                         self.on_start(&job);
@@ -78,7 +82,7 @@ impl<J: Job> Engine<J> {
                     // The pool is closed and every accepted task has ended.
                     return Err(Exit::ShutDown);
                 }
-                Err(TryRecvError::Empty) => {}
+                Err(TryRecvError::Empty) => last_look = false,
             }
             if self.scheduler.search(&self.receiver, searching) {
                 searching = true;
@@ -89,7 +93,7 @@ impl<J: Job> Engine<J> {
                 .scheduler
                 .park(seat, &self.receiver, self.settings.keep_alive)
             {
-                Woke::Work => {}
+                Woke::Work => last_look = true,
                 Woke::Searching => searching = true,
                 Woke::Check => {
                     if self.workers.retire_if_over_max() {

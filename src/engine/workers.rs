@@ -25,7 +25,7 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
-use super::limits::ThreadBudget;
+use super::limits;
 use super::scheduler::Seat;
 use super::spawn::spawn_thread;
 
@@ -39,7 +39,6 @@ pub(crate) struct Workers {
     live: AtomicUsize,
     abandoned: AtomicUsize,
     threads: Mutex<Threads>,
-    budget: ThreadBudget,
     /// Held by the shutdown that joins the threads.
     exit_lock: Mutex<()>,
 }
@@ -75,13 +74,7 @@ pub(crate) enum Abandon {
 }
 
 impl Workers {
-    pub(crate) fn new(
-        name: String,
-        stack_size: Option<usize>,
-        min: usize,
-        max: usize,
-        budget: ThreadBudget,
-    ) -> Workers {
+    pub(crate) fn new(name: String, stack_size: Option<usize>, min: usize, max: usize) -> Workers {
         Workers {
             name,
             stack_size,
@@ -94,7 +87,6 @@ impl Workers {
                 next_index: 0,
                 sealed: false,
             }),
-            budget,
             exit_lock: Mutex::new(()),
         }
     }
@@ -143,7 +135,7 @@ impl Workers {
         if threads.sealed {
             return Err(io::Error::other("pool has shut down"));
         }
-        self.budget.take()?;
+        limits::take()?;
         let index = threads.next_index;
         threads.next_index += 1;
         let seat = Arc::new(Seat::new(index));
@@ -155,7 +147,7 @@ impl Workers {
                 Ok(())
             }
             Err(err) => {
-                self.budget.put_back();
+                limits::put_back();
                 Err(err)
             }
         }
@@ -237,7 +229,7 @@ impl Workers {
                 self.abandoned.fetch_sub(1, SeqCst);
             }
         }
-        self.budget.put_back();
+        limits::put_back();
     }
 
     /// Joins every worker thread (the caller made sure they are leaving), then seals the pool
