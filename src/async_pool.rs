@@ -12,9 +12,10 @@ use crate::builder::Builder;
 use crate::cell::{Cell, Control, Header, Output, Slot};
 use crate::engine::{Engine, Job, Owner, Ran, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
+use crate::id::TaskId;
 use crate::map::{MapOrdered, MapUnordered, Source};
 use crate::stats::Stats;
-use crate::task::{Task, TaskId};
+use crate::task::Task;
 use crate::token::CancelToken;
 
 /// A mailbox sender: where `add_task_to` delivers `(TaskId, result)`.

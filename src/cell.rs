@@ -34,7 +34,7 @@ use parking_lot::{Condvar, Mutex};
 pub(crate) use crate::delivery::drop_quietly;
 use crate::delivery::{self, Delivered, Way};
 use crate::error::TaskError;
-use crate::task::TaskId;
+use crate::id::TaskId;
 
 /// Held back by its key (per-key concurrency or politeness); not in the queue yet.
 pub(crate) const WAITING: u8 = 0;

@@ -119,6 +119,7 @@ mod cell;
 mod delivery;
 mod engine;
 mod error;
+mod id;
 mod map;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -131,9 +132,10 @@ mod token;
 pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle};
 pub use crate::builder::Builder;
 pub use crate::error::{AddError, BuildError, TaskError};
+pub use crate::id::TaskId;
 pub use crate::map::{MapOrdered, MapUnordered};
 pub use crate::stats::Stats;
-pub use crate::task::{Task, TaskId};
+pub use crate::task::Task;
 pub use crate::thread_pool::ThreadPool;
 pub use crate::token::CancelToken;
 

@@ -16,7 +16,7 @@ use std::iter::Fuse;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::error::{AddError, TaskError};
-use crate::task::TaskId;
+use crate::id::TaskId;
 
 type Message<O> = (TaskId, Result<O, TaskError>);
 type SubmitFn<Item, O> =

@@ -209,7 +209,7 @@ mod tests {
     use super::*;
     use crate::cell::{Cell, Control, Header, Output, Slot};
     use crate::engine::{Ran, RunContext};
-    use crate::task::TaskId;
+    use crate::id::TaskId;
     use std::sync::Arc;
 
     struct TestJob(Arc<Cell<()>>);

@@ -48,8 +48,9 @@ use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use crate::builder::Config;
 use crate::cell::{drop_quietly, Control, CANCELLED, QUEUED, RUNNING, TIMED_OUT, WAITING};
 use crate::error::{BuildError, TaskError};
+use crate::id::TaskId;
 use crate::stats::{Counters, Stats};
-use crate::task::{Canceller, TaskId};
+use crate::task::Canceller;
 
 pub(crate) use admission::Refused;
 pub(crate) use ending::{Ran, RunContext};

@@ -19,7 +19,7 @@ use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
 use crate::cell::{Control, QUEUED, RUNNING, WAITING};
-use crate::task::TaskId;
+use crate::id::TaskId;
 
 const SHARDS: usize = 16;
 const MIN_SWEEP: usize = 64;
