@@ -592,6 +592,10 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// inputs are dropped; their tasks get `Cancelled`), ends the tasks still running with
     /// `TimedOut` and abandons their threads. Returns `true` if everything ended in time.
     ///
+    /// It returns in about `timeout` even when workers are waiting for room in a full bounded
+    /// mailbox that nobody reads (say, the calling thread's own): those results are dropped —
+    /// each task keeps the ending it was counted with, and its receiver gets nothing for it.
+    ///
     /// ```
     /// use slowpool::{AsyncPool, TaskError};
     /// use crossbeam_channel::bounded;

@@ -321,6 +321,11 @@ impl<P> Builder<P> {
     /// their key's own queue without occupying a worker, so other keys use the free workers.
     /// 0 is treated as 1. Default: no limit.
     ///
+    /// The limit counts callbacks that really run: a task that timed out keeps its key until
+    /// its callback returns, so hanging requests to one host never exceed the limit. Tasks held
+    /// back by their key take no place in a bounded queue, and an add of one never waits for
+    /// room there.
+    ///
     /// ```
     /// use slowpool::AsyncPool;
     /// use crossbeam_channel::bounded;

@@ -104,8 +104,14 @@
 //! `keep_alive` idle. [`AsyncPool::new`] and [`ThreadPool::new`] build fixed pools; a
 //! [`Builder`] whose worker counts are left alone builds an elastic pool of up to 512 threads,
 //! none of them started before work arrives (see [`Builder::max_workers`] for why that
-//! default). A pool that uses timeouts or per-key intervals starts one timer thread.
-//! Nothing else: no thread per task, key or deadline.
+//! default). A pool that uses timeouts or per-key intervals starts one timer thread; one that
+//! must deliver a cancellation or a timeout into a full bounded mailbox starts one courier
+//! thread. Nothing else: no thread per task, key, deadline or blocked delivery.
+//!
+//! Idle workers park each on a slot of their own, and an add wakes at most one of them, only
+//! when no worker is already looking for work: a wake-up costs the same with 16 workers or
+//! 4,096. Thread counts the operating system would refuse are refused first, with
+//! [`BuildError::ThreadLimit`] (see [`MAX_WORKERS`]).
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![forbid(unsafe_code)]
@@ -147,6 +153,16 @@ pub struct ReadmeDoctests;
 
 /// The most workers a pool may have. A larger `max_workers` is refused with
 /// [`BuildError::TooManyWorkers`] rather than left to exhaust the machine.
+///
+/// Below this bound, the operating system's own limits apply, and some of them abort the process
+/// rather than fail a thread start (with `vm.max_map_count` used up, a new thread cannot set up
+/// its signal stack's guard page). So before starting threads a pool reads `vm.max_map_count`
+/// against the process's memory maps (four per thread), `kernel.threads-max` against the
+/// system's threads and, for a user other than root, `RLIMIT_NPROC`, and refuses a build whose
+/// initial threads would not fit with [`BuildError::ThreadLimit`], naming the limit. Threads
+/// started later (an elastic pool growing, replacements of abandoned threads) take room from one
+/// budget shared by every pool of the process, read again when it runs low; past it the pool
+/// goes on with the threads it has.
 ///
 /// ```
 /// use slowpool::{BuildError, ThreadPool, MAX_WORKERS};
