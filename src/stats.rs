@@ -24,7 +24,9 @@ use crossbeam_utils::CachePadded;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
-    /// Live worker threads (abandoned threads not included).
+    /// Worker threads of the pool (abandoned threads not included). A worker that retired (idle
+    /// past `keep_alive`, or the pool shrank) is uncounted as it leaves; its OS thread may live a
+    /// moment longer, so the process can briefly hold more threads than `workers + abandoned`.
     pub workers: usize,
     /// Tasks running now.
     pub busy: usize,
