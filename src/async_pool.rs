@@ -784,6 +784,54 @@ impl<I: Send + 'static, O: Send + 'static> Builder<AsyncPool<I, O>> {
         self.start(|_| Callback::WithToken(Box::new(callback)))
     }
 
+    /// Builds the pool with per-worker state: `init` makes a state on each worker thread (by
+    /// the first task the worker runs), and `callback` gets `&mut` that worker's state with
+    /// every input — a blocking database client, a per-thread HTTP agent, a cache. The state
+    /// never leaves its thread, so it need be neither `Send` nor `Sync`.
+    ///
+    /// It lives as long as its worker: an elastic pool's new workers make their own, a retired
+    /// worker drops its own, and a thread abandoned after a timeout keeps its state while its
+    /// replacement makes a new one. If `callback` panics the state is dropped (it may be
+    /// half-updated) and the worker's next task makes a new one. A task run inside another's
+    /// `join` on the same thread gets a fresh state of its own.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use std::cell::RefCell;
+    /// use std::rc::Rc;
+    ///
+    /// // `Rc<RefCell<_>>` is neither Send nor Sync: fine, it never leaves its worker.
+    /// let pool = AsyncPool::builder()
+    ///     .max_workers(1)
+    ///     .build_with_init(
+    ///         || Rc::new(RefCell::new(Vec::new())),
+    ///         |seen: &mut Rc<RefCell<Vec<u32>>>, n: u32| {
+    ///             seen.borrow_mut().push(n);
+    ///             seen.borrow().len()
+    ///         },
+    ///     )?;
+    /// assert_eq!(pool.add_task(7)?.recv(), Ok(1));
+    /// assert_eq!(pool.add_task(8)?.recv(), Ok(2)); // the same worker, the same state
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`build`](Builder::build).
+    pub fn build_with_init<S, M, F>(
+        self,
+        init: M,
+        callback: F,
+    ) -> Result<AsyncPool<I, O>, BuildError>
+    where
+        S: 'static,
+        M: Fn() -> S + Send + Sync + 'static,
+        F: Fn(&mut S, I) -> O + Send + Sync + 'static,
+    {
+        let callback = crate::worker_state::with_state(init, callback);
+        self.start(|_| Callback::Plain(Box::new(callback)))
+    }
+
     /// Builds the pool with a callback made by `make` from a [`PoolHandle`] to the pool itself,
     /// so the callback can add more work (a crawler adding the links it found) without keeping
     /// the pool alive.

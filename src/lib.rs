@@ -134,6 +134,7 @@ mod stats;
 mod task;
 mod thread_pool;
 mod token;
+mod worker_state;
 
 pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle};
 pub use crate::builder::Builder;
