@@ -131,7 +131,7 @@ mod token;
 
 pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle};
 pub use crate::builder::Builder;
-pub use crate::error::{AddError, BuildError, TaskError};
+pub use crate::error::{AddError, BuildError, Failed, Flat, TaskError};
 pub use crate::id::TaskId;
 pub use crate::map::{MapOrdered, MapUnordered};
 pub use crate::stats::Stats;
