@@ -174,8 +174,8 @@ impl<T: Send + 'static> Control for Cell<T> {
 /// variable) or by an async task (the waker).
 ///
 /// The waker lives inside the state that waits for the result (`Empty`, or `Forwarding` before
-/// the value was sent), so it costs a slot no memory for the usual output types and is dropped
-/// when the result arrives. `put` takes it under the lock and wakes it after releasing the lock;
+/// the value was sent), so it costs a slot no memory for the usual output types (a slot for a
+/// `u64` is 40 bytes, as it was without it) and is dropped when the result arrives. `put` takes it under the lock and wakes it after releasing the lock;
 /// a poll registers under the same lock, so a result never slips between a poll's check and its
 /// registration. Only the last poll's waker is kept: a future moved to another executor task
 /// replaces it.
@@ -189,12 +189,19 @@ enum SlotState<T> {
     Empty(Option<Waker>),
     /// The result, waiting to be read.
     Full(Result<T, TaskError>),
-    /// `Task::receiver()` was called: the result goes (or went) through that channel. The
-    /// sender is there until the result is sent, which happens under the lock: once it is gone,
-    /// the value is in the channel or was taken from it.
-    Forwarding(Option<Sender<Result<T, TaskError>>>, Option<Waker>),
+    /// `Task::receiver()` was called: the result goes (or went) through that channel. Boxed:
+    /// a rare state, kept from making every slot larger.
+    Forwarding(Box<Forward<T>>),
     /// The result was read.
     Taken,
+}
+
+/// Where a slot forwards its result, and who awaits it there.
+struct Forward<T> {
+    /// There until the result is sent, which happens under the slot's lock: once it is gone,
+    /// the value is in the channel or was taken from it.
+    tx: Option<Sender<Result<T, TaskError>>>,
+    waker: Option<Waker>,
 }
 
 /// What a read of the slot found.
@@ -222,14 +229,14 @@ impl<T> Slot<T> {
                 *state = SlotState::Full(result);
                 (waker, None)
             }
-            SlotState::Forwarding(tx, waker) => {
+            SlotState::Forwarding(forward) => {
                 // Sent under the lock (capacity 1 and one value: never blocks), so that a poll
                 // that finds the sender gone finds the value in the channel.
-                let refused = match tx.take() {
+                let refused = match forward.tx.take() {
                     Some(tx) => tx.send(result).err().map(|refused| refused.into_inner()),
                     None => Some(result),
                 };
-                (waker.take(), refused)
+                (forward.waker.take(), refused)
             }
             // A cell delivers once (the state machine guarantees it); keep the first.
             SlotState::Full(_) | SlotState::Taken => (None, Some(result)),
@@ -297,8 +304,8 @@ impl<T> Slot<T> {
             Err(TryRecvError::Empty) => {}
         }
         match &mut *state {
-            SlotState::Forwarding(Some(_), waker) => {
-                register(waker, cx);
+            SlotState::Forwarding(forward) if forward.tx.is_some() => {
+                register(&mut forward.waker, cx);
                 Poll::Pending
             }
             // The sender is gone, so the value was sent, and someone else took it from `rx`.
@@ -309,7 +316,8 @@ impl<T> Slot<T> {
     /// Forgets the registered waker: the future that registered it is gone.
     pub(crate) fn forget_waker(&self) {
         let waker = match &mut *self.state.lock() {
-            SlotState::Empty(waker) | SlotState::Forwarding(_, waker) => waker.take(),
+            SlotState::Empty(waker) => waker.take(),
+            SlotState::Forwarding(forward) => forward.waker.take(),
             SlotState::Full(_) | SlotState::Taken => None,
         };
         drop(waker);
@@ -328,9 +336,16 @@ impl<T> Slot<T> {
     pub(crate) fn forward(&self, tx: Sender<Result<T, TaskError>>) {
         let mut state = self.state.lock();
         match mem::replace(&mut *state, SlotState::Taken) {
-            SlotState::Empty(waker) => *state = SlotState::Forwarding(Some(tx), waker),
+            SlotState::Empty(waker) => {
+                let tx = Some(tx);
+                *state = SlotState::Forwarding(Box::new(Forward { tx, waker }));
+            }
             SlotState::Full(result) => {
-                *state = SlotState::Forwarding(None, None);
+                let forward = Forward {
+                    tx: None,
+                    waker: None,
+                };
+                *state = SlotState::Forwarding(Box::new(forward));
                 let _ = tx.send(result);
                 // Dropped under the lock: once the sender is gone from the state, an empty
                 // channel is a disconnected one.
