@@ -182,20 +182,20 @@ impl Error for TaskError {}
 /// # Examples
 ///
 /// ```
-/// use slowpool::{AsyncPool, Failed, TaskError};
+/// use slowpool::{AsyncPool, Failed, Task, TaskError};
 /// use std::num::ParseIntError;
 ///
-/// fn parse(pool: &AsyncPool<String, Result<u32, ParseIntError>>, s: &str) -> Result<u32, Failed<ParseIntError>> {
-///     pool.add_task(s.to_string())?.recv_flat() // an `AddError` would need its own arm
-///         .or_else(|failed| match failed {
-///             Failed::Callback(_) => Ok(0), // unparsable: counts as zero
-///             other => Err(other),
-///         })
+/// fn parsed(task: Task<Result<u32, ParseIntError>>) -> Result<u32, TaskError> {
+///     match task.recv_flat() {
+///         Ok(n) => Ok(n),
+///         Err(Failed::Callback(_)) => Ok(0), // unparsable: counts as zero
+///         Err(Failed::Task(error)) => Err(error), // panicked, cancelled, timed out
+///     }
 /// }
 ///
-/// let pool = AsyncPool::new(2, |s: String| s.parse::<u32>())?;
-/// assert_eq!(parse(&pool, "7"), Ok(7));
-/// assert_eq!(parse(&pool, "seven"), Ok(0));
+/// let pool = AsyncPool::new(2, |s: &'static str| s.parse::<u32>())?;
+/// assert_eq!(parsed(pool.add_task("7")?), Ok(7));
+/// assert_eq!(parsed(pool.add_task("seven")?), Ok(0));
 ///
 /// let failed: Failed<ParseIntError> = TaskError::TimedOut.into();
 /// assert!(failed.is_task() && !failed.is_callback());
