@@ -293,6 +293,17 @@ fn dropping_an_awaited_task_releases_its_waker_and_the_task_still_runs() {
         pool.join();
         assert_eq!(pool.stats().completed, 1, "not cancelled: it ran");
         assert_eq!(signal.woken(), 0);
+
+        // The same after `receiver()`: the waker waits in the forwarding state.
+        let mut task = pool.add_task(2).unwrap();
+        let _ = task.receiver();
+        assert_eq!(poll_once(&mut task, &signal), Poll::Pending);
+        assert_eq!(Arc::strong_count(&signal), 2);
+        drop(task);
+        assert_eq!(Arc::strong_count(&signal), 1);
+        key.pass(1);
+        pool.join();
+        assert_eq!(pool.stats().completed, 2);
     });
 }
 
