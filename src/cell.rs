@@ -22,13 +22,15 @@
 //! The result goes either to a one-shot slot read by [`Task`](crate::Task) — a mutex and a
 //! condition variable, far cheaper than a channel per task — or to the caller's mailbox channel,
 //! tagged with the task's id (see `delivery.rs`). A crossbeam channel is created for a slot only
-//! when `Task::receiver()` asks for one (see [`Slot::forward`]).
+//! when `Task::receiver()` asks for one (see [`Slot::forward`]). An awaited `Task` leaves its
+//! waker in the slot, and the delivery wakes it (see [`Slot`]).
 
 use std::mem;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use parking_lot::{Condvar, Mutex};
 
 pub(crate) use crate::delivery::drop_quietly;
@@ -168,21 +170,38 @@ impl<T: Send + 'static> Control for Cell<T> {
     }
 }
 
-/// A one-shot result slot, read by [`Task`](crate::Task).
+/// A one-shot result slot, read by [`Task`](crate::Task): by a blocked thread (the condition
+/// variable) or by an async task (the waker).
+///
+/// The waker lives inside the state that waits for the result (`Empty`, or `Forwarding` before
+/// the value was sent), so it costs a slot no memory for the usual output types (a slot for a
+/// `u64` is 40 bytes, as it was without it) and is dropped when the result arrives. `put` takes it under the lock and wakes it after releasing the lock;
+/// a poll registers under the same lock, so a result never slips between a poll's check and its
+/// registration. Only the last poll's waker is kept: a future moved to another executor task
+/// replaces it.
 pub(crate) struct Slot<T> {
     state: Mutex<SlotState<T>>,
     ready: Condvar,
 }
 
 enum SlotState<T> {
-    /// No result yet.
-    Empty,
+    /// No result yet; the waker of the last poll, if the task was awaited.
+    Empty(Option<Waker>),
     /// The result, waiting to be read.
     Full(Result<T, TaskError>),
-    /// `Task::receiver()` was called: the result goes (or went) through that channel.
-    Forwarding(Option<Sender<Result<T, TaskError>>>),
+    /// `Task::receiver()` was called: the result goes (or went) through that channel. Boxed:
+    /// a rare state, kept from making every slot larger.
+    Forwarding(Box<Forward<T>>),
     /// The result was read.
     Taken,
+}
+
+/// Where a slot forwards its result, and who awaits it there.
+struct Forward<T> {
+    /// There until the result is sent, which happens under the slot's lock: once it is gone,
+    /// the value is in the channel or was taken from it.
+    tx: Option<Sender<Result<T, TaskError>>>,
+    waker: Option<Waker>,
 }
 
 /// What a read of the slot found.
@@ -197,34 +216,39 @@ pub(crate) enum Read<T> {
 impl<T> Slot<T> {
     pub(crate) fn new() -> Slot<T> {
         Slot {
-            state: Mutex::new(SlotState::Empty),
+            state: Mutex::new(SlotState::Empty(None)),
             ready: Condvar::new(),
         }
     }
 
     fn put(&self, result: Result<T, TaskError>) {
         let mut state = self.state.lock();
-        match &mut *state {
-            SlotState::Empty => {
+        let (waker, refused) = match &mut *state {
+            SlotState::Empty(waker) => {
+                let waker = waker.take();
                 *state = SlotState::Full(result);
-                drop(state);
-                self.ready.notify_all();
+                (waker, None)
             }
-            SlotState::Forwarding(tx) => {
-                let tx = tx.take();
-                drop(state);
-                if let Some(tx) = tx {
-                    // Capacity 1 and one value: never blocks. A dropped receiver hands it back.
-                    if let Err(refused) = tx.send(result) {
-                        drop_quietly(refused);
-                    }
-                }
+            SlotState::Forwarding(forward) => {
+                // Sent under the lock (capacity 1 and one value: never blocks), so that a poll
+                // that finds the sender gone finds the value in the channel.
+                let refused = match forward.tx.take() {
+                    Some(tx) => tx.send(result).err().map(|refused| refused.into_inner()),
+                    None => Some(result),
+                };
+                (forward.waker.take(), refused)
             }
             // A cell delivers once (the state machine guarantees it); keep the first.
-            SlotState::Full(_) | SlotState::Taken => {
-                drop(state);
-                drop_quietly(result);
-            }
+            SlotState::Full(_) | SlotState::Taken => (None, Some(result)),
+        };
+        drop(state);
+        self.ready.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        // A dropped receiver, or a second delivery: dropped outside the lock, quietly.
+        if let Some(refused) = refused {
+            drop_quietly(refused);
         }
     }
 
@@ -233,15 +257,10 @@ impl<T> Slot<T> {
         let mut state = self.state.lock();
         loop {
             match &*state {
-                SlotState::Full(_) => {
-                    return match mem::replace(&mut *state, SlotState::Taken) {
-                        SlotState::Full(result) => Read::Value(result),
-                        _ => unreachable!("matched Full above"),
-                    }
-                }
+                SlotState::Full(_) => return Read::Value(Self::take_full(&mut state)),
                 SlotState::Taken => return Read::Value(Err(TaskError::AlreadyReceived)),
-                SlotState::Forwarding(_) => return Read::Forwarded,
-                SlotState::Empty => match deadline {
+                SlotState::Forwarding(..) => return Read::Forwarded,
+                SlotState::Empty(_) => match deadline {
                     None => self.ready.wait(&mut state),
                     Some(deadline) => {
                         if Instant::now() >= deadline {
@@ -254,21 +273,97 @@ impl<T> Slot<T> {
         }
     }
 
+    /// Takes the result if it is there; otherwise registers `cx`'s waker, to be woken when it
+    /// arrives.
+    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Read<T>> {
+        let mut state = self.state.lock();
+        match &mut *state {
+            SlotState::Full(_) => Poll::Ready(Read::Value(Self::take_full(&mut state))),
+            SlotState::Taken => Poll::Ready(Read::Value(Err(TaskError::AlreadyReceived))),
+            SlotState::Forwarding(..) => Poll::Ready(Read::Forwarded),
+            SlotState::Empty(waker) => {
+                register(waker, cx);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Takes the result from `rx`, the receiver the slot forwards to, if it is there;
+    /// otherwise registers `cx`'s waker. `Err(AlreadyReceived)` if it was taken from `rx`.
+    pub(crate) fn poll_forwarded(
+        &self,
+        rx: &Receiver<Result<T, TaskError>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<T, TaskError>> {
+        // Under the lock, `put` cannot send between the look at the channel and the
+        // registration.
+        let mut state = self.state.lock();
+        match rx.try_recv() {
+            Ok(result) => return Poll::Ready(result),
+            Err(TryRecvError::Disconnected) => return Poll::Ready(Err(TaskError::AlreadyReceived)),
+            Err(TryRecvError::Empty) => {}
+        }
+        match &mut *state {
+            SlotState::Forwarding(forward) if forward.tx.is_some() => {
+                register(&mut forward.waker, cx);
+                Poll::Pending
+            }
+            // The sender is gone, so the value was sent, and someone else took it from `rx`.
+            _ => Poll::Ready(Err(TaskError::AlreadyReceived)),
+        }
+    }
+
+    /// Forgets the registered waker: the future that registered it is gone.
+    pub(crate) fn forget_waker(&self) {
+        let waker = match &mut *self.state.lock() {
+            SlotState::Empty(waker) => waker.take(),
+            SlotState::Forwarding(forward) => forward.waker.take(),
+            SlotState::Full(_) | SlotState::Taken => None,
+        };
+        drop(waker);
+    }
+
+    fn take_full(state: &mut SlotState<T>) -> Result<T, TaskError> {
+        match mem::replace(state, SlotState::Taken) {
+            SlotState::Full(result) => result,
+            _ => unreachable!("called on a full slot"),
+        }
+    }
+
     /// Routes the result to `tx` from now on, sending it at once if it is already here. Called
     /// once, by `Task::receiver()`. If the result was already read, `tx` is dropped, so the
-    /// receiver reports disconnection.
+    /// receiver reports disconnection. A registered waker stays registered.
     pub(crate) fn forward(&self, tx: Sender<Result<T, TaskError>>) {
         let mut state = self.state.lock();
         match mem::replace(&mut *state, SlotState::Taken) {
-            SlotState::Empty => *state = SlotState::Forwarding(Some(tx)),
-            SlotState::Full(result) => {
-                *state = SlotState::Forwarding(None);
-                let _ = tx.send(result);
+            SlotState::Empty(waker) => {
+                let tx = Some(tx);
+                *state = SlotState::Forwarding(Box::new(Forward { tx, waker }));
             }
-            SlotState::Forwarding(_) | SlotState::Taken => {}
+            SlotState::Full(result) => {
+                let forward = Forward {
+                    tx: None,
+                    waker: None,
+                };
+                *state = SlotState::Forwarding(Box::new(forward));
+                let _ = tx.send(result);
+                // Dropped under the lock: once the sender is gone from the state, an empty
+                // channel is a disconnected one.
+                drop(tx);
+            }
+            SlotState::Forwarding(..) | SlotState::Taken => drop(tx),
         }
         drop(state);
         // A reader waiting on the slot must move to the channel.
         self.ready.notify_all();
+    }
+}
+
+/// Keeps `cx`'s waker in `slot`, replacing a waker of another task (a future moved between
+/// executor tasks); the same task's waker is kept as it is, without a clone.
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
     }
 }

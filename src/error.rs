@@ -1,4 +1,5 @@
-//! Errors: why an add was refused, why a pool could not be built, how a task failed.
+//! Errors: why an add was refused, why a pool could not be built, how a task failed, and the
+//! flat form of a failure for callbacks that return `Result` ([`Failed`], [`Flat`]).
 //!
 //! Every error that refuses an input hands that input back (`AddError::into_inner`), so a
 //! rejected add never loses the caller's data. `Debug` is written by hand so that the input type
@@ -168,6 +169,195 @@ impl fmt::Display for TaskError {
 }
 
 impl Error for TaskError {}
+
+/// Why a task whose callback returns `Result<T, E>` produced no `T`: the task failed
+/// ([`TaskError`]: it panicked, was cancelled, timed out, or its result was already received),
+/// or the callback returned its own error `E`.
+///
+/// The flat form of `Result<Result<T, E>, TaskError>`: [`Task::recv_flat`](crate::Task::recv_flat)
+/// returns it, and [`Flat::flat`] makes it from any result of such a task — awaited, from a
+/// mailbox or from `map_*`. `Display` and [`Error::source`] are those of the error inside, so
+/// `Failed<E>` reads (and `?`-converts into `Box<dyn Error>`) like the error it holds.
+///
+/// # Examples
+///
+/// ```
+/// use slowpool::{AsyncPool, Failed, Task, TaskError};
+/// use std::num::ParseIntError;
+///
+/// fn parsed(task: Task<Result<u32, ParseIntError>>) -> Result<u32, TaskError> {
+///     match task.recv_flat() {
+///         Ok(n) => Ok(n),
+///         Err(Failed::Callback(_)) => Ok(0), // unparsable: counts as zero
+///         Err(Failed::Task(error)) => Err(error), // panicked, cancelled, timed out
+///     }
+/// }
+///
+/// let pool = AsyncPool::new(2, |s: &'static str| s.parse::<u32>())?;
+/// assert_eq!(parsed(pool.add_task("7")?), Ok(7));
+/// assert_eq!(parsed(pool.add_task("seven")?), Ok(0));
+///
+/// let failed: Failed<ParseIntError> = TaskError::TimedOut.into();
+/// assert!(failed.is_task() && !failed.is_callback());
+/// assert_eq!(failed.to_string(), "task timed out");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Failed<E> {
+    /// The task produced no result: see [`TaskError`].
+    Task(TaskError),
+    /// The callback ran and returned this error.
+    Callback(E),
+}
+
+impl<E> Failed<E> {
+    /// Returns `true` if the task failed (the callback returned nothing).
+    ///
+    /// ```
+    /// use slowpool::{Failed, TaskError};
+    ///
+    /// assert!(Failed::<()>::Task(TaskError::Cancelled).is_task());
+    /// assert!(!Failed::Callback(()).is_task());
+    /// ```
+    pub fn is_task(&self) -> bool {
+        matches!(self, Failed::Task(_))
+    }
+
+    /// Returns `true` if the callback returned an error.
+    ///
+    /// ```
+    /// use slowpool::{Failed, TaskError};
+    ///
+    /// assert!(Failed::Callback("not found").is_callback());
+    /// assert!(!Failed::<&str>::Task(TaskError::TimedOut).is_callback());
+    /// ```
+    pub fn is_callback(&self) -> bool {
+        matches!(self, Failed::Callback(_))
+    }
+
+    /// Returns the task's error, `None` if the callback's error is inside.
+    ///
+    /// ```
+    /// use slowpool::{Failed, TaskError};
+    ///
+    /// assert_eq!(Failed::<()>::Task(TaskError::TimedOut).task_error(), Some(&TaskError::TimedOut));
+    /// assert_eq!(Failed::Callback(()).task_error(), None);
+    /// ```
+    pub fn task_error(&self) -> Option<&TaskError> {
+        match self {
+            Failed::Task(error) => Some(error),
+            Failed::Callback(_) => None,
+        }
+    }
+
+    /// Returns the callback's error, `None` if the task failed.
+    ///
+    /// ```
+    /// use slowpool::{Failed, TaskError};
+    ///
+    /// assert_eq!(Failed::Callback("not found").into_callback(), Some("not found"));
+    /// assert_eq!(Failed::<&str>::Task(TaskError::Cancelled).into_callback(), None);
+    /// ```
+    pub fn into_callback(self) -> Option<E> {
+        match self {
+            Failed::Task(_) => None,
+            Failed::Callback(error) => Some(error),
+        }
+    }
+}
+
+impl<E> From<TaskError> for Failed<E> {
+    fn from(error: TaskError) -> Failed<E> {
+        Failed::Task(error)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Failed<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failed::Task(error) => fmt::Display::fmt(error, f),
+            Failed::Callback(error) => fmt::Display::fmt(error, f),
+        }
+    }
+}
+
+impl<E: Error + 'static> Error for Failed<E> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        // Transparent: `Display` already shows the error inside, so its source is ours.
+        match self {
+            Failed::Task(error) => error.source(),
+            Failed::Callback(error) => error.source(),
+        }
+    }
+}
+
+/// Flattens the result of a task whose callback returns `Result<T, E>`: from
+/// `Result<Result<T, E>, TaskError>` to `Result<T, Failed<E>>`, and a tagged result (a mailbox
+/// message `(TaskId, _)`, a `map_unordered` item `(usize, _)`) to the same tag with the flat
+/// result.
+///
+/// # Examples
+///
+/// A mailbox:
+///
+/// ```
+/// use slowpool::{AsyncPool, Failed, Flat, TaskError, TaskId};
+/// use crossbeam_channel::unbounded;
+///
+/// let pool = AsyncPool::new(2, |n: i32| if n < 0 { Err(format!("{n} is negative")) } else { Ok(n * 2) })?;
+/// let (mailbox, results) = unbounded();
+/// let ok = pool.add_task_to(21, &mailbox)?;
+/// let bad = pool.add_task_to(-1, &mailbox)?;
+/// let mut seen = Vec::new();
+/// for _ in 0..2 {
+///     let (id, result): (TaskId, Result<i32, Failed<String>>) = results.recv()?.flat();
+///     seen.push((id, result));
+/// }
+/// seen.sort_by_key(|(id, _)| *id);
+/// assert_eq!(seen, [(ok, Ok(42)), (bad, Err(Failed::Callback("-1 is negative".into())))]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// A stream, and a plain result:
+///
+/// ```
+/// use slowpool::{AsyncPool, Failed, Flat, TaskError};
+///
+/// let pool = AsyncPool::new(2, |s: &'static str| s.parse::<u8>().map_err(|_| s))?;
+/// let parsed: Vec<_> = pool.map_ordered(["1", "x", "3"]).map(Flat::flat).collect();
+/// assert_eq!(parsed, [Ok(1), Err(Failed::Callback("x")), Ok(3)]);
+///
+/// let failed: Result<Result<u8, &str>, TaskError> = Err(TaskError::Cancelled);
+/// assert_eq!(failed.flat(), Err(Failed::Task(TaskError::Cancelled)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub trait Flat {
+    /// The flat form.
+    type Output;
+
+    /// Returns the flat form of `self`.
+    fn flat(self) -> Self::Output;
+}
+
+impl<T, E> Flat for Result<Result<T, E>, TaskError> {
+    type Output = Result<T, Failed<E>>;
+
+    fn flat(self) -> Result<T, Failed<E>> {
+        match self {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Failed::Callback(error)),
+            Err(error) => Err(Failed::Task(error)),
+        }
+    }
+}
+
+impl<K, T, E> Flat for (K, Result<Result<T, E>, TaskError>) {
+    type Output = (K, Result<T, Failed<E>>);
+
+    fn flat(self) -> (K, Result<T, Failed<E>>) {
+        (self.0, self.1.flat())
+    }
+}
 
 /// Why a pool could not be built. No thread is left running when a build fails.
 ///

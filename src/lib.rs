@@ -70,6 +70,10 @@
 //! [`AsyncPool::add_task_keyed`] with [`Builder::max_per_key`] and
 //! [`Builder::min_interval_per_key`].
 //!
+//! A [`Task`] is also a [`Future`](std::future::Future), with no runtime behind it: async code
+//! awaits pool work from any executor. For callbacks that return `Result<T, E>`,
+//! [`Task::recv_flat`] and [`Flat::flat`] give `Result<T, Failed<E>>` instead of nested results.
+//!
 //! # Guarantees
 //!
 //! - **Every accepted task ends exactly once**, in one of: `Ok(output)`,
@@ -138,7 +142,7 @@ mod worker_state;
 
 pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle};
 pub use crate::builder::Builder;
-pub use crate::error::{AddError, BuildError, TaskError};
+pub use crate::error::{AddError, BuildError, Failed, Flat, TaskError};
 pub use crate::id::TaskId;
 pub use crate::map::{MapOrdered, MapUnordered};
 pub use crate::stats::Stats;
