@@ -136,14 +136,16 @@ impl<J: Job> Engine<J> {
             .as_ref()
             .and_then(|_| CURRENT_TASK.with(|task| task.get()));
         if let Some(id) = joining {
-            self.joiners.add(id);
-            // A task that already ended (it timed out) excuses nobody. Looked at after the add:
-            // either this sees the ending, or the ending path's `joiners.remove` sees the entry.
+            // A task that already ended (it timed out) excuses nobody: see `Joiners`.
+            self.joiners.register(id);
             let running = self
                 .registry
                 .get(id)
                 .is_some_and(|task| task.header().state() == RUNNING);
-            if !running {
+            if running && self.joiners.confirm(id) {
+                // Another joiner may be waiting for exactly this task to be excused.
+                self.quiet.nudge();
+            } else {
                 self.joiners.remove(id);
             }
         }
@@ -151,7 +153,7 @@ impl<J: Job> Engine<J> {
         let mut guard = self.quiet.lock.lock();
         let quiet = loop {
             let excused = if worker.is_some() {
-                self.joiners.count()
+                self.joiners.excused()
             } else {
                 0
             };

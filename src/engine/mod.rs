@@ -150,31 +150,56 @@ impl Quiet {
 /// Tasks blocked in `join()` on one of the pool's workers: `join` there waits for every task
 /// except these (each would wait for the others). A joining task that ends (it timed out) is
 /// removed by the ending path, so it no longer excuses anyone.
+///
+/// A joiner registers in two steps: first *pending* (seen by the ending path, not yet excusing
+/// anyone), then, once it has checked that its task still runs, *confirmed*. Either the check
+/// sees the task ended, or the ending path (which runs after the state change) sees the entry
+/// and removes it; and no other `join` is ever excused by a task that already ended.
 struct Joiners {
-    count: AtomicUsize,
-    ids: Mutex<Vec<TaskId>>,
+    /// Entries, pending or confirmed: the ending path's fast check.
+    registered: AtomicUsize,
+    /// Confirmed entries: how many tasks `join` excuses.
+    confirmed: AtomicUsize,
+    /// `(task, confirmed)`.
+    ids: Mutex<Vec<(TaskId, bool)>>,
 }
 
 impl Joiners {
-    fn add(&self, id: TaskId) {
+    fn register(&self, id: TaskId) {
         let mut ids = self.ids.lock();
-        ids.push(id);
-        self.count.store(ids.len(), SeqCst);
+        ids.push((id, false));
+        self.registered.store(ids.len(), SeqCst);
+    }
+
+    /// Confirms a pending entry; false if the ending path removed it meanwhile.
+    fn confirm(&self, id: TaskId) -> bool {
+        let mut ids = self.ids.lock();
+        match ids.iter_mut().find(|(j, _)| *j == id) {
+            Some(entry) => {
+                entry.1 = true;
+                self.confirmed.fetch_add(1, SeqCst);
+                true
+            }
+            None => false,
+        }
     }
 
     fn remove(&self, id: TaskId) {
-        if self.count.load(SeqCst) == 0 {
+        if self.registered.load(SeqCst) == 0 {
             return;
         }
         let mut ids = self.ids.lock();
-        if let Some(at) = ids.iter().position(|&j| j == id) {
-            ids.swap_remove(at);
-            self.count.store(ids.len(), SeqCst);
+        if let Some(at) = ids.iter().position(|(j, _)| *j == id) {
+            let (_, confirmed) = ids.swap_remove(at);
+            if confirmed {
+                self.confirmed.fetch_sub(1, SeqCst);
+            }
+            self.registered.store(ids.len(), SeqCst);
         }
     }
 
-    fn count(&self) -> u64 {
-        self.count.load(SeqCst) as u64
+    fn excused(&self) -> u64 {
+        self.confirmed.load(SeqCst) as u64
     }
 }
 
@@ -240,7 +265,8 @@ impl<J: Job> Engine<J> {
                 changed: Condvar::new(),
             },
             joiners: Joiners {
-                count: AtomicUsize::new(0),
+                registered: AtomicUsize::new(0),
+                confirmed: AtomicUsize::new(0),
                 ids: Mutex::new(Vec::new()),
             },
         });
