@@ -146,26 +146,6 @@ struct Submission<O> {
     wait: bool,
 }
 
-impl<O> Submission<O> {
-    fn slot(wait: bool) -> Submission<O> {
-        Submission {
-            key: None,
-            timeout: None,
-            output: Output::Slot(Slot::new()),
-            wait,
-        }
-    }
-
-    fn mailbox(tx: &Mailbox<O>) -> Submission<O> {
-        Submission {
-            key: None,
-            timeout: None,
-            output: Output::Mailbox(tx.clone()),
-            wait: true,
-        }
-    }
-}
-
 /// The one adding path of both `AsyncPool` and `PoolHandle`.
 fn submit<I: Send + 'static, O: Send + 'static>(
     engine: &Engine<Envelope<I, O>>,
@@ -196,6 +176,162 @@ fn task<I: Send + 'static, O: Send + 'static>(
     cell: Arc<Cell<O>>,
 ) -> Task<O> {
     Task::new(cell, engine.clone())
+}
+
+/// One input on its way into a pool: how its task runs (its key, its deadline) and where its
+/// result goes. Made by [`AsyncPool::task`] and [`PoolHandle::task`]; the `add_task*` methods
+/// are its short forms.
+///
+/// Every combination is one chain: `.key(host)` and `.timeout(d)` in any order, then `add` (a
+/// [`Task`], waiting for room in a bounded queue), `try_add` (never waits), `add_to` (the
+/// result goes to a mailbox) or `try_add_to`. A refused add hands the input back.
+///
+/// ```
+/// use slowpool::{AsyncPool, TaskError, TaskId};
+/// use crossbeam_channel::unbounded;
+/// use std::time::Duration;
+///
+/// let pool = AsyncPool::builder()
+///     .max_workers(4)
+///     .max_per_key(2)
+///     .queue_capacity(100)
+///     .build(|url: String| url.len())?;
+/// let (mailbox, results) = unbounded::<(TaskId, Result<usize, TaskError>)>();
+/// let id = pool
+///     .task("http://a.example/".to_string())
+///     .key("a.example")
+///     .timeout(Duration::from_secs(5))
+///     .try_add_to(&mailbox)?; // keyed + deadline + never blocks + mailbox
+/// assert_eq!(results.recv()?, (id, Ok(17)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "nothing is added until `add`, `try_add`, `add_to` or `try_add_to`"]
+pub struct Submit<'a, I: Send + 'static, O: Send + 'static> {
+    engine: Option<EngineRef<'a, I, O>>,
+    input: I,
+    key: Option<u64>,
+    timeout: Option<Duration>,
+}
+
+/// The pool a [`Submit`] goes to: borrowed from an `AsyncPool`, or upgraded from a
+/// `PoolHandle` (`None` in `Submit` when the pool is gone).
+enum EngineRef<'a, I: Send + 'static, O: Send + 'static> {
+    Borrowed(&'a Arc<Engine<Envelope<I, O>>>),
+    Upgraded(Arc<Engine<Envelope<I, O>>>),
+}
+
+impl<I: Send + 'static, O: Send + 'static> EngineRef<'_, I, O> {
+    fn get(&self) -> &Arc<Engine<Envelope<I, O>>> {
+        match self {
+            EngineRef::Borrowed(engine) => engine,
+            EngineRef::Upgraded(engine) => engine,
+        }
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> Submit<'_, I, O> {
+    /// Files the task under `key` (a host, a tenant): see
+    /// [`max_per_key`](Builder::max_per_key) and
+    /// [`min_interval_per_key`](Builder::min_interval_per_key). Without per-key settings on
+    /// the builder, the key has no effect.
+    pub fn key<K: Hash>(mut self, key: K) -> Self {
+        self.key = self.engine.as_ref().and_then(|e| e.get().key_of(&key));
+        self
+    }
+
+    /// Gives the task its own deadline, counted from the moment it starts (see
+    /// [`task_timeout`](Builder::task_timeout)).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds the input; returns a [`Task`] for its result. Waits while a bounded queue is full.
+    ///
+    /// # Errors
+    ///
+    /// `AddError::ShutDown(input)` once the pool is shut down or gone.
+    pub fn add(self) -> Result<Task<O>, AddError<I>> {
+        self.slot(true)
+    }
+
+    /// Like [`add`](Submit::add), but never waits: `AddError::Full(input)` on a full bounded
+    /// queue. A keyed task held back by its key takes no place in the queue, so it is never
+    /// refused as `Full`.
+    ///
+    /// # Errors
+    ///
+    /// `Full(input)` or `ShutDown(input)`.
+    pub fn try_add(self) -> Result<Task<O>, AddError<I>> {
+        self.slot(false)
+    }
+
+    /// Adds the input; its result goes to `mailbox` as `(TaskId, result)`. Waits while a
+    /// bounded queue is full.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](Submit::add).
+    pub fn add_to(self, mailbox: &Mailbox<O>) -> Result<TaskId, AddError<I>> {
+        self.mailbox(mailbox, true)
+    }
+
+    /// Like [`add_to`](Submit::add_to), but never waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_add`](Submit::try_add).
+    pub fn try_add_to(self, mailbox: &Mailbox<O>) -> Result<TaskId, AddError<I>> {
+        self.mailbox(mailbox, false)
+    }
+
+    fn slot(self, wait: bool) -> Result<Task<O>, AddError<I>> {
+        let Submit {
+            engine,
+            input,
+            key,
+            timeout,
+        } = self;
+        let Some(engine) = engine else {
+            return Err(AddError::ShutDown(input));
+        };
+        let how = Submission {
+            key,
+            timeout,
+            output: Output::Slot(Slot::new()),
+            wait,
+        };
+        let cell = submit(engine.get(), input, how)?;
+        Ok(task(engine.get(), cell))
+    }
+
+    fn mailbox(self, mailbox: &Mailbox<O>, wait: bool) -> Result<TaskId, AddError<I>> {
+        let Submit {
+            engine,
+            input,
+            key,
+            timeout,
+        } = self;
+        let Some(engine) = engine else {
+            return Err(AddError::ShutDown(input));
+        };
+        let how = Submission {
+            key,
+            timeout,
+            output: Output::Mailbox(mailbox.clone()),
+            wait,
+        };
+        submit(engine.get(), input, how).map(|cell| cell.header.id)
+    }
+}
+
+impl<I: Send + 'static, O: Send + 'static> fmt::Debug for Submit<'_, I, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submit")
+            .field("keyed", &self.key.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
@@ -246,6 +382,33 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
         &self.owner.0
     }
 
+    /// Starts a [`Submit`]: say how the task runs (`.key(..)`, `.timeout(..)`) and where its
+    /// result goes (`.add()`, `.try_add()`, `.add_to(..)`, `.try_add_to(..)`). The `add_task*`
+    /// methods are its short forms.
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// let pool = AsyncPool::builder()
+    ///     .max_workers(2)
+    ///     .max_per_key(1)
+    ///     .build(|ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms })?;
+    /// let quick = pool.task(1).key("host-a").timeout(Duration::from_secs(10)).add()?;
+    /// let stuck = pool.task(60_000).key("host-b").timeout(Duration::from_millis(10)).try_add()?;
+    /// assert_eq!(quick.recv(), Ok(1));
+    /// assert_eq!(stuck.recv(), Err(TaskError::TimedOut));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn task(&self, input: I) -> Submit<'_, I, O> {
+        Submit {
+            engine: Some(EngineRef::Borrowed(self.engine())),
+            input,
+            key: None,
+            timeout: None,
+        }
+    }
+
     /// Adds an input and returns at once with a [`Task`] that will receive the callback's
     /// result. Never waits for a worker; with a bounded queue
     /// ([`queue_capacity`](Builder::queue_capacity)) it waits while the queue is full.
@@ -276,8 +439,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
-        let cell = submit(self.engine(), input, Submission::slot(true))?;
-        Ok(task(self.engine(), cell))
+        self.task(input).add()
     }
 
     /// Like [`add_task`](AsyncPool::add_task), but never blocks: with a full bounded queue it
@@ -302,8 +464,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
-        let cell = submit(self.engine(), input, Submission::slot(false))?;
-        Ok(task(self.engine(), cell))
+        self.task(input).try_add()
     }
 
     /// Adds an input whose result is sent to `mailbox` as `(TaskId, result)` when the task ends
@@ -328,7 +489,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     ///
     /// As [`add_task`](AsyncPool::add_task).
     pub fn add_task_to(&self, input: I, mailbox: &Mailbox<O>) -> Result<TaskId, AddError<I>> {
-        submit(self.engine(), input, Submission::mailbox(mailbox)).map(|cell| cell.header.id)
+        self.task(input).add_to(mailbox)
     }
 
     /// Adds an input with its own deadline, counted from the moment the task starts: a task
@@ -349,10 +510,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
         input: I,
         timeout: Duration,
     ) -> Result<Task<O>, AddError<I>> {
-        let mut how = Submission::slot(true);
-        how.timeout = Some(timeout);
-        let cell = submit(self.engine(), input, how)?;
-        Ok(task(self.engine(), cell))
+        self.task(input).timeout(timeout).add()
     }
 
     /// Adds an input under a key (a host, a tenant): at most
@@ -375,10 +533,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn add_task_keyed<K: Hash>(&self, key: K, input: I) -> Result<Task<O>, AddError<I>> {
-        let mut how = Submission::slot(true);
-        how.key = self.engine().key_of(&key);
-        let cell = submit(self.engine(), input, how)?;
-        Ok(task(self.engine(), cell))
+        self.task(input).key(key).add()
     }
 
     /// The mailbox form of [`add_task_keyed`](AsyncPool::add_task_keyed).
@@ -409,9 +564,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
         input: I,
         mailbox: &Mailbox<O>,
     ) -> Result<TaskId, AddError<I>> {
-        let mut how = Submission::mailbox(mailbox);
-        how.key = self.engine().key_of(&key);
-        submit(self.engine(), input, how).map(|cell| cell.header.id)
+        self.task(input).key(key).add_to(mailbox)
     }
 
     /// Cancels the task with this id if it has not started: it never runs, and its result is
@@ -886,14 +1039,14 @@ impl<I: Send + 'static, O: Send + 'static> Builder<AsyncPool<I, O>> {
 }
 
 impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
-    fn with_engine<R>(
-        &self,
-        input: I,
-        add: impl FnOnce(&Arc<Engine<Envelope<I, O>>>, I) -> Result<R, AddError<I>>,
-    ) -> Result<R, AddError<I>> {
-        match self.engine.upgrade() {
-            Some(engine) => add(&engine, input),
-            None => Err(AddError::ShutDown(input)),
+    /// Starts a [`Submit`]: say how the task runs and where its result goes, then add it.
+    /// Once the pool is gone, every add hands the input back as `ShutDown`.
+    pub fn task(&self, input: I) -> Submit<'static, I, O> {
+        Submit {
+            engine: self.engine.upgrade().map(EngineRef::Upgraded),
+            input,
+            key: None,
+            timeout: None,
         }
     }
 
@@ -910,9 +1063,7 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
-        self.with_engine(input, |engine, input| {
-            submit(engine, input, Submission::slot(true)).map(|cell| task(engine, cell))
-        })
+        self.task(input).add()
     }
 
     /// As [`AsyncPool::try_add_task`]. From inside a callback of a pool with a bounded queue,
@@ -926,9 +1077,7 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_add_task(&self, input: I) -> Result<Task<O>, AddError<I>> {
-        self.with_engine(input, |engine, input| {
-            submit(engine, input, Submission::slot(false)).map(|cell| task(engine, cell))
-        })
+        self.task(input).try_add()
     }
 
     /// As [`AsyncPool::add_task_to`].
@@ -944,9 +1093,7 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn add_task_to(&self, input: I, mailbox: &Mailbox<O>) -> Result<TaskId, AddError<I>> {
-        self.with_engine(input, |engine, input| {
-            submit(engine, input, Submission::mailbox(mailbox)).map(|cell| cell.header.id)
-        })
+        self.task(input).add_to(mailbox)
     }
 
     /// As [`AsyncPool::add_task_keyed_to`].
@@ -967,11 +1114,7 @@ impl<I: Send + 'static, O: Send + 'static> PoolHandle<I, O> {
         input: I,
         mailbox: &Mailbox<O>,
     ) -> Result<TaskId, AddError<I>> {
-        self.with_engine(input, |engine, input| {
-            let mut how = Submission::mailbox(mailbox);
-            how.key = engine.key_of(&key);
-            submit(engine, input, how).map(|cell| cell.header.id)
-        })
+        self.task(input).key(key).add_to(mailbox)
     }
 
     /// Returns `true` once the pool is shut down or gone.

@@ -140,14 +140,14 @@ mod thread_pool;
 mod token;
 mod worker_state;
 
-pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle};
+pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle, Submit};
 pub use crate::builder::Builder;
 pub use crate::error::{AddError, BuildError, Failed, Flat, TaskError};
 pub use crate::id::TaskId;
 pub use crate::map::{MapOrdered, MapUnordered};
 pub use crate::stats::Stats;
 pub use crate::task::Task;
-pub use crate::thread_pool::ThreadPool;
+pub use crate::thread_pool::{Spawn, ThreadPool};
 pub use crate::token::CancelToken;
 
 /// README.md's code, compiled and run by `cargo test --doc`: a snippet that stops compiling

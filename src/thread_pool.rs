@@ -148,13 +148,22 @@ impl ThreadPool {
         &self.owner.0
     }
 
-    fn submit<F, T>(&self, f: F, output: Output<T>, wait: bool) -> Result<Arc<Cell<T>>, AddError<F>>
+    /// The one adding path of `ThreadPool` (every `spawn*` method goes through [`Spawn`]).
+    fn submit<F, T>(
+        &self,
+        f: F,
+        how: (Option<u64>, Option<Duration>),
+        output: Output<T>,
+        wait: bool,
+    ) -> Result<Arc<Cell<T>>, AddError<F>>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
         let engine = self.engine();
-        let cell = Arc::new(Cell::new(Header::new(engine.next_id(), None, None), output));
+        let (key, timeout) = how;
+        let header = Header::new(engine.next_id(), key, timeout);
+        let cell = Arc::new(Cell::new(header, output));
         let job = Closure(Box::new(Spawned {
             f,
             cell: cell.clone(),
@@ -174,6 +183,38 @@ impl ThreadPool {
                     Refused::ShutDown => AddError::ShutDown(f),
                 })
             }
+        }
+    }
+
+    /// Starts a [`Spawn`]: say how the closure's task runs (`.key(..)`, `.timeout(..)`) and
+    /// where its result goes (`.add()`, `.try_add()`, `.add_to(..)`, `.try_add_to(..)`) — the
+    /// same chain as [`AsyncPool::task`](crate::AsyncPool::task). `spawn`, `try_spawn` and
+    /// `spawn_to` are its short forms.
+    ///
+    /// ```
+    /// use slowpool::{TaskError, ThreadPool};
+    /// use std::time::Duration;
+    ///
+    /// let pool = ThreadPool::builder().max_workers(2).max_per_key(1).build()?;
+    /// let fetch = pool.task(|| "page").key("a.example").add()?;
+    /// let stuck = pool
+    ///     .task(|| std::thread::sleep(Duration::from_secs(60)))
+    ///     .timeout(Duration::from_millis(10))
+    ///     .add()?;
+    /// assert_eq!(fetch.recv(), Ok("page"));
+    /// assert_eq!(stuck.recv(), Err(TaskError::TimedOut));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn task<F, T>(&self, f: F) -> Spawn<'_, F>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        Spawn {
+            pool: self,
+            f,
+            key: None,
+            timeout: None,
         }
     }
 
@@ -205,8 +246,7 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.submit(f, Output::Slot(Slot::new()), true)?;
-        Ok(Task::new(cell, self.engine().clone()))
+        self.task(f).add()
     }
 
     /// Like [`spawn`](ThreadPool::spawn), but never blocks: with a full bounded queue it
@@ -234,8 +274,7 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.submit(f, Output::Slot(Slot::new()), false)?;
-        Ok(Task::new(cell, self.engine().clone()))
+        self.task(f).try_add()
     }
 
     /// Runs `f` on a worker; its result is sent to `mailbox` as `(TaskId, result)`.
@@ -263,8 +302,7 @@ impl ThreadPool {
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,
     {
-        let cell = self.submit(f, Output::Mailbox(mailbox.clone()), true)?;
-        Ok(cell.header.id)
+        self.task(f).add_to(mailbox)
     }
 
     /// Runs a stream of closures, yielding `(index, result)` in the order they finish, with at
@@ -516,6 +554,110 @@ impl ThreadPool {
     /// ```
     pub fn max_workers(&self) -> usize {
         self.engine().max_workers()
+    }
+}
+
+/// One closure on its way into a [`ThreadPool`]: how its task runs (its key, its deadline) and
+/// where its result goes — the same chain as [`Submit`](crate::Submit) for an `AsyncPool`.
+/// Made by [`ThreadPool::task`]. A refused add hands the closure back, unrun.
+#[must_use = "nothing is added until `add`, `try_add`, `add_to` or `try_add_to`"]
+pub struct Spawn<'a, F> {
+    pool: &'a ThreadPool,
+    f: F,
+    key: Option<u64>,
+    timeout: Option<Duration>,
+}
+
+impl<F, T> Spawn<'_, F>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    /// Files the task under `key` (see [`max_per_key`](Builder::max_per_key)). Without per-key
+    /// settings on the builder, the key has no effect.
+    pub fn key<K: std::hash::Hash>(mut self, key: K) -> Self {
+        self.key = self.pool.engine().key_of(&key);
+        self
+    }
+
+    /// Gives the task its own deadline, counted from its start (see
+    /// [`task_timeout`](Builder::task_timeout)).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds the closure; returns a [`Task`] for its result. Waits while a bounded queue is full.
+    ///
+    /// # Errors
+    ///
+    /// `AddError::ShutDown(f)` once the pool is shut down.
+    pub fn add(self) -> Result<Task<T>, AddError<F>> {
+        let engine = self.pool.engine().clone();
+        let cell = self.pool.submit(
+            self.f,
+            (self.key, self.timeout),
+            Output::Slot(Slot::new()),
+            true,
+        )?;
+        Ok(Task::new(cell, engine))
+    }
+
+    /// Like [`add`](Spawn::add), but never waits: `AddError::Full(f)` on a full bounded queue.
+    ///
+    /// # Errors
+    ///
+    /// `Full(f)` or `ShutDown(f)`.
+    pub fn try_add(self) -> Result<Task<T>, AddError<F>> {
+        let engine = self.pool.engine().clone();
+        let cell = self.pool.submit(
+            self.f,
+            (self.key, self.timeout),
+            Output::Slot(Slot::new()),
+            false,
+        )?;
+        Ok(Task::new(cell, engine))
+    }
+
+    /// Adds the closure; its result goes to `mailbox` as `(TaskId, result)`.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](Spawn::add).
+    pub fn add_to(
+        self,
+        mailbox: &Sender<(TaskId, Result<T, TaskError>)>,
+    ) -> Result<TaskId, AddError<F>> {
+        let output = Output::Mailbox(mailbox.clone());
+        let cell = self
+            .pool
+            .submit(self.f, (self.key, self.timeout), output, true)?;
+        Ok(cell.header.id)
+    }
+
+    /// Like [`add_to`](Spawn::add_to), but never waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_add`](Spawn::try_add).
+    pub fn try_add_to(
+        self,
+        mailbox: &Sender<(TaskId, Result<T, TaskError>)>,
+    ) -> Result<TaskId, AddError<F>> {
+        let output = Output::Mailbox(mailbox.clone());
+        let cell = self
+            .pool
+            .submit(self.f, (self.key, self.timeout), output, false)?;
+        Ok(cell.header.id)
+    }
+}
+
+impl<F> fmt::Debug for Spawn<'_, F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Spawn")
+            .field("keyed", &self.key.is_some())
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
     }
 }
 

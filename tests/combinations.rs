@@ -299,6 +299,7 @@ fn thread_cpu_ticks() -> u64 {
 fn join_in_a_task_after_the_pool_shrank_waits_without_spinning() {
     let (mut key, gate) = gate();
     let (cpu_tx, cpu) = unbounded::<(u64, Duration)>();
+    let (joining_tx, joining) = unbounded::<()>();
     let me: Shared<Step, Step> = shared();
     let inner = me.clone();
     let pool = AsyncPool::builder()
@@ -308,6 +309,7 @@ fn join_in_a_task_after_the_pool_shrank_waits_without_spinning() {
             match step {
                 Step::Join => {
                     let (ticks, started) = (thread_cpu_ticks(), Instant::now());
+                    let _ = joining_tx.send(());
                     inner.get().unwrap().join();
                     let _ = cpu_tx.send((thread_cpu_ticks() - ticks, started.elapsed()));
                 }
@@ -321,6 +323,7 @@ fn join_in_a_task_after_the_pool_shrank_waits_without_spinning() {
     let hang = pool.add_task(Step::Hang).unwrap();
     let joiner = pool.add_task(Step::Join).unwrap();
     eventually("both running", || hang.is_running() && joiner.is_running());
+    joining.recv().unwrap();
     assert!(pool.set_max_workers(1));
     // Let the joiner wait a while; a spinning join would burn that time on the CPU.
     thread::sleep(Duration::from_millis(300));
