@@ -31,10 +31,12 @@
 //! parked. If the add instead saw a searcher, that searcher reads the queue *after* it leaves
 //! the role (found a job: it wakes another if the queue is non-empty; found none: it parks, and
 //! parking ends with the last look — which, if it finds a job, again wakes another for the jobs
-//! behind it, since those adds all relied on the searcher). Anyone who claims the searcher role and then finds nobody
-//! to wake gives it back and looks again. `tests/scheduler.rs` drives every one of these windows
-//! (single producer and consumer hand-offs, bursts, keep-alive retirements racing adds) under a
-//! watchdog: a lost wake-up there is a hang, not a slow test.
+//! behind it, since those adds all relied on the searcher). Anyone who claims the searcher role
+//! and then finds nobody to wake gives it back and looks again. `tests/scheduler.rs` drives
+//! these windows under a watchdog — ping-pong hand-offs between one producer and one consumer,
+//! barrier bursts where N tasks wait for each other on N parked workers (one worker left
+//! asleep is a hang, not a slow test), keep-alive retirements and resizes racing adds. The
+//! burst test is the one that caught the last-look case above.
 //!
 //! ## What a wake costs
 //!
