@@ -213,6 +213,9 @@ pub struct Submit<'a, I: Send + 'static, O: Send + 'static> {
     timeout: Option<Duration>,
 }
 
+/// What a [`Submit`] comes down to: the pool, the input, and how to add it.
+type Parts<'a, I, O> = (EngineRef<'a, I, O>, I, Submission<O>);
+
 /// The pool a [`Submit`] goes to: borrowed from an `AsyncPool`, or upgraded from a
 /// `PoolHandle` (`None` in `Submit` when the pool is gone).
 enum EngineRef<'a, I: Send + 'static, O: Send + 'static> {
@@ -229,7 +232,7 @@ impl<I: Send + 'static, O: Send + 'static> EngineRef<'_, I, O> {
     }
 }
 
-impl<I: Send + 'static, O: Send + 'static> Submit<'_, I, O> {
+impl<'a, I: Send + 'static, O: Send + 'static> Submit<'a, I, O> {
     /// Files the task under `key` (a host, a tenant): see
     /// [`max_per_key`](Builder::max_per_key) and
     /// [`min_interval_per_key`](Builder::min_interval_per_key). Without per-key settings on
@@ -286,42 +289,34 @@ impl<I: Send + 'static, O: Send + 'static> Submit<'_, I, O> {
     }
 
     fn slot(self, wait: bool) -> Result<Task<O>, AddError<I>> {
-        let Submit {
-            engine,
-            input,
-            key,
-            timeout,
-        } = self;
-        let Some(engine) = engine else {
-            return Err(AddError::ShutDown(input));
-        };
-        let how = Submission {
-            key,
-            timeout,
-            output: Output::Slot(Slot::new()),
-            wait,
-        };
+        let (engine, input, how) = self.into_parts(Output::Slot(Slot::new()), wait)?;
         let cell = submit(engine.get(), input, how)?;
         Ok(task(engine.get(), cell))
     }
 
     fn mailbox(self, mailbox: &Mailbox<O>, wait: bool) -> Result<TaskId, AddError<I>> {
+        let (engine, input, how) = self.into_parts(Output::Mailbox(mailbox.clone()), wait)?;
+        submit(engine.get(), input, how).map(|cell| cell.header.id)
+    }
+
+    /// The pool, the input and how to add it; `ShutDown(input)` if the pool is gone.
+    fn into_parts(self, output: Output<O>, wait: bool) -> Result<Parts<'a, I, O>, AddError<I>> {
         let Submit {
             engine,
             input,
             key,
             timeout,
         } = self;
-        let Some(engine) = engine else {
-            return Err(AddError::ShutDown(input));
-        };
         let how = Submission {
             key,
             timeout,
-            output: Output::Mailbox(mailbox.clone()),
+            output,
             wait,
         };
-        submit(engine.get(), input, how).map(|cell| cell.header.id)
+        match engine {
+            Some(engine) => Ok((engine, input, how)),
+            None => Err(AddError::ShutDown(input)),
+        }
     }
 }
 

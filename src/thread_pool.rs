@@ -593,14 +593,7 @@ where
     ///
     /// `AddError::ShutDown(f)` once the pool is shut down.
     pub fn add(self) -> Result<Task<T>, AddError<F>> {
-        let engine = self.pool.engine().clone();
-        let cell = self.pool.submit(
-            self.f,
-            (self.key, self.timeout),
-            Output::Slot(Slot::new()),
-            true,
-        )?;
-        Ok(Task::new(cell, engine))
+        self.slot(true)
     }
 
     /// Like [`add`](Spawn::add), but never waits: `AddError::Full(f)` on a full bounded queue.
@@ -609,14 +602,7 @@ where
     ///
     /// `Full(f)` or `ShutDown(f)`.
     pub fn try_add(self) -> Result<Task<T>, AddError<F>> {
-        let engine = self.pool.engine().clone();
-        let cell = self.pool.submit(
-            self.f,
-            (self.key, self.timeout),
-            Output::Slot(Slot::new()),
-            false,
-        )?;
-        Ok(Task::new(cell, engine))
+        self.slot(false)
     }
 
     /// Adds the closure; its result goes to `mailbox` as `(TaskId, result)`.
@@ -628,11 +614,7 @@ where
         self,
         mailbox: &Sender<(TaskId, Result<T, TaskError>)>,
     ) -> Result<TaskId, AddError<F>> {
-        let output = Output::Mailbox(mailbox.clone());
-        let cell = self
-            .pool
-            .submit(self.f, (self.key, self.timeout), output, true)?;
-        Ok(cell.header.id)
+        self.mailbox(mailbox, true)
     }
 
     /// Like [`add_to`](Spawn::add_to), but never waits.
@@ -644,10 +626,24 @@ where
         self,
         mailbox: &Sender<(TaskId, Result<T, TaskError>)>,
     ) -> Result<TaskId, AddError<F>> {
-        let output = Output::Mailbox(mailbox.clone());
+        self.mailbox(mailbox, false)
+    }
+
+    fn slot(self, wait: bool) -> Result<Task<T>, AddError<F>> {
+        let how = (self.key, self.timeout);
         let cell = self
             .pool
-            .submit(self.f, (self.key, self.timeout), output, false)?;
+            .submit(self.f, how, Output::Slot(Slot::new()), wait)?;
+        Ok(Task::new(cell, self.pool.engine().clone()))
+    }
+
+    fn mailbox(
+        self,
+        mailbox: &Sender<(TaskId, Result<T, TaskError>)>,
+        wait: bool,
+    ) -> Result<TaskId, AddError<F>> {
+        let (how, output) = ((self.key, self.timeout), Output::Mailbox(mailbox.clone()));
+        let cell = self.pool.submit(self.f, how, output, wait)?;
         Ok(cell.header.id)
     }
 }
