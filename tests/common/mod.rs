@@ -13,11 +13,20 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 /// Runs `f` on its own thread and fails the test (naming `what`) if it does not return within
 /// `PATIENCE`: a deadlock fails instead of hanging.
 pub fn watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    watchdog_within(what, PATIENCE, f)
+}
+
+/// [`watchdog`] with a patience of the caller's choosing.
+pub fn watchdog_within<T: Send + 'static>(
+    what: &str,
+    patience: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = mpsc::channel();
     let worker = thread::spawn(move || {
         let _ = tx.send(f());
     });
-    match rx.recv_timeout(PATIENCE) {
+    match rx.recv_timeout(patience) {
         Ok(value) => {
             let _ = worker.join();
             value
@@ -27,7 +36,7 @@ pub fn watchdog<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 's
             Ok(()) => unreachable!("the closure returned without sending"),
         },
         Err(mpsc::RecvTimeoutError::Timeout) => {
-            panic!("watchdog: `{what}` did not finish in {PATIENCE:?}")
+            panic!("watchdog: `{what}` did not finish in {patience:?}")
         }
     }
 }

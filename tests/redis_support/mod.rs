@@ -8,33 +8,16 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+#[path = "../common/mod.rs"]
+mod common;
+
 /// Runs `f` on its own thread; fails the test (naming `what`) if it takes longer than
 /// `patience`, so a hang fails instead of hanging CI.
-pub fn watchdog<T: Send + 'static>(
-    what: &str,
-    patience: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> T {
-    let (tx, rx) = mpsc::channel();
-    let worker = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(patience) {
-        Ok(value) => {
-            let _ = worker.join();
-            value
-        }
-        Err(mpsc::RecvTimeoutError::Disconnected) => match worker.join() {
-            Err(panic) => std::panic::resume_unwind(panic),
-            Ok(()) => unreachable!("the closure returned without sending"),
-        },
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("watchdog: `{what}` took over {patience:?}"),
-    }
-}
+pub use common::watchdog_within as watchdog;
 
 /// Polls `condition` every 10 ms until it holds; fails after `patience`.
 pub fn eventually(what: &str, patience: Duration, mut condition: impl FnMut() -> bool) {
