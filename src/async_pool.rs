@@ -9,11 +9,15 @@ use std::time::Duration;
 use crossbeam_channel::Sender;
 
 use crate::builder::Builder;
-use crate::cell::{Cell, Control, Header, Output, Slot};
+use crate::cell::{drop_quietly, Cell, Control, Header, Output, Slot};
+use crate::delivery::{Delivered, Way};
 use crate::engine::{Engine, Job, Owner, Ran, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
 use crate::id::TaskId;
 use crate::map::{MapOrdered, MapUnordered, Source};
+use crate::retry::{
+    policy_fn, KeptRelay, PolicyFn, Retried, Retry, RetryMailbox, RetryRelay, RetryTask,
+};
 use crate::stats::Stats;
 use crate::task::Task;
 use crate::token::CancelToken;
@@ -90,10 +94,31 @@ pub struct PoolHandle<I: Send + 'static, O: Send + 'static> {
     engine: Weak<Engine<Envelope<I, O>>>,
 }
 
-/// The job an `AsyncPool` queues: the input and its task's cell. No box per task.
+/// The job an `AsyncPool` queues: the input and its task's cell. No box per task — except
+/// for a task with a retry policy, whose `again` says how to make its next attempt.
 pub(crate) struct Envelope<I, O> {
     cell: Arc<Cell<O>>,
     input: I,
+    again: Option<Box<Again<I, O>>>,
+}
+
+/// What a task with a retry policy carries from attempt to attempt (see `retry.rs`).
+pub(crate) struct Again<I, O> {
+    /// `I::clone`, taken where `I: Clone` is known.
+    clone: fn(&I) -> I,
+    policy: Arc<PolicyFn<O>>,
+    /// Where its ending goes, with the input when it is at hand.
+    relay: Arc<dyn KeptRelay<I, O>>,
+}
+
+impl<I, O> Again<I, O> {
+    fn copy(&self) -> Box<Again<I, O>> {
+        Box::new(Again {
+            clone: self.clone,
+            policy: self.policy.clone(),
+            relay: self.relay.clone(),
+        })
+    }
 }
 
 type PlainFn<I, O> = dyn Fn(I) -> O + Send + Sync;
@@ -122,7 +147,7 @@ impl<I: Send + 'static, O: Send + 'static> Job for Envelope<I, O> {
     }
 
     fn run(self, callback: &Callback<I, O>, cx: &RunContext<'_, Self>) -> Ran {
-        let Envelope { cell, input } = self;
+        let Envelope { cell, input, again } = self;
         let outcome = match callback {
             Callback::Plain(f) => panic::catch_unwind(AssertUnwindSafe(|| f(input))),
             Callback::WithToken(f) => {
@@ -130,33 +155,83 @@ impl<I: Send + 'static, O: Send + 'static> Job for Envelope<I, O> {
                 panic::catch_unwind(AssertUnwindSafe(|| f(input, &token)))
             }
         };
-        cx.finish(&cell, outcome)
+        if again.is_none() {
+            return cx.finish(&cell, outcome);
+        }
+        let attempts = cell.header.attempts();
+        cx.finish_kept(
+            &cell,
+            outcome,
+            |next, result| {
+                let again = next.again.as_ref()?;
+                (again.policy)(attempts, result)
+            },
+            |next, result, way| next.deliver_kept(result, way),
+        )
     }
 
     fn into_input(self) -> I {
         self.input
     }
+
+    fn spare(&self) -> Option<Self> {
+        let again = self.again.as_ref()?;
+        Some(Envelope {
+            cell: self.cell.clone(),
+            input: (again.clone)(&self.input),
+            again: Some(again.copy()),
+        })
+    }
+
+    fn again_after(&self, error: &TaskError) -> Option<Duration> {
+        let again = self.again.as_ref()?;
+        (again.policy)(self.cell.header.attempts(), Err(error))
+    }
+
+    fn fail_kept(self, error: TaskError, way: Way<'_>) -> Delivered {
+        self.deliver_kept(Err(error), way)
+    }
 }
 
-/// How an input is added: with which key, deadline and destination.
-struct Submission<O> {
+impl<I: Send + 'static, O: Send + 'static> Envelope<I, O> {
+    /// Delivers the task's final result through its relay, the input (this spare's copy)
+    /// handed back with a failure.
+    fn deliver_kept(self, result: Result<O, TaskError>, way: Way<'_>) -> Delivered {
+        let Envelope { cell, input, again } = self;
+        match again {
+            Some(again) => {
+                let (id, attempts) = (cell.header.id, cell.header.attempts());
+                again.relay.deliver_kept(id, attempts, result, input, way)
+            }
+            None => {
+                drop_quietly(input);
+                cell.deliver(result, way)
+            }
+        }
+    }
+}
+
+/// How an input is added: with which key, deadline, destination and retry policy.
+struct Submission<I, O> {
     key: Option<u64>,
     timeout: Option<Duration>,
     output: Output<O>,
     wait: bool,
+    again: Option<Box<Again<I, O>>>,
 }
 
 /// The one adding path of both `AsyncPool` and `PoolHandle`.
 fn submit<I: Send + 'static, O: Send + 'static>(
     engine: &Engine<Envelope<I, O>>,
     input: I,
-    how: Submission<O>,
+    how: Submission<I, O>,
 ) -> Result<Arc<Cell<O>>, AddError<I>> {
     let header = Header::new(engine.next_id(), how.key, how.timeout);
     let cell = Arc::new(Cell::new(header, how.output));
     let envelope = Envelope {
         cell: cell.clone(),
         input,
+        again: how.again,
     };
     match engine.add(envelope, how.wait) {
         Ok(()) => Ok(cell),
@@ -214,7 +289,7 @@ pub struct Submit<'a, I: Send + 'static, O: Send + 'static> {
 }
 
 /// What a [`Submit`] comes down to: the pool, the input, and how to add it.
-type Parts<'a, I, O> = (EngineRef<'a, I, O>, I, Submission<O>);
+type Parts<'a, I, O> = (EngineRef<'a, I, O>, I, Submission<I, O>);
 
 /// The pool a [`Submit`] goes to: borrowed from an `AsyncPool`, or upgraded from a
 /// `PoolHandle` (`None` in `Submit` when the pool is gone).
@@ -312,11 +387,183 @@ impl<'a, I: Send + 'static, O: Send + 'static> Submit<'a, I, O> {
             timeout,
             output,
             wait,
+            again: None,
         };
         match engine {
             Some(engine) => Ok((engine, input, how)),
             None => Err(AddError::ShutDown(input)),
         }
+    }
+}
+
+impl<'a, I, T, E> Submit<'a, I, Result<T, E>>
+where
+    I: Clone + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    /// Retries the task by `policy` when an attempt fails (the callback returns `Err`, panics,
+    /// or runs past its deadline); its ending says how many attempts it took and hands the
+    /// input back with a failure. Each attempt gets a clone of the input. See [`Retry`].
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, Retry};
+    /// use std::time::Duration;
+    ///
+    /// let pool = AsyncPool::new(2, |n: u32| if n % 2 == 0 { Ok(n) } else { Err("odd") })?;
+    /// let policy = Retry::attempts(3).backoff(Duration::from_millis(1), Duration::from_millis(4));
+    /// let done = pool.task(7).retry(policy).add()?.recv();
+    /// assert_eq!(done.attempts, 3); // it never works
+    /// let failure = done.result.unwrap_err();
+    /// assert_eq!((failure.input, failure.error.into_callback()), (Some(7), Some("odd")));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn retry(self, policy: Retry<E>) -> Retrying<'a, I, T, E>
+    where
+        E: 'static,
+    {
+        Retrying {
+            submit: self,
+            policy: policy_fn(policy),
+        }
+    }
+
+    /// Keeps a copy of the input and hands it back with a failure (`Err`, a panic, a timeout),
+    /// without retrying: `retry(Retry::never())`. See [`Failure`](crate::Failure).
+    pub fn keep_input(self) -> Retrying<'a, I, T, E>
+    where
+        E: 'static,
+    {
+        self.retry(Retry::never())
+    }
+}
+
+/// A [`Submit`] with a retry policy: made by [`Submit::retry`] (or
+/// [`keep_input`](Submit::keep_input)); adding it returns a [`RetryTask`], or sends the
+/// task's [`Retried`] ending to a [`RetryMailbox`].
+///
+/// ```
+/// use slowpool::{AsyncPool, Retried, Retry};
+/// use crossbeam_channel::unbounded;
+///
+/// let pool = AsyncPool::builder().max_workers(2).max_per_key(1).build(|n: u32| {
+///     if n == 0 { Err("zero") } else { Ok(100 / n) }
+/// })?;
+/// let (mailbox, endings) = unbounded::<Retried<u32, u32, &str>>();
+/// for n in [0, 4] {
+///     pool.task(n).key("host").retry(Retry::attempts(2)).add_to(&mailbox)?;
+/// }
+/// let mut failed_inputs: Vec<u32> = (0..2)
+///     .filter_map(|_| endings.recv().unwrap().result.err()?.input)
+///     .collect();
+/// assert_eq!(failed_inputs, [0]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[must_use = "nothing is added until `add`, `try_add`, `add_to` or `try_add_to`"]
+pub struct Retrying<'a, I: Send + 'static, T: Send + 'static, E: Send + 'static> {
+    submit: Submit<'a, I, Result<T, E>>,
+    policy: Arc<PolicyFn<Result<T, E>>>,
+}
+
+impl<'a, I, T, E> Retrying<'a, I, T, E>
+where
+    I: Clone + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    /// Files the task under `key`: see [`Submit::key`]. Every attempt keeps to the key's limits.
+    pub fn key<K: Hash>(mut self, key: K) -> Self {
+        self.submit = self.submit.key(key);
+        self
+    }
+
+    /// Gives each attempt this deadline: see [`Submit::timeout`]. An attempt still running at
+    /// it fails with `TimedOut`, which the policy may retry.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.submit = self.submit.timeout(timeout);
+        self
+    }
+
+    /// Adds the input; returns a [`RetryTask`] for its ending. Waits while a bounded queue is
+    /// full.
+    ///
+    /// # Errors
+    ///
+    /// `AddError::ShutDown(input)` once the pool is shut down or gone.
+    pub fn add(self) -> Result<RetryTask<I, T, E>, AddError<I>> {
+        self.handle(true)
+    }
+
+    /// Like [`add`](Retrying::add), but never waits: `AddError::Full(input)` on a full bounded
+    /// queue.
+    ///
+    /// # Errors
+    ///
+    /// `Full(input)` or `ShutDown(input)`.
+    pub fn try_add(self) -> Result<RetryTask<I, T, E>, AddError<I>> {
+        self.handle(false)
+    }
+
+    /// Adds the input; its [`Retried`] ending goes to `mailbox`. Waits while a bounded queue is
+    /// full.
+    ///
+    /// # Errors
+    ///
+    /// As [`add`](Retrying::add).
+    pub fn add_to(self, mailbox: &RetryMailbox<I, T, E>) -> Result<TaskId, AddError<I>> {
+        self.relay(mailbox.clone(), true)
+            .map(|(_, cell)| cell.header.id)
+    }
+
+    /// Like [`add_to`](Retrying::add_to), but never waits.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_add`](Retrying::try_add).
+    pub fn try_add_to(self, mailbox: &RetryMailbox<I, T, E>) -> Result<TaskId, AddError<I>> {
+        self.relay(mailbox.clone(), false)
+            .map(|(_, cell)| cell.header.id)
+    }
+
+    fn handle(self, wait: bool) -> Result<RetryTask<I, T, E>, AddError<I>> {
+        // One message ever goes through it, so sending never waits.
+        let (tx, rx) = crossbeam_channel::bounded::<Retried<I, T, E>>(1);
+        let (engine, cell) = self.relay(tx, wait)?;
+        let id = cell.header.id;
+        Ok(RetryTask::new(id, rx, cell, engine))
+    }
+
+    /// Adds the input with a relay to `tx`.
+    #[allow(clippy::type_complexity)]
+    fn relay(
+        self,
+        tx: RetryMailbox<I, T, E>,
+        wait: bool,
+    ) -> Result<
+        (
+            Arc<Engine<Envelope<I, Result<T, E>>>>,
+            Arc<Cell<Result<T, E>>>,
+        ),
+        AddError<I>,
+    > {
+        let relay = Arc::new(RetryRelay::new(tx));
+        let output = Output::Relay(relay.clone());
+        let (engine, input, mut how) = self.submit.into_parts(output, wait)?;
+        how.again = Some(Box::new(Again {
+            clone: I::clone,
+            policy: self.policy,
+            relay,
+        }));
+        let cell = submit(engine.get(), input, how)?;
+        Ok((engine.get().clone(), cell))
+    }
+}
+
+impl<I: Send + 'static, T: Send + 'static, E: Send + 'static> fmt::Debug for Retrying<'_, I, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retrying")
+            .field("submit", &self.submit)
+            .finish_non_exhaustive()
     }
 }
 

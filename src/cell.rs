@@ -11,9 +11,14 @@
 //!
 //! ```text
 //! WAITING ──(key has room)──► QUEUED ──(worker takes it)──► RUNNING ──► DONE
-//!    │                          │                              └──────► TIMED_OUT
-//!    └────────► CANCELLED ◄─────┘
+//!    ▲ │                        │ ▲                            ├──────► TIMED_OUT
+//!    │ └────────► CANCELLED ◄───┘ │                            │
+//!    │                ▲           │                            │ (attempt failed, retry)
+//!    └── (retry due) ─┴─ BACKOFF ─┴────────────◄───────────────┘
 //! ```
+//!
+//! BACKOFF is the one way back: a task with a retry policy whose attempt failed waits on the
+//! pool's timer, holding no worker, then re-enters through its key (WAITING) or the queue.
 //!
 //! A result that loses the race (a late result of a timed-out task) is dropped, inside
 //! `catch_unwind`, since its `Drop` may panic. What becomes of a timed-out task's *thread* is
@@ -26,7 +31,8 @@
 //! waker in the slot, and the delivery wakes it (see [`Slot`]).
 
 use std::mem;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -52,6 +58,8 @@ pub(crate) const CANCELLED: u8 = 4;
 pub(crate) const TIMED_OUT: u8 = 5;
 /// Never accepted: the add was refused and the input handed back.
 pub(crate) const REJECTED: u8 = 6;
+/// An attempt failed and the task waits on the pool's timer to run again (see `retry.rs`).
+pub(crate) const BACKOFF: u8 = 7;
 
 /// What every task has, whatever its output type.
 pub(crate) struct Header {
@@ -61,6 +69,8 @@ pub(crate) struct Header {
     /// The task's own deadline, counted from its start; the pool's `task_timeout` otherwise.
     pub(crate) timeout: Option<Duration>,
     state: AtomicU8,
+    /// Attempts started so far (1 once it first runs; more only with a retry policy).
+    attempts: AtomicU32,
     /// Index of the worker thread running the task (meaningful while RUNNING).
     worker: AtomicUsize,
 }
@@ -74,6 +84,7 @@ impl Header {
             key,
             timeout,
             state: AtomicU8::new(state),
+            attempts: AtomicU32::new(0),
             worker: AtomicUsize::new(usize::MAX),
         }
     }
@@ -92,13 +103,22 @@ impl Header {
     /// A worker takes the task: QUEUED → RUNNING. False if it was cancelled meanwhile.
     pub(crate) fn start(&self, worker: usize) -> bool {
         self.worker.store(worker, Ordering::Relaxed);
-        self.transition(QUEUED, RUNNING)
+        let started = self.transition(QUEUED, RUNNING);
+        if started {
+            self.attempts.fetch_add(1, Ordering::Relaxed);
+        }
+        started
     }
 
-    /// Cancels a task that has not started. Returns the state it was cancelled from (WAITING or
-    /// QUEUED), or `None` if it had already started or ended.
+    /// Attempts started so far.
+    pub(crate) fn attempts(&self) -> u32 {
+        self.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Cancels a task that is not running: waiting on its key, queued, or waiting to retry.
+    /// Returns the state it was cancelled from, or `None` if it runs or has ended.
     pub(crate) fn cancel(&self) -> Option<u8> {
-        [QUEUED, WAITING]
+        [QUEUED, WAITING, BACKOFF]
             .into_iter()
             .find(|&from| self.transition(from, CANCELLED))
     }
@@ -108,10 +128,10 @@ impl Header {
         self.worker.load(Ordering::Relaxed)
     }
 
-    /// True once the task was told to stop: it timed out. (A cancelled task never runs, so its
-    /// token is never read.)
+    /// True once the task was told to stop: it timed out (and may wait to retry). (A cancelled
+    /// task never runs, so its token is never read.)
     pub(crate) fn stop_requested(&self) -> bool {
-        matches!(self.state(), CANCELLED | TIMED_OUT)
+        matches!(self.state(), CANCELLED | TIMED_OUT | BACKOFF)
     }
 }
 
@@ -129,6 +149,21 @@ pub(crate) enum Output<T> {
     Slot(Slot<T>),
     /// To a channel the caller owns, tagged with the task's id (the Elixir mailbox).
     Mailbox(Sender<(TaskId, Result<T, TaskError>)>),
+    /// To a task that keeps its input (a retry policy): the relay knows the input's type and
+    /// hands it back with a failure (see `retry.rs`). Here, where the input is not at hand
+    /// (cancelled by id), it goes without it.
+    Relay(Arc<dyn Relay<T>>),
+}
+
+/// Where a kept task's ending goes when its input is not at hand.
+pub(crate) trait Relay<T>: Send + Sync {
+    fn deliver(
+        &self,
+        id: TaskId,
+        attempts: u32,
+        result: Result<T, TaskError>,
+        way: Way<'_>,
+    ) -> Delivered;
 }
 
 /// One task's shared state: header plus where its result goes.
@@ -156,6 +191,9 @@ impl<T: Send + 'static> Cell<T> {
                 Delivered::Done
             }
             Output::Mailbox(tx) => delivery::send(tx, (self.header.id, result), way),
+            Output::Relay(relay) => {
+                relay.deliver(self.header.id, self.header.attempts(), result, way)
+            }
         }
     }
 }

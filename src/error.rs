@@ -291,6 +291,43 @@ impl<E: Error + 'static> Error for Failed<E> {
     }
 }
 
+/// The last failure of a task added with a retry policy, with its input handed back: report it,
+/// or add it again later, without keeping a map of inputs by task id. Part of
+/// [`Retried`](crate::Retried).
+///
+/// `input` is `None` only for a task cancelled one by one (`cancel`, [`RetryTask::cancel`]
+/// (crate::RetryTask::cancel)): `cancel_all` and `shutdown_now` return the inputs they cancel.
+///
+/// ```
+/// use slowpool::{AsyncPool, Failed, Retry, TaskError};
+///
+/// let pool = AsyncPool::new(1, |url: String| -> Result<(), String> { panic!("bad {url}") })?;
+/// let done = pool.task("http://a.example/".to_string()).keep_input().add()?.recv();
+/// let failure = done.result.unwrap_err();
+/// assert_eq!(failure.input.as_deref(), Some("http://a.example/")); // the input, back
+/// assert!(matches!(failure.error, Failed::Task(TaskError::Panicked(_))));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Failure<I, E> {
+    /// The task's input.
+    pub input: Option<I>,
+    /// Why the last attempt failed.
+    pub error: Failed<E>,
+}
+
+impl<I, E: fmt::Display> fmt::Display for Failure<I, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.error, f)
+    }
+}
+
+impl<I: fmt::Debug, E: Error + 'static> Error for Failure<I, E> {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
+        self.error.source()
+    }
+}
+
 /// Flattens the result of a task whose callback returns `Result<T, E>`: from
 /// `Result<Result<T, E>, TaskError>` to `Result<T, Failed<E>>`, and a tagged result (a mailbox
 /// message `(TaskId, _)`, a `map_unordered` item `(usize, _)`) to the same tag with the flat

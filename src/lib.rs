@@ -134,17 +134,19 @@ mod map;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+mod retry;
 mod stats;
 mod task;
 mod thread_pool;
 mod token;
 mod worker_state;
 
-pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle, Submit};
+pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle, Retrying, Submit};
 pub use crate::builder::Builder;
-pub use crate::error::{AddError, BuildError, Failed, Flat, TaskError};
+pub use crate::error::{AddError, BuildError, Failed, Failure, Flat, TaskError};
 pub use crate::id::TaskId;
 pub use crate::map::{MapOrdered, MapUnordered};
+pub use crate::retry::{Attempt, Decision, Retried, Retry, RetryMailbox, RetryTask};
 pub use crate::stats::Stats;
 pub use crate::task::Task;
 pub use crate::thread_pool::{Spawn, ThreadPool};

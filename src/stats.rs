@@ -46,6 +46,13 @@ pub struct Stats {
     pub cancelled: u64,
     /// Tasks still running at their deadline.
     pub timed_out: u64,
+    /// Failed attempts that a retry policy sent back for another try (see
+    /// [`Retry`](crate::Retry)). A task retried twice counts 2; its final ending counts once
+    /// above.
+    pub retried: u64,
+    /// Tasks waiting on the pool's timer for their next attempt (holding no worker, not in
+    /// `queued`).
+    pub waiting_retry: usize,
 }
 
 /// The task counters of one pool.
@@ -56,7 +63,13 @@ pub struct Stats {
 /// - `started`: the worker that won QUEUED → RUNNING;
 /// - `completed`/`panicked`/`cancelled`/`timed_out`: the engine's one ending path
 ///   (`engine/ending.rs`), called by whoever won the task's final state change;
-/// - `waiting_on_key`: up when a keyed task is accepted, down when it leaves WAITING.
+/// - `waiting_on_key`: up when a keyed task is accepted (or a retry re-enters its key), down
+///   when it leaves WAITING;
+/// - `retried`/`waiting_retry`: the ending path's back-off (`engine/retry.rs`), when an attempt
+///   fails and the task goes to BACKOFF; `waiting_retry` goes down when it leaves BACKOFF.
+///
+/// A retried task starts more than once: each back-off counts as the end of one attempt (for
+/// `busy`) and as one more entry into the queue (for `queued`).
 ///
 /// Each ended count is raised before the result is delivered; `settled` is raised after it, by
 /// the same party (or by the courier, for a send it finished). `outstanding()` (submitted − settled) is what `join` and shutdown wait on,
@@ -67,6 +80,7 @@ pub(crate) struct Counters {
     started: CachePadded<AtomicU64>,
     ended: CachePadded<Ended>,
     waiting_on_key: AtomicUsize,
+    waiting_retry: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -75,6 +89,7 @@ struct Ended {
     panicked: AtomicU64,
     cancelled: AtomicU64,
     timed_out: AtomicU64,
+    retried: AtomicU64,
     /// Tasks whose ending was delivered.
     settled: AtomicU64,
 }
@@ -86,6 +101,7 @@ impl Counters {
             started: CachePadded::new(AtomicU64::new(0)),
             ended: CachePadded::new(Ended::default()),
             waiting_on_key: AtomicUsize::new(0),
+            waiting_retry: AtomicUsize::new(0),
         }
     }
 
@@ -98,6 +114,22 @@ impl Counters {
 
     pub(crate) fn started(&self) {
         self.started.fetch_add(1, SeqCst);
+    }
+
+    /// A retried keyed task entered WAITING again.
+    pub(crate) fn entered_key(&self) {
+        self.waiting_on_key.fetch_add(1, SeqCst);
+    }
+
+    /// An attempt failed and the task waits to retry.
+    pub(crate) fn backed_off(&self) {
+        self.waiting_retry.fetch_add(1, SeqCst);
+        self.ended.retried.fetch_add(1, SeqCst);
+    }
+
+    /// A task left BACKOFF (to run again, or cancelled).
+    pub(crate) fn left_backoff(&self) {
+        self.waiting_retry.fetch_sub(1, SeqCst);
     }
 
     /// A keyed task left WAITING (into the queue, or cancelled).
@@ -145,6 +177,7 @@ impl Counters {
                 e.panicked.load(SeqCst),
                 e.timed_out.load(SeqCst),
                 e.cancelled.load(SeqCst),
+                e.retried.load(SeqCst),
             )
         };
         let mut ended = read_ended();
@@ -157,13 +190,14 @@ impl Counters {
             ended = again;
             started = self.started.load(SeqCst);
         }
-        let (completed, panicked, timed_out, cancelled) = ended;
+        let (completed, panicked, timed_out, cancelled, retried) = ended;
         let waiting_on_key = self.waiting_on_key.load(SeqCst);
+        let waiting_retry = self.waiting_retry.load(SeqCst);
         let submitted = self.submitted.load(SeqCst);
-        let busy = started.saturating_sub(completed + panicked + timed_out);
-        let queued = submitted
+        let busy = started.saturating_sub(completed + panicked + timed_out + retried);
+        let queued = (submitted + retried)
             .saturating_sub(started + cancelled)
-            .saturating_sub(waiting_on_key as u64);
+            .saturating_sub(waiting_on_key as u64 + waiting_retry as u64);
         Stats {
             workers,
             busy: busy as usize,
@@ -175,6 +209,8 @@ impl Counters {
             panicked,
             cancelled,
             timed_out,
+            retried,
+            waiting_retry,
         }
     }
 }

@@ -324,7 +324,9 @@ impl<T> Task<T> {
     fn slot(&self) -> &Slot<T> {
         match &self.cell.output {
             Output::Slot(slot) => slot,
-            Output::Mailbox(_) => unreachable!("a Task is only made for a slot cell"),
+            Output::Mailbox(_) | Output::Relay(_) => {
+                unreachable!("a Task is only made for a slot cell")
+            }
         }
     }
 }

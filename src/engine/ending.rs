@@ -21,9 +21,10 @@
 
 use std::thread;
 
+use super::retry::Spare;
 use super::scheduler::Seat;
 use super::{Engine, Job};
-use crate::cell::{drop_quietly, Cell, Header, DONE, QUEUED, RUNNING, WAITING};
+use crate::cell::{drop_quietly, Cell, Header, BACKOFF, DONE, QUEUED, RUNNING, WAITING};
 use crate::delivery::{Delivered, Way};
 use crate::error::TaskError;
 
@@ -32,7 +33,8 @@ use crate::error::TaskError;
 pub(super) enum Ending {
     Completed,
     Panicked,
-    /// Cancelled from state `from` (WAITING or QUEUED): it never ran.
+    /// Cancelled from state `from` (WAITING, QUEUED, or BACKOFF between attempts): it never
+    /// ran, or will not run again.
     Cancelled {
         from: u8,
     },
@@ -56,7 +58,7 @@ pub(crate) enum Ran {
 #[derive(Clone, Copy)]
 pub(super) struct Runner {
     /// The worker is free again once this ending is counted (its own loop, not abandoned).
-    frees_worker: bool,
+    pub(super) frees_worker: bool,
 }
 
 /// What a job needs from the engine while it runs on a worker.
@@ -65,6 +67,8 @@ pub(crate) struct RunContext<'a, J: Job> {
     pub(super) seat: &'a Seat,
     /// On the worker's own loop (not a task run inside `join()`).
     pub(super) own_loop: bool,
+    /// The next attempt's job, for a task with a retry policy (see `retry.rs`).
+    pub(super) spare: Option<&'a Spare<J>>,
 }
 
 impl<J: Job> RunContext<'_, J> {
@@ -79,11 +83,14 @@ impl<J: Job> RunContext<'_, J> {
         cell: &Cell<T>,
         outcome: thread::Result<T>,
     ) -> Ran {
-        let result = outcome.map_err(|payload| {
-            let error = TaskError::from_panic(&*payload);
-            drop_quietly(payload);
-            error
-        });
+        self.finish_result(cell, caught(outcome))
+    }
+
+    fn finish_result<T: Send + 'static>(
+        &self,
+        cell: &Cell<T>,
+        result: Result<T, TaskError>,
+    ) -> Ran {
         if !cell.header.transition(RUNNING, DONE) {
             // Timed out while it ran: the caller already has `TimedOut`.
             drop_quietly(result);
@@ -94,16 +101,91 @@ impl<J: Job> RunContext<'_, J> {
         } else {
             Ending::Panicked
         };
-        let runner = Runner {
+        self.engine
+            .end(&cell.header, ending, Some(self.runner()), |way| {
+                cell.deliver(result, way)
+            });
+        Ran::Ended
+    }
+
+    /// Ends an attempt of a task with a retry policy (it has a spare): asks `again_after`
+    /// whether the result calls for another attempt, and either backs the task off or ends it,
+    /// `deliver_last` handing the spare's input back with a failure. Unless the timer ended
+    /// this attempt first. See `retry.rs`.
+    pub(crate) fn finish_kept<T: Send + 'static>(
+        &self,
+        cell: &Cell<T>,
+        outcome: thread::Result<T>,
+        again_after: impl FnOnce(&J, Result<&T, &TaskError>) -> Option<std::time::Duration>,
+        deliver_last: impl FnOnce(J, Result<T, TaskError>, Way<'_>) -> Delivered,
+    ) -> Ran {
+        let result = caught(outcome);
+        let Some(spare) = self.spare else {
+            return self.finish_result(cell, result);
+        };
+        let mut held = spare.lock();
+        let Some(next) = held.as_ref() else {
+            // The timer ended this attempt (and took the spare): a late result.
+            drop(held);
+            drop_quietly(result);
+            return Ran::Lost;
+        };
+        let stopping = self
+            .engine
+            .stopping
+            .load(std::sync::atomic::Ordering::SeqCst);
+        let delay = if stopping {
+            None
+        } else {
+            again_after(next, result.as_ref())
+        };
+        let to = if delay.is_some() { BACKOFF } else { DONE };
+        if !cell.header.transition(RUNNING, to) {
+            drop(held);
+            drop_quietly(result);
+            return Ran::Lost;
+        }
+        let next = held
+            .take()
+            .expect("the spare is there: checked under this lock");
+        drop(held);
+        match delay {
+            Some(delay) => {
+                drop_quietly(result);
+                self.engine
+                    .back_off(&cell.header, next, delay, Some(self.runner()), false);
+            }
+            None => {
+                let ending = if result.is_ok() {
+                    Ending::Completed
+                } else {
+                    Ending::Panicked
+                };
+                self.engine
+                    .end(&cell.header, ending, Some(self.runner()), |way| {
+                        deliver_last(next, result, way)
+                    });
+            }
+        }
+        Ran::Ended
+    }
+
+    fn runner(&self) -> Runner {
+        Runner {
             // Stable here: only a running task of this thread can get it abandoned, and this
             // one just ended.
             frees_worker: self.own_loop && !self.seat.is_abandoned(),
-        };
-        self.engine.end(&cell.header, ending, Some(runner), |way| {
-            cell.deliver(result, way)
-        });
-        Ran::Ended
+        }
     }
+}
+
+/// A callback's outcome as a task's result: a panic becomes `Panicked`.
+fn caught<T>(outcome: thread::Result<T>) -> Result<T, TaskError> {
+    outcome.map_err(|payload| {
+        let error = TaskError::from_panic(&*payload);
+        drop_quietly(payload);
+        error
+    })
 }
 
 impl<J: Job> Engine<J> {
@@ -123,6 +205,8 @@ impl<J: Job> Engine<J> {
             Ending::Cancelled { from } => {
                 if from == WAITING {
                     self.counters.left_key();
+                } else if from == BACKOFF {
+                    self.counters.left_backoff();
                 }
                 self.counters.cancelled();
             }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Engine, Job, CURRENT_TASK};
-use crate::cell::{QUEUED, RUNNING, WAITING};
+use crate::cell::{BACKOFF, QUEUED, RUNNING, WAITING};
 
 /// Owns a pool: dropping the last owner shuts the pool down.
 pub(crate) struct Owner<J: Job>(pub(crate) Arc<Engine<J>>);
@@ -85,11 +85,13 @@ impl<J: Job> Engine<J> {
                 // queue (so `stop_now` missed it) nor running: cancel it, or — if the worker
                 // started it meanwhile — time it out.
                 let header = control.header();
-                if matches!(header.state(), QUEUED | WAITING) && self.cancel_task(&*control) {
+                if matches!(header.state(), QUEUED | WAITING | BACKOFF)
+                    && self.cancel_task(&*control)
+                {
                     continue;
                 }
                 if header.state() == RUNNING {
-                    self.time_out(&*control, true);
+                    self.time_out(&*control, true, None);
                 }
             }
             // Deliveries still waiting for room in a mailbox nobody reads give up.

@@ -29,6 +29,7 @@ mod keys;
 mod lifecycle;
 mod limits;
 mod registry;
+mod retry;
 mod scheduler;
 mod spawn;
 mod timer;
@@ -46,7 +47,8 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::builder::Config;
-use crate::cell::{drop_quietly, Control, CANCELLED, QUEUED, RUNNING, TIMED_OUT, WAITING};
+use crate::cell::{drop_quietly, Control, BACKOFF, CANCELLED, QUEUED, RUNNING, TIMED_OUT, WAITING};
+use crate::delivery::{Delivered, Way};
 use crate::error::{BuildError, TaskError};
 use crate::id::TaskId;
 use crate::stats::{Counters, Stats};
@@ -63,6 +65,7 @@ use courier::Courier;
 use ending::Ending;
 use keys::{KeyTable, Step};
 use registry::Registry;
+use retry::Spare;
 use scheduler::{Scheduler, Seat};
 use timer::{Event, EventId, Timer};
 use workers::{Abandon, Workers};
@@ -81,6 +84,26 @@ pub(crate) trait Job: Send + Sized + 'static {
     fn run(self, runner: &Self::Runner, cx: &RunContext<'_, Self>) -> Ran;
     /// Takes the input back out of a job that will not run.
     fn into_input(self) -> Self::Input;
+
+    /// For a task with a retry policy: the job of its next attempt (a copy of the input, the
+    /// same cell), made before this attempt runs. `None` for every other task. See `retry.rs`.
+    fn spare(&self) -> Option<Self> {
+        None
+    }
+
+    /// Asked of a spare when the timer ends its task's attempt with `error`: how long to back
+    /// off before the next attempt, or `None` to give up.
+    fn again_after(&self, error: &TaskError) -> Option<Duration> {
+        let _ = error;
+        None
+    }
+
+    /// Delivers a spare's task's final failure, handing its input back with it.
+    fn fail_kept(self, error: TaskError, way: Way<'_>) -> Delivered {
+        let delivered = self.control().fail(error, way);
+        drop_quietly(self);
+        delivered
+    }
 }
 
 thread_local! {
@@ -123,7 +146,7 @@ pub(crate) struct Engine<J: Job> {
     registry: Registry,
     keys: Option<Mutex<KeyTable<J>>>,
     hasher: std::collections::hash_map::RandomState,
-    timer: Timer,
+    timer: Timer<J>,
     courier: Courier,
     quiet: Quiet,
     joiners: Joiners,
@@ -536,12 +559,21 @@ impl<J: Job> Engine<J> {
         });
     }
 
-    /// Cancels everything waiting on a key or in the queue; returns the inputs by task id.
+    /// Cancels everything waiting to retry, waiting on a key or in the queue; returns the
+    /// inputs by task id.
     ///
-    /// Drains the key table first, then the queue: a job moves from the table to the queue
-    /// under the table lock, so none is missed in between.
+    /// Drains the timer's retries first, then the key table, then the queue: a job moves from
+    /// the table to the queue under the table lock, so none is missed in between. (A retry the
+    /// timer is moving right now may reach the queue behind the drain: it runs, as an add racing
+    /// `cancel_all` would.)
     fn cancel_queued(&self) -> Vec<J::Input> {
         let mut jobs: Vec<(u8, J)> = Vec::new();
+        jobs.extend(
+            self.timer
+                .take_retries()
+                .into_iter()
+                .map(|job| (BACKOFF, job)),
+        );
         if let Some(keys) = &self.keys {
             jobs.extend(keys.lock().drain().into_iter().map(|job| (WAITING, job)));
         }
@@ -561,7 +593,7 @@ impl<J: Job> Engine<J> {
     }
 
     /// Puts an event on the pool's timer, starting the timer thread on first use.
-    fn schedule(&self, at: Instant, event: Event) -> EventId {
+    fn schedule(&self, at: Instant, event: Event<J>) -> EventId {
         let (id, start) = self.timer.schedule(at, event);
         if start {
             let started = self.me.upgrade().map(|engine| {
@@ -579,9 +611,10 @@ impl<J: Job> Engine<J> {
     fn timer_loop(self: Arc<Self>) {
         while let timer::Next::Fire(event) = self.timer.next() {
             match event {
-                Event::Deadline(control) => {
-                    self.time_out(&*control, false);
+                Event::Deadline(control, spare) => {
+                    self.time_out(&*control, false, spare.as_deref());
                 }
+                Event::Retry(job) => self.readmit(job),
                 Event::WakeKey(key) => {
                     if let Some(keys) = &self.keys {
                         let mut table = keys.lock();
@@ -598,20 +631,41 @@ impl<J: Job> Engine<J> {
     /// are abandoned; past that bound the thread stays a worker and no replacement starts.
     /// The thread's fate is settled before anyone hears of the timeout, and before the worker
     /// running the task can look at it (`Workers::fate_of`).
-    fn time_out(&self, control: &dyn Control, force: bool) -> bool {
+    ///
+    /// With a `spare` (a retry policy), the policy may send the task to back off instead, unless
+    /// `force` (a shutdown) or the pool is stopping; otherwise the spare's input goes back with
+    /// the `TimedOut`. The decision and the state change happen under the spare's lock, which
+    /// the worker's own ending takes too (see `retry.rs`).
+    fn time_out(&self, control: &dyn Control, force: bool, spare: Option<&Spare<J>>) -> bool {
         let header = control.header();
+        let mut held = spare.map(Spare::lock);
+        let delay = match held.as_deref() {
+            Some(Some(next)) if !force && !self.stopping.load(SeqCst) => {
+                next.again_after(&TaskError::TimedOut)
+            }
+            _ => None,
+        };
+        let to = if delay.is_some() { BACKOFF } else { TIMED_OUT };
         let abandoned =
             self.workers
                 .time_out(header.worker(), force, self.settings.max_abandoned, || {
-                    header.transition(RUNNING, TIMED_OUT)
+                    header.transition(RUNNING, to)
                 });
         let Some(abandoned) = abandoned else {
             return false;
         };
+        let next = held.as_mut().and_then(|held| held.take());
+        drop(held);
         let thread_left = abandoned == Abandon::Now;
-        self.end(header, Ending::TimedOut { thread_left }, None, |way| {
-            control.fail(TaskError::TimedOut, way)
-        });
+        match (delay, next) {
+            (Some(delay), Some(next)) => self.back_off(header, next, delay, None, thread_left),
+            (_, Some(next)) => self.end(header, Ending::TimedOut { thread_left }, None, |way| {
+                next.fail_kept(TaskError::TimedOut, way)
+            }),
+            (_, None) => self.end(header, Ending::TimedOut { thread_left }, None, |way| {
+                control.fail(TaskError::TimedOut, way)
+            }),
+        }
         true
     }
 

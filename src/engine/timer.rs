@@ -1,7 +1,8 @@
-//! One timer thread per pool, started on first need: task deadlines and key wake-ups.
+//! One timer thread per pool, started on first need: task deadlines, key wake-ups and retries.
 //!
 //! Deadlines are removed when their task ends, so the map holds only tasks that are running now
-//! (plus keys waiting for their interval), not every task of the last `task_timeout`.
+//! (plus keys waiting for their interval and tasks waiting to retry), not every task of the
+//! last `task_timeout`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,40 +11,44 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
+use super::retry::Spare;
 use crate::cell::Control;
 
 /// Something to do at an instant.
-pub(crate) enum Event {
-    /// The task's deadline: end it with `TimedOut` if it still runs.
-    Deadline(Arc<dyn Control>),
+pub(crate) enum Event<J> {
+    /// The task's deadline: end it with `TimedOut` if it still runs — or, with a retry policy,
+    /// send its spare (the next attempt's job) to back off.
+    Deadline(Arc<dyn Control>, Option<Arc<Spare<J>>>),
     /// A key's interval has passed: let its next job go.
     WakeKey(u64),
+    /// A task's back-off has passed: its next attempt enters its key or the queue.
+    Retry(J),
 }
 
 /// Where an event sits in the timer, to remove it.
 pub(crate) type EventId = (Instant, u64);
 
-pub(crate) struct Timer {
-    state: Mutex<State>,
+pub(crate) struct Timer<J> {
+    state: Mutex<State<J>>,
     changed: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-struct State {
-    events: BTreeMap<EventId, Event>,
+struct State<J> {
+    events: BTreeMap<EventId, Event<J>>,
     next_seq: u64,
     started: bool,
     stopped: bool,
 }
 
 /// What the timer thread should do next.
-pub(crate) enum Next {
-    Fire(Event),
+pub(crate) enum Next<J> {
+    Fire(Event<J>),
     Stop,
 }
 
-impl Timer {
-    pub(crate) fn new() -> Timer {
+impl<J> Timer<J> {
+    pub(crate) fn new() -> Timer<J> {
         Timer {
             state: Mutex::new(State {
                 events: BTreeMap::new(),
@@ -58,7 +63,7 @@ impl Timer {
 
     /// Adds an event. Returns its id and whether the caller must start the timer thread (the
     /// first event ever).
-    pub(crate) fn schedule(&self, at: Instant, event: Event) -> (EventId, bool) {
+    pub(crate) fn schedule(&self, at: Instant, event: Event<J>) -> (EventId, bool) {
         let mut state = self.state.lock();
         let id = (at, state.next_seq);
         state.next_seq += 1;
@@ -81,6 +86,23 @@ impl Timer {
         // Dropping an `Event` may drop the last reference to a task's cell: outside the lock.
         let removed = self.state.lock().events.remove(&id);
         drop(removed);
+    }
+
+    /// Takes out every task waiting to retry (for `cancel_all` and shutdown).
+    pub(crate) fn take_retries(&self) -> Vec<J> {
+        let mut state = self.state.lock();
+        let ids: Vec<EventId> = state
+            .events
+            .iter()
+            .filter(|(_, event)| matches!(event, Event::Retry(_)))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.into_iter()
+            .filter_map(|id| match state.events.remove(&id) {
+                Some(Event::Retry(job)) => Some(job),
+                _ => None,
+            })
+            .collect()
     }
 
     pub(crate) fn set_thread(&self, handle: JoinHandle<()>) {
@@ -108,7 +130,7 @@ impl Timer {
     }
 
     /// Waits for the next due event (timer thread only).
-    pub(crate) fn next(&self) -> Next {
+    pub(crate) fn next(&self) -> Next<J> {
         let mut state = self.state.lock();
         loop {
             if state.stopped {

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use crossbeam_channel::TryRecvError;
 
+use super::retry::Spare;
 use super::scheduler::{Seat, Woke};
 use super::timer::Event;
 use super::workers::Exit;
@@ -116,16 +117,19 @@ impl<J: Job> Engine<J> {
     pub(super) fn execute(&self, job: J, seat: &Seat, own_loop: bool) -> Fate {
         let header = job.control().header();
         let (id, key) = (header.id, header.key);
+        // A task with a retry policy: its next attempt's job, made while the input is here.
+        let spare = job.spare().map(|next| Arc::new(Spare::new(next)));
         let deadline = header
             .timeout
             .or(self.settings.task_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout))
-            .map(|at| self.schedule(at, Event::Deadline(job.control_arc())));
+            .map(|at| self.schedule(at, Event::Deadline(job.control_arc(), spare.clone())));
         let outer = CURRENT_TASK.with(|task| task.replace(Some(id)));
         let cx = RunContext {
             engine: self,
             seat,
             own_loop,
+            spare: spare.as_deref(),
         };
         // `run` catches the callback's panic itself; what can still unwind here is a `Drop`
         // of the result after it was counted and delivered: the task has ended.

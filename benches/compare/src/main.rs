@@ -61,7 +61,17 @@ fn main() {
                 .position(|a| a == "--only")
                 .and_then(|i| args.get(i + 1))
                 .cloned();
-            parent(args.iter().any(|a| a == "--quick"), only)
+            // `--sizes 2,16,64`: the worker counts of the overhead and sweep workloads.
+            let sizes = args
+                .iter()
+                .position(|a| a == "--sizes")
+                .and_then(|i| args.get(i + 1))
+                .map(|list| {
+                    list.split(',')
+                        .map(|n| n.parse().expect("--sizes takes numbers: 2,16,64"))
+                        .collect::<Vec<usize>>()
+                });
+            parent(args.iter().any(|a| a == "--quick"), only, sizes)
         }
     }
 }
@@ -301,7 +311,7 @@ fn measure_run(
     run
 }
 
-fn parent(quick: bool, only: Option<String>) {
+fn parent(quick: bool, only: Option<String>, sizes: Option<Vec<usize>>) {
     let wanted = |workload: &str| only.as_deref().is_none_or(|o| o == workload);
     let started = Instant::now();
     let addr = server::start();
@@ -327,6 +337,8 @@ fn parent(quick: bool, only: Option<String>) {
     }
     let sweep_levels: &[usize] = if !wanted("sweep") {
         &[]
+    } else if let Some(sizes) = &sizes {
+        sizes
     } else if quick {
         &[16, 256]
     } else {
@@ -348,7 +360,11 @@ fn parent(quick: bool, only: Option<String>) {
 
     // Per-task overhead: empty tasks, median of three runs each.
     let mut overhead = Vec::new();
-    let overhead_sizes: &[usize] = if wanted("overhead") { &[2, 64] } else { &[] };
+    let overhead_sizes: &[usize] = match &sizes {
+        _ if !wanted("overhead") => &[],
+        Some(sizes) => sizes,
+        None => &[2, 64],
+    };
     for &workers in overhead_sizes {
         for contender in CONTENDERS.iter().filter(|c| **c != "thread_per_request") {
             let mut rates: Vec<f64> = (0..3)
@@ -405,7 +421,7 @@ fn parent(quick: bool, only: Option<String>) {
         .collect();
 
     let elapsed = started.elapsed();
-    if quick || only.is_some() {
+    if quick || only.is_some() || sizes.is_some() {
         eprintln!(
             "partial run done in {:.1} s (nothing written)",
             elapsed.as_secs_f64()

@@ -1,0 +1,144 @@
+//! Retries: how a failed attempt becomes a task waiting on the timer, and how it comes back.
+//!
+//! # Design
+//!
+//! A task with a retry policy (see [`Retry`](crate::Retry)) keeps a *spare* beside each
+//! attempt: the job of its next attempt, with a copy of its input, made by
+//! [`Job::spare`](super::Job::spare) before the attempt starts (the callback consumes the
+//! input). The spare sits in a [`Spare`] shared by the worker running the attempt and, when
+//! the task has a deadline, the timer. Whoever ends the attempt takes the spare under its lock,
+//! decides, and then wins the state change:
+//!
+//! - the worker, when the callback returns or panics (`RunContext::finish_kept`);
+//! - the timer, at the deadline (`Engine::time_out`).
+//!
+//! Deciding and changing the state under the spare's lock is what keeps the two apart: the
+//! loser finds the spare gone (or the state changed) and drops its late result, as a late
+//! result of a timed-out task always is.
+//!
+//! The decision is *back off* (`RUNNING → BACKOFF`, [`Engine::back_off`]) or *give up*
+//! (`RUNNING → DONE` or `TIMED_OUT`, through the one ending path, the spare's input handed
+//! back with the failure). A backing-off task holds no worker and no key; its spare waits in
+//! the timer as `Event::Retry` and re-enters through its key's table (so `max_per_key` and
+//! `min_interval_per_key` hold for retries too) or straight into the queue
+//! ([`Engine::readmit`]). Cancelling it (`BACKOFF → CANCELLED`) ends it at once; the timer
+//! later finds the state changed and drops the spare. `cancel_all` and shutdown take the
+//! spares out of the timer and hand their inputs back.
+//!
+//! A task backing off is still outstanding: `join` and a graceful shutdown wait for its last
+//! attempt (the queue stays connected for it, as it does for keyed jobs). Once the pool is
+//! stopping (`shutdown_now`, or `shutdown_timeout` ran out), no attempt backs off: it ends with
+//! its failure.
+
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::ending::Runner;
+use super::{Engine, Job};
+use crate::cell::{drop_quietly, Header, BACKOFF, CANCELLED, QUEUED, WAITING};
+
+/// The next attempt's job, beside the attempt that runs now. Empty once taken by whoever
+/// ended the attempt.
+pub(crate) struct Spare<J>(Mutex<Option<J>>);
+
+impl<J> Spare<J> {
+    pub(super) fn new(job: J) -> Spare<J> {
+        Spare(Mutex::new(Some(job)))
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, Option<J>> {
+        self.0.lock()
+    }
+}
+
+impl<J: Job> Engine<J> {
+    /// An attempt failed and its policy wants another after `delay`; the caller won
+    /// `RUNNING → BACKOFF` and holds `next`, the next attempt's job. The same steps as
+    /// `Engine::end`, but nothing is delivered and nothing settles: the task goes on.
+    ///
+    /// `runner`: set when the worker that ran the attempt backs it off (its callback returned,
+    /// so the key is free); `None` from the timer, whose attempt's callback still runs (it
+    /// keeps the key until it returns, see `execute`). `thread_left`: the timer abandoned the
+    /// attempt's thread, which gets a replacement.
+    pub(super) fn back_off(
+        &self,
+        header: &Header,
+        next: J,
+        delay: Duration,
+        runner: Option<Runner>,
+        thread_left: bool,
+    ) {
+        // 1. Count.
+        self.counters.backed_off();
+        // 2. Release.
+        if let Some(runner) = runner {
+            if runner.frees_worker {
+                self.admission().enter_idle();
+            }
+            if let Some(key) = header.key {
+                self.release_key(key, false);
+            }
+        }
+        if thread_left {
+            self.replace_abandoned();
+        }
+        // 3. Not running: it excuses no joiner.
+        self.joiners.remove(header.id);
+        // 4. Wait on the timer. A delay past the clock's range waits as long as it can.
+        let now = Instant::now();
+        let at = now
+            .checked_add(delay)
+            .unwrap_or_else(|| now + Duration::from_secs(u32::MAX as u64));
+        self.schedule(at, super::timer::Event::Retry(next));
+    }
+
+    /// The timer's side: a back-off has passed. The task enters its key's table or the queue,
+    /// unless it was cancelled meanwhile.
+    pub(super) fn readmit(&self, job: J) {
+        let header = job.control().header();
+        let keyed = match (header.key, &self.keys) {
+            (Some(key), Some(keys)) => Some((key, keys)),
+            _ => None,
+        };
+        let to = if keyed.is_some() { WAITING } else { QUEUED };
+        if !header.transition(BACKOFF, to) {
+            // Cancelled while it waited: its canceller ended it.
+            drop_quietly(job);
+            return;
+        }
+        self.counters.left_backoff();
+        match keyed {
+            Some((key, keys)) => {
+                self.counters.entered_key();
+                let mut table = keys.lock();
+                let step = table.admit(key, job, Instant::now());
+                self.apply(key, step, table, None);
+            }
+            None => self.push_forced(job),
+        }
+    }
+
+    /// Queues a retry: it takes its place in a bounded queue unasked, since refusing it would
+    /// strand an accepted task (as a job its key lets through does, see `apply`).
+    pub(super) fn push_forced(&self, job: J) {
+        let left = self.admission().force();
+        // `read_recursive`: see `apply`.
+        let sent = match self.sender.read_recursive().as_ref() {
+            Some(tx) => tx.send(job).map_err(|refused| refused.into_inner()),
+            None => Err(job),
+        };
+        match sent {
+            Ok(()) => self.enqueued(left),
+            // Unreachable while the task is outstanding (the queue disconnects only when none
+            // is); never strand it regardless.
+            Err(job) => {
+                if job.control().header().transition(QUEUED, CANCELLED) {
+                    // Gives the place back too.
+                    self.end_cancelled(job.control(), QUEUED);
+                }
+                drop_quietly(job);
+            }
+        }
+    }
+}

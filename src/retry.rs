@@ -1,0 +1,454 @@
+//! Retrying failed tasks: the policy ([`Retry`]), and where a retried task's ending goes
+//! ([`RetryTask`], or a mailbox of [`Retried`] messages).
+//!
+//! # Design
+//!
+//! A task added with a policy keeps a copy of its input (so `I: Clone`) and the policy beside
+//! each attempt. When an attempt fails — the callback returned `Err`, panicked, or ran past its
+//! deadline — the policy says how long to back off, or to give up. Backing off holds no worker:
+//! the task waits on the pool's timer and re-enters through its key or the queue (the engine's
+//! side is `engine/retry.rs`). Its one ending says how many attempts it took, and a failure
+//! hands the input back ([`Failure`]).
+//!
+//! Because the ending carries the input and the attempts, a retried task reports to its own
+//! kind of receiver: a [`RetryTask`] handle, or a mailbox of [`Retried`] messages.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::cell::{Control, Relay};
+use crate::delivery::{self, Delivered, Way};
+use crate::error::{Failed, Failure, TaskError};
+use crate::id::TaskId;
+use crate::task::Canceller;
+
+/// When and how often a failed task runs again: for callbacks that return `Result<T, E>`, added
+/// with [`Submit::retry`](crate::Submit::retry).
+///
+/// An attempt fails when the callback returns `Err`, panics, or is still running at its
+/// deadline ([`TaskError::TimedOut`]: the next attempt does not wait for the hung one). Up to
+/// [`attempts`](Retry::attempts) attempts run in all. Between them the task waits
+/// `first × 2ⁿ` (capped, with jitter: each wait is drawn between half of it and all of it) on
+/// the pool's timer, holding no worker. A [`when`](Retry::when) function sees each failure and
+/// may give up, or choose the wait itself — to honour a server's `Retry-After`.
+///
+/// Retries keep to the task's key: a retried task re-enters its key's queue, so
+/// `max_per_key` and `min_interval_per_key` hold for every attempt.
+///
+/// ```
+/// use slowpool::{AsyncPool, Decision, Failed, Retry};
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::time::Duration;
+///
+/// static CALLS: AtomicU32 = AtomicU32::new(0);
+/// let pool = AsyncPool::new(2, |url: String| -> Result<usize, String> {
+///     match CALLS.fetch_add(1, Ordering::SeqCst) {
+///         0 | 1 => Err(format!("{url}: 503")), // fails twice, then works
+///         _ => Ok(url.len()),
+///     }
+/// })?;
+/// // A `when` function reads the callback's error type: name it (`Retry::<E>`).
+/// let policy = Retry::<String>::attempts(5)
+///     .backoff(Duration::from_millis(1), Duration::from_millis(50))
+///     .when(|attempt| match attempt.error() {
+///         Failed::Callback(message) if message.ends_with("404") => Decision::GiveUp,
+///         _ => Decision::Retry,
+///     });
+/// let done = pool.task("http://a.example/".to_string()).retry(policy).add()?.recv();
+/// assert_eq!(done.attempts, 3);
+/// assert_eq!(done.result.ok(), Some(17));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Retry<E> {
+    attempts: u32,
+    first: Duration,
+    cap: Duration,
+    jitter: bool,
+    when: Option<Arc<WhenFn<E>>>,
+}
+
+type WhenFn<E> = dyn Fn(&Attempt<'_, E>) -> Decision + Send + Sync;
+
+/// What a [`Retry::when`] function decides about a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Run again after the policy's back-off.
+    Retry,
+    /// Run again after this long (a server's `Retry-After`), in place of the policy's back-off.
+    RetryAfter(Duration),
+    /// End the task with this failure.
+    GiveUp,
+}
+
+/// A failed attempt, as a [`Retry::when`] function sees it.
+#[derive(Debug)]
+pub struct Attempt<'a, E> {
+    number: u32,
+    error: Failed<&'a E>,
+    backoff: Duration,
+}
+
+impl<E> Attempt<'_, E> {
+    /// Which attempt failed: 1 for the first.
+    pub fn number(&self) -> u32 {
+        self.number
+    }
+
+    /// Why it failed: the callback's error, or [`TaskError::Panicked`] /
+    /// [`TaskError::TimedOut`].
+    pub fn error(&self) -> &Failed<&E> {
+        &self.error
+    }
+
+    /// The wait the policy would choose ([`Decision::Retry`]).
+    pub fn backoff(&self) -> Duration {
+        self.backoff
+    }
+}
+
+impl<E> Retry<E> {
+    /// Up to `attempts` attempts in all (the first one included; 0 is taken as 1). Back-off:
+    /// 100 ms, doubling, capped at 30 s, with jitter; every failure is retried.
+    pub fn attempts(attempts: u32) -> Retry<E> {
+        Retry {
+            attempts: attempts.max(1),
+            first: Duration::from_millis(100),
+            cap: Duration::from_secs(30),
+            jitter: true,
+            when: None,
+        }
+    }
+
+    /// One attempt, no retry: the task only keeps its input, to hand it back with a failure
+    /// (see [`Submit::keep_input`](crate::Submit::keep_input)).
+    pub fn never() -> Retry<E> {
+        Retry::attempts(1)
+    }
+
+    /// The wait after the first failure, doubling after each further one, never above `cap`.
+    pub fn backoff(mut self, first: Duration, cap: Duration) -> Retry<E> {
+        self.first = first;
+        self.cap = cap.max(first);
+        self
+    }
+
+    /// Draw each wait between half of it and all of it (the default), so tasks that failed
+    /// together do not all come back at once. `false`: wait exactly.
+    pub fn jitter(mut self, jitter: bool) -> Retry<E> {
+        self.jitter = jitter;
+        self
+    }
+
+    /// Decides about each failure (within the attempts allowed): give up on errors that will
+    /// not go away, or wait as long as the server asked.
+    ///
+    /// ```
+    /// use slowpool::{Decision, Failed, Retry, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// enum FetchError { NotFound, Busy { retry_after: Duration } }
+    ///
+    /// let policy = Retry::<FetchError>::attempts(4).when(|attempt| match attempt.error() {
+    ///     Failed::Callback(FetchError::NotFound) => Decision::GiveUp,
+    ///     Failed::Callback(FetchError::Busy { retry_after }) => Decision::RetryAfter(*retry_after),
+    ///     Failed::Task(TaskError::TimedOut) if attempt.number() >= 2 => Decision::GiveUp,
+    ///     _ => Decision::Retry,
+    /// });
+    /// # let _ = policy;
+    /// ```
+    pub fn when<F>(mut self, decide: F) -> Retry<E>
+    where
+        F: Fn(&Attempt<'_, E>) -> Decision + Send + Sync + 'static,
+    {
+        self.when = Some(Arc::new(decide));
+        self
+    }
+
+    /// The wait after failed attempt `number` (1-based), or `None` to give up.
+    fn decide(&self, number: u32, error: Failed<&E>) -> Option<Duration> {
+        if number >= self.attempts {
+            return None;
+        }
+        let backoff = self.backoff_after(number);
+        let attempt = Attempt {
+            number,
+            error,
+            backoff,
+        };
+        match self
+            .when
+            .as_ref()
+            .map_or(Decision::Retry, |when| when(&attempt))
+        {
+            Decision::Retry => Some(backoff),
+            Decision::RetryAfter(wait) => Some(wait),
+            Decision::GiveUp => None,
+        }
+    }
+
+    fn backoff_after(&self, number: u32) -> Duration {
+        let doublings = number.saturating_sub(1).min(31);
+        let wait = self
+            .first
+            .checked_mul(1 << doublings)
+            .map_or(self.cap, |wait| wait.min(self.cap));
+        if self.jitter {
+            let half = wait / 2;
+            half + half.mul_f64(random_unit())
+        } else {
+            wait
+        }
+    }
+}
+
+impl<E> Clone for Retry<E> {
+    fn clone(&self) -> Self {
+        Retry {
+            attempts: self.attempts,
+            first: self.first,
+            cap: self.cap,
+            jitter: self.jitter,
+            when: self.when.clone(),
+        }
+    }
+}
+
+impl<E> fmt::Debug for Retry<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Retry")
+            .field("attempts", &self.attempts)
+            .field("first", &self.first)
+            .field("cap", &self.cap)
+            .field("jitter", &self.jitter)
+            .field("when", &self.when.is_some())
+            .finish()
+    }
+}
+
+/// A number in [0, 1) for jitter: xorshift, seeded per thread from std's random hasher keys.
+fn random_unit() -> f64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::collections::hash_map::RandomState::new().build_hasher().finish() | 1,
+        );
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
+/// The ending of a task added with a retry policy: how many attempts it took, and its value or
+/// its last failure with the input handed back. What a [`RetryTask`] receives, and what a
+/// [`RetryMailbox`] gets.
+#[derive(Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Retried<I, T, E> {
+    /// The task.
+    pub id: TaskId,
+    /// Attempts that ran (0 if it was cancelled before its first).
+    pub attempts: u32,
+    /// The callback's value, or the last failure with the input.
+    pub result: Result<T, Failure<I, E>>,
+}
+
+/// A mailbox for tasks added with a retry policy: see [`Retrying::add_to`](crate::Retrying::add_to).
+pub type RetryMailbox<I, T, E> = Sender<Retried<I, T, E>>;
+
+/// The erased policy an input carries: `(attempt, result) → wait before the next attempt`.
+pub(crate) type PolicyFn<O> = dyn Fn(u32, Result<&O, &TaskError>) -> Option<Duration> + Send + Sync;
+
+/// Turns a policy over `E` into one over the callback's output `Result<T, E>`.
+pub(crate) fn policy_fn<T, E: 'static>(policy: Retry<E>) -> Arc<PolicyFn<Result<T, E>>> {
+    Arc::new(move |number, result| match result {
+        Ok(Ok(_)) => None,
+        Ok(Err(error)) => policy.decide(number, Failed::Callback(error)),
+        Err(error) => policy.decide(number, Failed::Task(error.clone())),
+    })
+}
+
+/// Where a kept task's ending goes once its input is at hand again.
+pub(crate) trait KeptRelay<I, O>: Relay<O> {
+    fn deliver_kept(
+        &self,
+        id: TaskId,
+        attempts: u32,
+        result: Result<O, TaskError>,
+        input: I,
+        way: Way<'_>,
+    ) -> Delivered;
+}
+
+/// Sends `Retried` messages to one channel: a [`RetryTask`]'s own, or the caller's mailbox.
+pub(crate) struct RetryRelay<I, T, E> {
+    tx: Sender<Retried<I, T, E>>,
+}
+
+impl<I, T, E> RetryRelay<I, T, E> {
+    pub(crate) fn new(tx: Sender<Retried<I, T, E>>) -> Self {
+        RetryRelay { tx }
+    }
+
+    fn message(
+        id: TaskId,
+        attempts: u32,
+        result: Result<Result<T, E>, TaskError>,
+        input: Option<I>,
+    ) -> Retried<I, T, E> {
+        let result = match result {
+            Ok(Ok(value)) => {
+                crate::cell::drop_quietly(input);
+                Ok(value)
+            }
+            Ok(Err(error)) => Err(Failure {
+                input,
+                error: Failed::Callback(error),
+            }),
+            Err(error) => Err(Failure {
+                input,
+                error: Failed::Task(error),
+            }),
+        };
+        Retried {
+            id,
+            attempts,
+            result,
+        }
+    }
+}
+
+impl<I, T, E> Relay<Result<T, E>> for RetryRelay<I, T, E>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn deliver(
+        &self,
+        id: TaskId,
+        attempts: u32,
+        result: Result<Result<T, E>, TaskError>,
+        way: Way<'_>,
+    ) -> Delivered {
+        delivery::send(&self.tx, Self::message(id, attempts, result, None), way)
+    }
+}
+
+impl<I, T, E> KeptRelay<I, Result<T, E>> for RetryRelay<I, T, E>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    fn deliver_kept(
+        &self,
+        id: TaskId,
+        attempts: u32,
+        result: Result<Result<T, E>, TaskError>,
+        input: I,
+        way: Way<'_>,
+    ) -> Delivered {
+        let message = Self::message(id, attempts, result, Some(input));
+        delivery::send(&self.tx, message, way)
+    }
+}
+
+/// A task added with a retry policy: its one [`Retried`] ending arrives here once the last
+/// attempt ends.
+///
+/// Made by [`Retrying::add`](crate::Retrying::add) / [`Retrying::try_add`](crate::Retrying::try_add). Dropping it does not cancel the task.
+pub struct RetryTask<I, T, E> {
+    id: TaskId,
+    rx: Receiver<Retried<I, T, E>>,
+    control: Arc<dyn Control>,
+    pool: Arc<dyn Canceller>,
+}
+
+impl<I, T, E> RetryTask<I, T, E> {
+    pub(crate) fn new(
+        id: TaskId,
+        rx: Receiver<Retried<I, T, E>>,
+        control: Arc<dyn Control>,
+        pool: Arc<dyn Canceller>,
+    ) -> Self {
+        RetryTask {
+            id,
+            rx,
+            control,
+            pool,
+        }
+    }
+
+    /// The task's id.
+    pub fn id(&self) -> TaskId {
+        self.id
+    }
+
+    /// Waits for the task's ending.
+    pub fn recv(self) -> Retried<I, T, E> {
+        match self.rx.recv() {
+            Ok(done) => done,
+            Err(_) => self.lost(),
+        }
+    }
+
+    /// The ending if it is there. `None` also once it was taken.
+    pub fn try_recv(&self) -> Option<Retried<I, T, E>> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Waits at most `timeout` for the ending. `None` if it did not come in time (or was
+    /// already taken).
+    pub fn recv_timeout(&self, timeout: Duration) -> Option<Retried<I, T, E>> {
+        self.rx.recv_timeout(timeout).ok()
+    }
+
+    /// The channel the ending arrives on, for `crossbeam_channel::select!`. It carries exactly
+    /// one message.
+    pub fn receiver(&self) -> &Receiver<Retried<I, T, E>> {
+        &self.rx
+    }
+
+    /// Attempts started so far.
+    pub fn attempts(&self) -> u32 {
+        self.control.header().attempts()
+    }
+
+    /// Cancels the task if it is not running: queued, waiting on its key, or waiting to retry.
+    /// True if this call cancelled it; its ending is then `Cancelled`, without the input (the
+    /// caller chose to drop it; `cancel_all` and `shutdown_now` hand inputs back).
+    pub fn cancel(&self) -> bool {
+        self.pool.cancel_task(&*self.control)
+    }
+
+    /// The ending of a task whose relay was dropped without a message: unreachable while every
+    /// accepted task ends once; never panics regardless.
+    fn lost(&self) -> Retried<I, T, E> {
+        Retried {
+            id: self.id,
+            attempts: self.attempts(),
+            result: Err(Failure {
+                input: None,
+                error: Failed::Task(TaskError::Cancelled),
+            }),
+        }
+    }
+}
+
+impl<I, T, E> fmt::Debug for RetryTask<I, T, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryTask")
+            .field("id", &self.id)
+            .field("attempts", &self.attempts())
+            .finish_non_exhaustive()
+    }
+}
