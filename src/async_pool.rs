@@ -1,7 +1,7 @@
 //! [`AsyncPool`]: one callback, many inputs — the Elixir original's model.
 
 use std::fmt;
-use std::hash::Hash;
+use std::hash::{BuildHasher, Hash};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use crate::delivery::{Delivered, Way};
 use crate::engine::{Engine, Job, Owner, Ran, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
 use crate::id::TaskId;
-use crate::map::{MapOrdered, MapUnordered, Source};
+use crate::map::{MapOrdered, MapRetried, MapUnordered, Message, Source};
 use crate::retry::{
     policy_fn, KeptRelay, PolicyFn, Retried, Retry, RetryMailbox, RetryRelay, RetryTask,
 };
@@ -1077,14 +1077,95 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
         MapOrdered::new(inputs.into_iter(), self.source())
     }
 
+    /// Like [`map_unordered`](AsyncPool::map_unordered), over `(key, input)` items: each task
+    /// is filed under its key, so [`max_per_key`](Builder::max_per_key) and
+    /// [`min_interval_per_key`](Builder::min_interval_per_key) hold — and one key does not
+    /// block the stream. Inputs whose key is at its limit wait on their key in the pool without
+    /// taking a place in the [`in_flight`](MapUnordered::in_flight) window, and the stream
+    /// keeps pulling for the other keys, with at most
+    /// [`max_buffered`](MapUnordered::max_buffered) inputs pulled but unfinished (default
+    /// 65,536): input sorted by key runs as fast as shuffled input, within that bound.
+    ///
+    /// On a pool without per-key settings the keys have no effect.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use std::collections::HashMap;
+    /// use std::sync::{Arc, Mutex};
+    ///
+    /// let running: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    /// let most = Arc::new(Mutex::new(0));
+    /// let (r, m) = (running.clone(), most.clone());
+    /// let pool = AsyncPool::builder().max_workers(8).max_per_key(2).build(move |url: String| {
+    ///     let host = url.split('/').nth(2).unwrap_or_default().to_string();
+    ///     let now = { let mut r = r.lock().unwrap(); *r.entry(host.clone()).or_default() += 1; r[&host] };
+    ///     let mut most = m.lock().unwrap();
+    ///     *most = (*most).max(now);
+    ///     drop(most);
+    ///     *r.lock().unwrap().get_mut(&host).unwrap() -= 1;
+    ///     url.len()
+    /// })?;
+    /// // Sorted by host, as URL lists usually are.
+    /// let urls = (0..300).map(|i| format!("http://host{}.example/{i}", i / 100));
+    /// let items = urls.map(|url| (url.split('/').nth(2).unwrap().to_string(), url));
+    /// assert_eq!(pool.map_keyed_unordered(items).count(), 300);
+    /// assert!(*most.lock().unwrap() <= 2); // never more than 2 per host
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_keyed_unordered<K, It>(&self, items: It) -> MapUnordered<(K, I), O, It::IntoIter>
+    where
+        K: Hash + Send + 'static,
+        It: IntoIterator<Item = (K, I)>,
+    {
+        MapUnordered::new(items.into_iter(), self.keyed_source())
+    }
+
+    /// Like [`map_ordered`](AsyncPool::map_ordered), over `(key, input)` items, keeping to
+    /// their keys as [`map_keyed_unordered`](AsyncPool::map_keyed_unordered) does. Results
+    /// come in input order, so the reorder buffer can hold up to
+    /// [`max_buffered`](MapOrdered::max_buffered) results.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::builder().max_workers(4).max_per_key(1).build(|n: u32| n * 10)?;
+    /// let items = [("a", 1), ("a", 2), ("b", 3), ("a", 4)];
+    /// let out: Vec<u32> = pool.map_keyed_ordered(items).collect::<Result<_, _>>()?;
+    /// assert_eq!(out, [10, 20, 30, 40]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_keyed_ordered<K, It>(&self, items: It) -> MapOrdered<(K, I), O, It::IntoIter>
+    where
+        K: Hash + Send + 'static,
+        It: IntoIterator<Item = (K, I)>,
+    {
+        MapOrdered::new(items.into_iter(), self.keyed_source())
+    }
+
     /// How a streaming map reaches this pool (it keeps the pool alive while it runs).
-    fn source(&self) -> Source<I, O> {
+    fn source(&self) -> Source<I, Message<O>> {
         let (pool, canceller) = (self.clone(), self.clone());
         Source::new(
             2 * self.max_workers(),
             move |input, mailbox| pool.add_task_to(input, mailbox),
             move |id| canceller.cancel(id),
         )
+    }
+
+    /// A keyed stream's way to this pool: unkeyed if the pool has no per-key settings.
+    fn keyed_source<K: Hash + Send + 'static>(&self) -> Source<(K, I), Message<O>> {
+        let (pool, canceller) = (self.clone(), self.clone());
+        let source = Source::new(
+            2 * self.max_workers(),
+            move |(key, input): (K, I), mailbox: &Mailbox<O>| {
+                pool.task(input)
+                    .key(&key)
+                    .add_to(mailbox)
+                    .map_err(|refused| refused.map(|input| (key, input)))
+            },
+            move |id| canceller.cancel(id),
+        );
+        keyed(source, self.engine().per_key_limit())
     }
 
     /// Returns a [`PoolHandle`]: it can add work but does not keep the pool alive.
@@ -1117,6 +1198,100 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// ```
     pub fn max_workers(&self) -> usize {
         self.engine().max_workers()
+    }
+}
+
+impl<I, T, E> AsyncPool<I, Result<T, E>>
+where
+    I: Clone + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    /// Streams `inputs` through the pool, each with the retry `policy` (see
+    /// [`Submit::retry`]), yielding each task's [`Retried`] ending as it comes: failures hand
+    /// their input back, so nothing needs to be kept aside. Pulled lazily as
+    /// [`map_unordered`](AsyncPool::map_unordered); see [`MapRetried`].
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, Retry};
+    ///
+    /// let pool = AsyncPool::new(4, |s: &'static str| s.parse::<u8>())?;
+    /// let failed: Vec<&str> = pool
+    ///     .map_retry(["1", "x", "3"], Retry::never())
+    ///     .filter_map(|done| done.result.err()?.input)
+    ///     .collect();
+    /// assert_eq!(failed, ["x"]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map_retry<It>(
+        &self,
+        inputs: It,
+        policy: Retry<E>,
+    ) -> MapRetried<I, I, T, E, It::IntoIter>
+    where
+        It: IntoIterator<Item = I>,
+        E: 'static,
+    {
+        let (pool, canceller) = (self.clone(), self.clone());
+        let policy = policy_fn(policy);
+        let source = Source::new(
+            2 * self.max_workers(),
+            move |input: I, mailbox: &RetryMailbox<I, T, E>| {
+                Retrying {
+                    submit: pool.task(input),
+                    policy: policy.clone(),
+                }
+                .add_to(mailbox)
+            },
+            move |id| canceller.cancel(id),
+        );
+        MapRetried::new(inputs.into_iter(), source, |input| input)
+    }
+
+    /// [`map_retry`](AsyncPool::map_retry) over `(key, input)` items, keeping to their keys
+    /// as [`map_keyed_unordered`](AsyncPool::map_keyed_unordered) does — for every attempt.
+    /// The doc of [`MapRetried`] has an example.
+    pub fn map_keyed_retry<K, It>(
+        &self,
+        items: It,
+        policy: Retry<E>,
+    ) -> MapRetried<(K, I), I, T, E, It::IntoIter>
+    where
+        K: Hash + Send + 'static,
+        It: IntoIterator<Item = (K, I)>,
+        E: 'static,
+    {
+        let (pool, canceller) = (self.clone(), self.clone());
+        let policy = policy_fn(policy);
+        let source = Source::new(
+            2 * self.max_workers(),
+            move |(key, input): (K, I), mailbox: &RetryMailbox<I, T, E>| {
+                Retrying {
+                    submit: pool.task(input),
+                    policy: policy.clone(),
+                }
+                .key(&key)
+                .add_to(mailbox)
+                .map_err(|refused| refused.map(|input| (key, input)))
+            },
+            move |id| canceller.cancel(id),
+        );
+        let source = keyed(source, self.engine().per_key_limit());
+        MapRetried::new(items.into_iter(), source, |(_, input)| input)
+    }
+}
+
+/// Makes `source` a keyed stream over `(key, input)` items, if the pool has per-key limits.
+fn keyed<K: Hash + Send + 'static, I, M>(
+    source: Source<(K, I), M>,
+    per_key: Option<usize>,
+) -> Source<(K, I), M> {
+    match per_key {
+        Some(per_key) => {
+            let hasher = std::collections::hash_map::RandomState::new();
+            source.keyed(move |(key, _): &(K, I)| hasher.hash_one(key), per_key)
+        }
+        None => source,
     }
 }
 

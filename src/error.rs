@@ -48,6 +48,21 @@ impl<I> AddError<I> {
         }
     }
 
+    /// Maps the input inside, keeping the reason (to put back what was taken apart to add it).
+    ///
+    /// ```
+    /// use slowpool::AddError;
+    /// let refused = AddError::ShutDown("page").map(|url| ("host", url));
+    /// assert!(refused.is_shut_down());
+    /// assert_eq!(refused.into_inner(), ("host", "page"));
+    /// ```
+    pub fn map<J>(self, f: impl FnOnce(I) -> J) -> AddError<J> {
+        match self {
+            AddError::Full(input) => AddError::Full(f(input)),
+            AddError::ShutDown(input) => AddError::ShutDown(f(input)),
+        }
+    }
+
     /// Returns `true` if the add failed because the queue was full.
     ///
     /// ```

@@ -145,7 +145,7 @@ pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle, Retrying, Submit};
 pub use crate::builder::Builder;
 pub use crate::error::{AddError, BuildError, Failed, Failure, Flat, TaskError};
 pub use crate::id::TaskId;
-pub use crate::map::{MapOrdered, MapUnordered};
+pub use crate::map::{MapOrdered, MapRetried, MapUnordered, KEYED_BUFFER};
 pub use crate::retry::{Attempt, Decision, Retried, Retry, RetryMailbox, RetryTask};
 pub use crate::stats::Stats;
 pub use crate::task::Task;

@@ -15,54 +15,125 @@ use std::iter::Fuse;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
-use crate::error::{AddError, TaskError};
+use crate::error::{AddError, Failed, Failure, TaskError};
 use crate::id::TaskId;
+use crate::retry::Retried;
 
-type Message<O> = (TaskId, Result<O, TaskError>);
-type SubmitFn<Item, O> =
-    dyn FnMut(Item, &Sender<Message<O>>) -> Result<TaskId, AddError<Item>> + Send;
+pub(crate) type Message<O> = (TaskId, Result<O, TaskError>);
+type SubmitFn<Item, M> = dyn FnMut(Item, &Sender<M>) -> Result<TaskId, AddError<Item>> + Send;
 type CancelFn = dyn Fn(TaskId) -> bool + Send;
+type KeyFn<Item> = dyn Fn(&Item) -> u64 + Send;
 
-/// How a stream reaches its pool: add an input to a mailbox, cancel a task; and the pool's
-/// default number of tasks in flight. Each face of the pool makes one.
-pub(crate) struct Source<Item, O> {
-    submit: Box<SubmitFn<Item, O>>,
-    cancel: Box<CancelFn>,
-    in_flight: usize,
+/// What a stream's mailbox receives: a message tagged with its task's id.
+pub(crate) trait Tagged {
+    fn id(&self) -> TaskId;
 }
 
-impl<Item, O> Source<Item, O> {
+impl<O> Tagged for Message<O> {
+    fn id(&self) -> TaskId {
+        self.0
+    }
+}
+
+impl<I, T, E> Tagged for Retried<I, T, E> {
+    fn id(&self) -> TaskId {
+        self.id
+    }
+}
+
+/// How a stream reaches its pool: add an input to a mailbox, cancel a task; the pool's
+/// default number of tasks in flight; and, for a keyed stream, each input's key and how many
+/// tasks of one key the pool runs at once. Each face of the pool makes one.
+pub(crate) struct Source<Item, M> {
+    submit: Box<SubmitFn<Item, M>>,
+    cancel: Box<CancelFn>,
+    in_flight: usize,
+    keys: Option<(Box<KeyFn<Item>>, usize)>,
+}
+
+impl<Item, M> Source<Item, M> {
     pub(crate) fn new(
         in_flight: usize,
-        submit: impl FnMut(Item, &Sender<Message<O>>) -> Result<TaskId, AddError<Item>> + Send + 'static,
+        submit: impl FnMut(Item, &Sender<M>) -> Result<TaskId, AddError<Item>> + Send + 'static,
         cancel: impl Fn(TaskId) -> bool + Send + 'static,
     ) -> Self {
         Source {
             submit: Box::new(submit),
             cancel: Box::new(cancel),
             in_flight: in_flight.max(1),
+            keys: None,
+        }
+    }
+
+    /// Makes it a keyed stream: `key` hashes an input's key; the pool runs at most `per_key`
+    /// tasks of one key at once.
+    pub(crate) fn keyed(
+        mut self,
+        key: impl Fn(&Item) -> u64 + Send + 'static,
+        per_key: usize,
+    ) -> Self {
+        self.keys = Some((Box::new(key), per_key.max(1)));
+        self
+    }
+}
+
+/// The default bound on a keyed stream's pulled-but-unfinished inputs (see
+/// [`MapUnordered::max_buffered`]).
+pub const KEYED_BUFFER: usize = 65_536;
+
+/// Which of a keyed stream's outstanding tasks its keys let run: Σ over keys of
+/// min(outstanding of the key, per-key limit). The others wait on their key in the pool,
+/// taking no place in the window.
+struct KeyWindow<Item> {
+    key_of: Box<KeyFn<Item>>,
+    per_key: usize,
+    outstanding: HashMap<u64, usize>,
+    runnable: usize,
+}
+
+impl<Item> KeyWindow<Item> {
+    fn entered(&mut self, key: u64) {
+        let count = self.outstanding.entry(key).or_default();
+        *count += 1;
+        if *count <= self.per_key {
+            self.runnable += 1;
+        }
+    }
+
+    fn left(&mut self, key: u64) {
+        if let Some(count) = self.outstanding.get_mut(&key) {
+            if *count <= self.per_key {
+                // A task of the key leaves and none of its waiting ones takes its place.
+                self.runnable -= 1;
+            }
+            *count -= 1;
+            if *count == 0 {
+                self.outstanding.remove(&key);
+            }
         }
     }
 }
 
-/// What both streams share: the inputs, the pool's adding and cancelling, the mailbox.
-struct Stream<Item, O, It> {
+/// What every stream shares: the inputs, the pool's adding and cancelling, the mailbox, and
+/// the accounting of what is outstanding.
+struct Stream<Item, M, It> {
     inputs: Fuse<It>,
-    submit: Box<SubmitFn<Item, O>>,
+    submit: Box<SubmitFn<Item, M>>,
     cancel: Box<CancelFn>,
-    tx: Sender<Message<O>>,
-    rx: Receiver<Message<O>>,
-    /// Task id → index of its input.
-    outstanding: HashMap<TaskId, usize>,
+    tx: Sender<M>,
+    rx: Receiver<M>,
+    /// Task id → index of its input, and its key.
+    outstanding: HashMap<TaskId, (usize, u64)>,
     next_index: usize,
     /// The pool refused an input (it shut down): pull no more.
     stopped: bool,
-    /// A refused input's index, yielded as `Cancelled`.
-    refused: Option<usize>,
+    /// A refused input and its index, handed back by the stream that yields it.
+    refused: Option<(usize, Item)>,
+    keys: Option<KeyWindow<Item>>,
 }
 
-impl<Item, O, It: Iterator<Item = Item>> Stream<Item, O, It> {
-    fn new(inputs: It, source: Source<Item, O>) -> Self {
+impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
+    fn new(inputs: It, source: Source<Item, M>) -> Self {
         let (tx, rx) = unbounded();
         Stream {
             inputs: inputs.fuse(),
@@ -74,6 +145,21 @@ impl<Item, O, It: Iterator<Item = Item>> Stream<Item, O, It> {
             next_index: 0,
             stopped: false,
             refused: None,
+            keys: source.keys.map(|(key_of, per_key)| KeyWindow {
+                key_of,
+                per_key,
+                outstanding: HashMap::new(),
+                runnable: 0,
+            }),
+        }
+    }
+
+    /// Outstanding tasks that count against `in_flight`: all of them, or in a keyed stream
+    /// those their keys let run.
+    fn window(&self) -> usize {
+        match &self.keys {
+            Some(keys) => keys.runnable,
+            None => self.outstanding.len(),
         }
     }
 
@@ -88,37 +174,41 @@ impl<Item, O, It: Iterator<Item = Item>> Stream<Item, O, It> {
         };
         let index = self.next_index;
         self.next_index += 1;
+        let key = self.keys.as_ref().map_or(0, |keys| (keys.key_of)(&input));
         match (self.submit)(input, &self.tx) {
             Ok(id) => {
-                self.outstanding.insert(id, index);
+                self.outstanding.insert(id, (index, key));
+                if let Some(keys) = &mut self.keys {
+                    keys.entered(key);
+                }
                 true
             }
             Err(refused) => {
                 // The pool is shut down: this input ends the stream as `Cancelled`.
-                drop(refused);
                 self.stopped = true;
-                self.refused = Some(index);
+                self.refused = Some((index, refused.into_inner()));
                 false
             }
         }
     }
 
-    /// Waits for the next result of this stream's tasks.
-    fn receive(&mut self) -> Option<(usize, Result<O, TaskError>)> {
+    /// Waits for the next message of this stream's tasks: `Ok` with its input's index, or
+    /// `Err` with the input the pool refused, once everything before it has come in.
+    fn receive(&mut self) -> Option<(usize, Result<M, Item>)> {
         if self.outstanding.is_empty() {
-            return self
-                .refused
-                .take()
-                .map(|index| (index, Err(TaskError::Cancelled)));
+            return self.refused.take().map(|(index, item)| (index, Err(item)));
         }
         // The stream holds a sender, so this only ends with a message.
-        let (id, result) = self.rx.recv().ok()?;
-        let index = self.outstanding.remove(&id)?;
-        Some((index, result))
+        let message = self.rx.recv().ok()?;
+        let (index, key) = self.outstanding.remove(&message.id())?;
+        if let Some(keys) = &mut self.keys {
+            keys.left(key);
+        }
+        Some((index, Ok(message)))
     }
 }
 
-impl<Item, O, It> Drop for Stream<Item, O, It> {
+impl<Item, M, It> Drop for Stream<Item, M, It> {
     fn drop(&mut self) {
         for id in self.outstanding.keys() {
             (self.cancel)(*id);
@@ -147,20 +237,24 @@ impl<Item, O, It> Drop for Stream<Item, O, It> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MapUnordered<Item, O, It> {
-    stream: Stream<Item, O, It>,
+    stream: Stream<Item, Message<O>, It>,
     in_flight: usize,
+    max_buffered: usize,
 }
 
 impl<Item, O, It: Iterator<Item = Item>> MapUnordered<Item, O, It> {
-    pub(crate) fn new(inputs: It, source: Source<Item, O>) -> Self {
+    pub(crate) fn new(inputs: It, source: Source<Item, Message<O>>) -> Self {
+        let (in_flight, keyed) = (source.in_flight, source.keys.is_some());
         MapUnordered {
-            in_flight: source.in_flight,
+            in_flight,
+            max_buffered: if keyed { KEYED_BUFFER } else { in_flight },
             stream: Stream::new(inputs, source),
         }
     }
 
     /// Sets how many tasks may be outstanding at once (default: twice the pool's
-    /// `max_workers`; 0 is treated as 1).
+    /// `max_workers`; 0 is treated as 1). In a keyed stream, only tasks their key lets run
+    /// count (see [`max_buffered`](MapUnordered::max_buffered)).
     ///
     /// ```
     /// use slowpool::AsyncPool;
@@ -180,12 +274,39 @@ impl<Item, O, It: Iterator<Item = Item>> MapUnordered<Item, O, It> {
     /// ```
     pub fn in_flight(mut self, n: usize) -> Self {
         self.in_flight = n.max(1);
+        if self.stream.keys.is_none() {
+            self.max_buffered = self.in_flight;
+        }
+        self
+    }
+
+    /// For a keyed stream ([`AsyncPool::map_keyed_unordered`](crate::AsyncPool::map_keyed_unordered)):
+    /// the most inputs pulled but not yet finished — running, queued, or waiting behind their
+    /// key's limit (default [`KEYED_BUFFER`], 65,536; never below `in_flight`). Inputs whose
+    /// key is saturated wait on their key in the pool without filling the `in_flight`
+    /// window, so the stream keeps pulling for keys that have room — up to this bound, which
+    /// is the stream's memory: input sorted by key needs room for the longest run of one key
+    /// to keep every key busy. No effect on a stream without keys.
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        if self.stream.keys.is_some() {
+            self.max_buffered = n.max(1);
+        }
         self
     }
 
     fn top_up(&mut self) {
-        while self.stream.outstanding.len() < self.in_flight && self.stream.pull() {}
+        top_up(&mut self.stream, self.in_flight, self.max_buffered);
     }
+}
+
+/// Pulls while the window has room and the buffer bound allows.
+fn top_up<Item, M: Tagged, It: Iterator<Item = Item>>(
+    stream: &mut Stream<Item, M, It>,
+    in_flight: usize,
+    max_buffered: usize,
+) {
+    let max_buffered = max_buffered.max(in_flight);
+    while stream.window() < in_flight && stream.outstanding.len() < max_buffered && stream.pull() {}
 }
 
 impl<Item, O, It: Iterator<Item = Item>> Iterator for MapUnordered<Item, O, It> {
@@ -193,7 +314,11 @@ impl<Item, O, It: Iterator<Item = Item>> Iterator for MapUnordered<Item, O, It> 
 
     fn next(&mut self) -> Option<Self::Item> {
         self.top_up();
-        let next = self.stream.receive();
+        let next = self.stream.receive().map(|(index, message)| match message {
+            Ok((_, result)) => (index, result),
+            // The pool shut down: the input is dropped.
+            Err(_refused) => (index, Err(TaskError::Cancelled)),
+        });
         // Refill before handing the result over, so the pool stays busy meanwhile.
         self.top_up();
         next
@@ -217,17 +342,20 @@ impl<Item, O, It: Iterator<Item = Item>> Iterator for MapUnordered<Item, O, It> 
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct MapOrdered<Item, O, It> {
-    stream: Stream<Item, O, It>,
+    stream: Stream<Item, Message<O>, It>,
     in_flight: usize,
+    max_buffered: usize,
     /// Results from `next_out` on; `None` while that task is outstanding.
     buffer: VecDeque<Option<Result<O, TaskError>>>,
     next_out: usize,
 }
 
 impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
-    pub(crate) fn new(inputs: It, source: Source<Item, O>) -> Self {
+    pub(crate) fn new(inputs: It, source: Source<Item, Message<O>>) -> Self {
+        let (in_flight, keyed) = (source.in_flight, source.keys.is_some());
         MapOrdered {
-            in_flight: source.in_flight,
+            in_flight,
+            max_buffered: if keyed { KEYED_BUFFER } else { in_flight },
             stream: Stream::new(inputs, source),
             buffer: VecDeque::new(),
             next_out: 0,
@@ -235,7 +363,9 @@ impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
     }
 
     /// Sets the window: how far past the next result to yield inputs may be pulled (default:
-    /// twice the pool's `max_workers`; 0 is treated as 1).
+    /// twice the pool's `max_workers`; 0 is treated as 1). In a keyed stream, only tasks their
+    /// key lets run count, up to [`max_buffered`](MapOrdered::max_buffered) inputs past the
+    /// next result.
     ///
     /// ```
     /// use slowpool::AsyncPool;
@@ -247,11 +377,28 @@ impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
     /// ```
     pub fn in_flight(mut self, n: usize) -> Self {
         self.in_flight = n.max(1);
+        if self.stream.keys.is_none() {
+            self.max_buffered = self.in_flight;
+        }
+        self
+    }
+
+    /// For a keyed stream: how far past the next result to yield inputs may be pulled
+    /// (default [`KEYED_BUFFER`]), the reorder buffer's bound; see
+    /// [`MapUnordered::max_buffered`]. No effect on a stream without keys.
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        if self.stream.keys.is_some() {
+            self.max_buffered = n.max(1);
+        }
         self
     }
 
     fn top_up(&mut self) {
-        while self.stream.next_index < self.next_out + self.in_flight && self.stream.pull() {
+        let reach = self.next_out + self.max_buffered.max(self.in_flight);
+        while self.stream.window() < self.in_flight
+            && self.stream.next_index < reach
+            && self.stream.pull()
+        {
             self.buffer.push_back(None);
         }
     }
@@ -269,13 +416,111 @@ impl<Item, O, It: Iterator<Item = Item>> Iterator for MapOrdered<Item, O, It> {
                 self.top_up();
                 return result;
             }
-            let (index, result) = self.stream.receive()?;
+            let (index, message) = self.stream.receive()?;
+            let result = match message {
+                Ok((_, result)) => result,
+                Err(_refused) => Err(TaskError::Cancelled),
+            };
             match self.buffer.get_mut(index - self.next_out) {
                 Some(slot) => *slot = Some(result),
                 // The refused input: it comes after everything pulled before it.
                 None => self.buffer.push_back(Some(result)),
             }
         }
+    }
+}
+
+/// An iterator of [`Retried`] endings in the order tasks finish, from
+/// [`AsyncPool::map_retry`](crate::AsyncPool::map_retry) or
+/// [`AsyncPool::map_keyed_retry`](crate::AsyncPool::map_keyed_retry): a stream whose every input runs
+/// with a retry policy, keyed or not. A failure hands its input back; each ending says how
+/// many attempts it took.
+///
+/// Inputs are pulled as for [`MapUnordered`]: [`in_flight`](MapRetried::in_flight) counts
+/// tasks running, queued or waiting to retry; in a keyed stream, inputs waiting behind their
+/// key's limit do not count, up to [`max_buffered`](MapRetried::max_buffered) in all. If the
+/// pool shuts down, the input it refused comes back as a `Cancelled` failure with
+/// `attempts == 0` (and an id no task has), and no more are pulled. Dropping it cancels what it
+/// queued.
+///
+/// ```
+/// use slowpool::{AsyncPool, Retry};
+/// use std::time::Duration;
+///
+/// let pool = AsyncPool::builder().max_workers(4).max_per_key(1).build(|n: u32| {
+///     if n % 10 == 3 { Err(format!("{n} is unlucky")) } else { Ok(n * 2) }
+/// })?;
+/// let policy = Retry::attempts(2).backoff(Duration::from_millis(1), Duration::from_millis(1));
+/// let mut failed = Vec::new();
+/// for done in pool.map_keyed_retry((0..20).map(|n| (n % 3, n)), policy) {
+///     if let Err(failure) = done.result {
+///         assert_eq!(done.attempts, 2);
+///         failed.extend(failure.input); // the input, back from the pool
+///     }
+/// }
+/// failed.sort();
+/// assert_eq!(failed, [3, 13]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct MapRetried<Item, I, T, E, It> {
+    stream: Stream<Item, Retried<I, T, E>, It>,
+    /// Takes the input out of a refused item.
+    input_of: fn(Item) -> I,
+    in_flight: usize,
+    max_buffered: usize,
+}
+
+impl<Item, I, T, E, It: Iterator<Item = Item>> MapRetried<Item, I, T, E, It> {
+    pub(crate) fn new(
+        inputs: It,
+        source: Source<Item, Retried<I, T, E>>,
+        input_of: fn(Item) -> I,
+    ) -> Self {
+        let (in_flight, keyed) = (source.in_flight, source.keys.is_some());
+        MapRetried {
+            in_flight,
+            max_buffered: if keyed { KEYED_BUFFER } else { in_flight },
+            stream: Stream::new(inputs, source),
+            input_of,
+        }
+    }
+
+    /// As [`MapUnordered::in_flight`].
+    pub fn in_flight(mut self, n: usize) -> Self {
+        self.in_flight = n.max(1);
+        if self.stream.keys.is_none() {
+            self.max_buffered = self.in_flight;
+        }
+        self
+    }
+
+    /// As [`MapUnordered::max_buffered`].
+    pub fn max_buffered(mut self, n: usize) -> Self {
+        if self.stream.keys.is_some() {
+            self.max_buffered = n.max(1);
+        }
+        self
+    }
+}
+
+impl<Item, I, T, E, It: Iterator<Item = Item>> Iterator for MapRetried<Item, I, T, E, It> {
+    type Item = Retried<I, T, E>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        top_up(&mut self.stream, self.in_flight, self.max_buffered);
+        let next = self.stream.receive().map(|(_, message)| match message {
+            Ok(done) => done,
+            Err(refused) => Retried {
+                id: TaskId(0),
+                attempts: 0,
+                result: Err(Failure {
+                    input: Some((self.input_of)(refused)),
+                    error: Failed::Task(TaskError::Cancelled),
+                }),
+            },
+        });
+        top_up(&mut self.stream, self.in_flight, self.max_buffered);
+        next
     }
 }
 
@@ -295,6 +540,16 @@ impl<Item, O, It> fmt::Debug for MapOrdered<Item, O, It> {
             .field("in_flight", &self.in_flight)
             .field("outstanding", &self.stream.outstanding.len())
             .field("next", &self.next_out)
+            .finish()
+    }
+}
+
+impl<Item, I, T, E, It> fmt::Debug for MapRetried<Item, I, T, E, It> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MapRetried")
+            .field("in_flight", &self.in_flight)
+            .field("outstanding", &self.stream.outstanding.len())
+            .field("pulled", &self.stream.next_index)
             .finish()
     }
 }

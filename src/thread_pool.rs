@@ -13,7 +13,7 @@ use crate::cell::{Cell, Control, Header, Output, Slot};
 use crate::engine::{Engine, Job, Owner, Ran, Refused, RunContext};
 use crate::error::{AddError, BuildError, TaskError};
 use crate::id::TaskId;
-use crate::map::{MapOrdered, MapUnordered, Source};
+use crate::map::{MapOrdered, MapUnordered, Message, Source};
 use crate::stats::Stats;
 use crate::task::Task;
 
@@ -350,7 +350,7 @@ impl ThreadPool {
     }
 
     /// How a streaming map reaches this pool (it keeps the pool alive while it runs).
-    fn source<F, T>(&self) -> Source<F, T>
+    fn source<F, T>(&self) -> Source<F, Message<T>>
     where
         F: FnOnce() -> T + Send + 'static,
         T: Send + 'static,

@@ -124,6 +124,9 @@ struct Settings {
     task_timeout: Option<Duration>,
     max_abandoned: usize,
     keyed: bool,
+    /// How many tasks of one key may run at once, for keyed streams: `max_per_key`, or 1 with
+    /// only an interval set. `None` without per-key settings.
+    per_key: Option<usize>,
 }
 
 pub(crate) struct Engine<J: Job> {
@@ -261,6 +264,7 @@ impl<J: Job> Engine<J> {
                 task_timeout: config.task_timeout,
                 max_abandoned: config.max_abandoned.unwrap_or(max),
                 keyed,
+                per_key: keyed.then(|| config.max_per_key.unwrap_or(1).max(1)),
             },
             workers: Workers::new(config.thread_name.clone(), config.stack_size, min, max),
             scheduler: Scheduler::new(Admission::new(config.queue_capacity, elastic)),
@@ -314,6 +318,11 @@ impl<J: Job> Engine<J> {
     /// key then has no effect).
     pub(crate) fn key_of<K: Hash>(&self, key: &K) -> Option<u64> {
         self.settings.keyed.then(|| self.hasher.hash_one(key))
+    }
+
+    /// See `Settings::per_key`.
+    pub(crate) fn per_key_limit(&self) -> Option<usize> {
+        self.settings.per_key
     }
 
     pub(crate) fn max_workers(&self) -> usize {

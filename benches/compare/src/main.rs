@@ -420,6 +420,10 @@ fn parent(quick: bool, only: Option<String>, sizes: Option<Vec<usize>>) {
         })
         .collect();
 
+    if wanted("keyed") {
+        keyed_stream(quick);
+    }
+
     let elapsed = started.elapsed();
     if quick || only.is_some() || sizes.is_some() {
         eprintln!(
@@ -433,5 +437,52 @@ fn parent(quick: bool, only: Option<String>, sizes: Option<Vec<usize>>) {
     eprintln!(
         "wrote docs/benchmarks.md and charts in {:.1} s",
         elapsed.as_secs_f64()
+    );
+}
+
+/// A keyed stream over input sorted by key against the same input shuffled: 10,000 sleeps of
+/// 1–3 ms across 10 keys, `max_per_key(2)`, 20 workers. Prints each run, the medians and
+/// their ratio (sorted ÷ shuffled), rounds alternating.
+fn keyed_stream(quick: bool) {
+    let n: u64 = if quick { 1_000 } else { 10_000 };
+    let keys = 10;
+    let work = |i: u64| Duration::from_micros(1_000 + (i * 7_919) % 2_000);
+    let sorted: Vec<(u64, u64)> = (0..n).map(|i| (i / (n / keys), i)).collect();
+    let mut shuffled = sorted.clone();
+    // A fixed permutation (multiplicative, co-prime step): the same "shuffle" every run.
+    let step = 7_927 % n;
+    shuffled = (0..n)
+        .map(|i| shuffled[((i * step) % n) as usize])
+        .collect();
+    let lower_bound: f64 = (0..n).map(|i| work(i).as_secs_f64()).sum::<f64>() / 20.0;
+    let run = |items: &[(u64, u64)]| {
+        let pool = slowpool::AsyncPool::builder()
+            .max_workers(20)
+            .max_per_key(2)
+            .build(move |i: u64| std::thread::sleep(work(i)))
+            .expect("pool");
+        let start = Instant::now();
+        let done = pool.map_keyed_unordered(items.iter().copied()).count();
+        assert_eq!(done as u64, n);
+        start.elapsed().as_secs_f64()
+    };
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for round in 0..3 {
+        a.push(run(&sorted));
+        b.push(run(&shuffled));
+        eprintln!(
+            "     keyed round {round}: sorted {:.3} s  shuffled {:.3} s",
+            a[round], b[round]
+        );
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (sorted_s, shuffled_s) = (median(&mut a), median(&mut b));
+    eprintln!(
+        "     keyed {n} inputs, 10 keys, max_per_key 2, 20 workers: sorted {sorted_s:.3} s, shuffled {shuffled_s:.3} s, \
+         ratio {:.3} (lower bound {lower_bound:.3} s)",
+        sorted_s / shuffled_s
     );
 }
