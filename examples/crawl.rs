@@ -1,71 +1,143 @@
 //! A small polite crawler: a generated site of 500 pages across 5 local "hosts" (127.0.0.1 to
-//! 127.0.0.5), crawled by following links from the first page (499 of the pages are reachable),
-//! with per-host limits, politeness, timeouts and a progress line.
+//! 127.0.0.5), crawled by following links from the first page, as one keyed stream.
 //!
-//! - `max_per_key(4)`: at most 4 requests to one host at once. Pages of a busy host wait on
-//!   their host, not on a worker, so the other hosts keep the workers busy.
-//! - `min_interval_per_key(10 ms)`: two requests to one host start at least 10 ms apart.
-//! - `task_timeout(1 s)`: a few pages never answer in time; their tasks end `TimedOut` at the
-//!   deadline and a fresh worker takes the stuck one's place.
+//! - `build_with_init`: every worker makes its own HTTP agent (its own connection state), on
+//!   its own thread, once.
+//! - `map_keyed_retry`: the URLs stream through the pool keyed by host. The stream's input is
+//!   the crawl frontier, which the loop below fills with the links each page yields.
+//! - `max_per_key(4)`, `min_interval_per_key(10 ms)`: at most 4 requests to one host at once,
+//!   starting at least 10 ms apart. Pages of a busy host wait on their host, not on a worker.
+//! - `task_timeout(1 s)`: a few pages never answer in time; their attempts end `TimedOut` and a
+//!   fresh worker takes the stuck one's place.
+//! - Retries: some pages answer `503` with `Retry-After: 1` the first time; the policy waits
+//!   exactly that long (holding no worker) and asks again. Missing pages (`404`) are not
+//!   retried; a page that times out gets one more try.
+//! - Failures come back from the pool with their URL: no map of URLs by task id.
 //!
 //! `cargo run --release --example crawl`
 
 #[path = "support/server.rs"]
 mod server;
 
-use std::collections::{BTreeMap, HashSet};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fmt;
 use std::io::Read;
+use std::rc::Rc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::unbounded;
 use server::{Reply, Rng, Server};
-use slowpool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, Decision, Failed, Retry, TaskError};
 
 const HOSTS: usize = 5;
 const PAGES_PER_HOST: u64 = 100;
 
 /// What fetching one page gives.
 struct Fetched {
-    host: String,
+    url: String,
     links: Vec<String>,
     took: Duration,
 }
 
-/// The generated site: page `n` of host `h` links to five pages across the hosts.
-fn page(host: usize, n: u64, hosts: &[String]) -> Reply {
+/// Why a fetch gave no page.
+#[derive(Debug)]
+enum FetchError {
+    /// `503` with `Retry-After`: come back after this long.
+    Busy(Duration),
+    /// Any other status that is not `200`.
+    Status(u16),
+    /// The connection or the body failed.
+    Io(String),
+}
+
+impl fmt::Display for FetchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FetchError::Busy(wait) => write!(f, "busy, retry after {wait:?}"),
+            FetchError::Status(status) => write!(f, "HTTP {status}"),
+            FetchError::Io(error) => f.write_str(error),
+        }
+    }
+}
+
+/// The generated site: page `n` of host `h` links to five pages across the hosts (one link in
+/// fifty to a page that does not exist).
+fn page(host: usize, n: u64, hosts: &[String], asked: &Mutex<HashSet<(usize, u64)>>) -> Reply {
+    if n >= PAGES_PER_HOST {
+        return reply(404, String::new(), 5, None);
+    }
     let mut rng = Rng::new(host as u64 * 1_000 + n);
     let links: String = (0..5)
         .map(|_| {
             let to_host = rng.range(0..HOSTS as u64) as usize;
-            let to_page = rng.range(0..PAGES_PER_HOST);
+            let to_page = match rng.range(0..50) {
+                0 => PAGES_PER_HOST + rng.range(0..10), // a broken link
+                _ => rng.range(0..PAGES_PER_HOST),
+            };
             format!(
                 "<a href=\"http://{}/page/{to_page}\">p</a>\n",
                 hosts[to_host]
             )
         })
         .collect();
+    let roll = rng.range(0..100);
     // One page in a hundred hangs for far longer than the crawler waits.
-    let delay = if rng.range(0..100) == 0 {
-        3_000
-    } else {
-        rng.range(5..40)
-    };
+    if roll == 0 {
+        return reply(200, links, 3_000, None);
+    }
+    // One in twenty is busy the first time it is asked.
+    let first_time = asked.lock().unwrap().insert((host, n));
+    if roll < 6 && first_time {
+        return reply(503, String::new(), 5, Some(1));
+    }
+    reply(200, links, rng.range(5..40), None)
+}
+
+fn reply(status: u16, links: String, delay_ms: u64, retry_after: Option<u32>) -> Reply {
     Reply {
-        status: 200,
+        status,
         body: format!("<html><body>{links}</body></html>"),
-        delay: Duration::from_millis(delay),
+        delay: Duration::from_millis(delay_ms),
+        retry_after,
     }
 }
 
-fn fetch(agent: &ureq::Agent, url: &str) -> Result<Fetched, String> {
+/// Each worker's own HTTP agent.
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        // Per-phase timeouts: a global one would make ureq resolve every address on a thread
+        // of its own.
+        .timeout_connect(Some(Duration::from_secs(2)))
+        .timeout_recv_body(Some(Duration::from_secs(5)))
+        // Statuses are the crawler's business (503 + Retry-After), not errors of the agent.
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn fetch(agent: &ureq::Agent, url: String) -> Result<Fetched, FetchError> {
     let started = Instant::now();
-    let mut response = agent.get(url).call().map_err(|e| e.to_string())?;
+    let io = |e: ureq::Error| FetchError::Io(e.to_string());
+    let mut response = agent.get(&url).call().map_err(io)?;
+    match response.status().as_u16() {
+        200 => {}
+        503 => {
+            let seconds = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or(1);
+            return Err(FetchError::Busy(Duration::from_secs(seconds)));
+        }
+        status => return Err(FetchError::Status(status)),
+    }
     let mut body = String::new();
     response
         .body_mut()
         .as_reader()
         .read_to_string(&mut body)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FetchError::Io(e.to_string()))?;
     let links = body
         .split("href=\"")
         .skip(1)
@@ -73,7 +145,7 @@ fn fetch(agent: &ureq::Agent, url: &str) -> Result<Fetched, String> {
         .map(str::to_string)
         .collect();
     Ok(Fetched {
-        host: host_of(url).to_string(),
+        url,
         links,
         took: started.elapsed(),
     })
@@ -89,8 +161,8 @@ fn host_of(url: &str) -> &str {
 #[derive(Default)]
 struct HostSummary {
     ok: usize,
+    retried: usize,
     failed: usize,
-    timed_out: usize,
     total: Duration,
 }
 
@@ -104,6 +176,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|l| l.local_addr().unwrap().to_string())
         .collect();
     drop(listeners);
+    let asked: &'static Mutex<HashSet<(usize, u64)>> = Box::leak(Box::default());
     for (h, addr) in hosts.iter().enumerate() {
         let names = hosts.clone();
         Server::start_on(addr, move |path| {
@@ -112,87 +185,103 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .next()
                 .and_then(|n| n.parse().ok())
                 .unwrap_or(0);
-            page(h, n, &names)
+            page(h, n, &names, asked)
         });
     }
 
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        // Per-phase timeouts: a global one would make ureq resolve every address on a
-        // thread of its own.
-        .timeout_connect(Some(Duration::from_secs(2)))
-        .timeout_recv_body(Some(Duration::from_secs(5)))
-        .build()
-        .into();
     let pool = AsyncPool::builder()
         .max_workers(32)
         .thread_name("crawl")
         .max_per_key(4)
         .min_interval_per_key(Duration::from_millis(10))
         .task_timeout(Duration::from_secs(1))
-        .build(move |url: String| fetch(&agent, &url))?;
+        .build_with_init(agent, |agent: &mut ureq::Agent, url: String| {
+            fetch(agent, url)
+        })?;
+    let policy = Retry::<FetchError>::attempts(3)
+        .backoff(Duration::from_millis(50), Duration::from_secs(2))
+        .when(|attempt| match attempt.error() {
+            Failed::Callback(FetchError::Busy(wait)) => Decision::RetryAfter(*wait),
+            Failed::Callback(FetchError::Status(404)) => Decision::GiveUp,
+            Failed::Task(TaskError::TimedOut) if attempt.number() >= 2 => Decision::GiveUp,
+            _ => Decision::Retry,
+        });
 
-    let (mailbox, results) = unbounded::<(TaskId, Result<Result<Fetched, String>, TaskError>)>();
-    let mut seen: HashSet<String> = HashSet::new();
-    let mut url_of = std::collections::HashMap::new();
+    // The frontier: URLs found but not yet handed to the pool. The stream pulls from it as
+    // the pool has room; the loop below pushes the links of every page.
     let start = format!("http://{}/page/0", hosts[0]);
-    seen.insert(start.clone());
-    url_of.insert(
-        pool.add_task_keyed_to(host_of(&start).to_string(), start.clone(), &mailbox)?,
-        start,
-    );
+    let frontier = Rc::new(RefCell::new(VecDeque::from([start.clone()])));
+    let mut seen: HashSet<String> = HashSet::from([start]);
+    let feed = frontier.clone();
+    let urls = std::iter::from_fn(move || feed.borrow_mut().pop_front())
+        .map(|url| (host_of(&url).to_string(), url));
 
-    let mut done = 0;
     let began = Instant::now();
     let mut summary: BTreeMap<String, HostSummary> = BTreeMap::new();
-    while !url_of.is_empty() {
-        let (id, result) = results.recv()?;
-        let url = url_of.remove(&id).expect("a page we asked for");
-        let host = summary.entry(host_of(&url).to_string()).or_default();
-        match result {
-            Ok(Ok(fetched)) => {
+    let mut failures = Vec::new();
+    let mut done = 0;
+    for ending in pool.map_keyed_retry(urls, policy) {
+        done += 1;
+        match ending.result {
+            Ok(page) => {
+                let host = summary.entry(host_of(&page.url).to_string()).or_default();
                 host.ok += 1;
-                host.total += fetched.took;
-                debug_assert_eq!(fetched.host, host_of(&url));
-                for link in fetched.links {
+                host.retried += usize::from(ending.attempts > 1);
+                host.total += page.took;
+                for link in page.links {
                     if seen.insert(link.clone()) {
-                        let key = host_of(&link).to_string();
-                        url_of.insert(pool.add_task_keyed_to(key, link.clone(), &mailbox)?, link);
+                        frontier.borrow_mut().push_back(link);
                     }
                 }
             }
-            Ok(Err(_)) => host.failed += 1,
-            Err(TaskError::TimedOut) => host.timed_out += 1,
-            Err(_) => host.failed += 1,
+            Err(failure) => {
+                // The URL comes back from the pool with the failure.
+                let url = failure.input.unwrap_or_default();
+                summary.entry(host_of(&url).to_string()).or_default().failed += 1;
+                failures.push(format!(
+                    "{url}: {} (after {} attempt{})",
+                    failure.error,
+                    ending.attempts,
+                    if ending.attempts == 1 { "" } else { "s" }
+                ));
+            }
         }
-        done += 1;
         let stats = pool.stats();
         eprint!(
-            "\r{done}/{} pages, {} running, {} waiting on their host   ",
+            "\r{done}/{} pages, {} running, {} waiting on their host, {} waiting to retry   ",
             seen.len(),
             stats.busy,
-            stats.waiting_on_key
+            stats.waiting_on_key,
+            stats.waiting_retry
         );
     }
     eprintln!();
     let elapsed = began.elapsed();
 
     println!(
-        "{:<18} {:>6} {:>9} {:>7} {:>12}",
-        "host", "pages", "timed out", "failed", "mean fetch"
+        "{:<18} {:>6} {:>8} {:>7} {:>12}",
+        "host", "pages", "retried", "failed", "mean fetch"
     );
     for (host, s) in &summary {
         let mean = s.total.as_millis() as f64 / s.ok.max(1) as f64;
         println!(
-            "{host:<18} {:>6} {:>9} {:>7} {:>9.1} ms",
-            s.ok, s.timed_out, s.failed, mean
+            "{host:<18} {:>6} {:>8} {:>7} {:>9.1} ms",
+            s.ok, s.retried, s.failed, mean
         );
+    }
+    failures.sort();
+    let (missing, others): (Vec<_>, Vec<_>) = failures.iter().partition(|f| f.contains("404"));
+    println!("failed: {} broken links (404), and:", missing.len());
+    for failure in others {
+        println!("  {failure}");
     }
     let stats = pool.stats();
     println!(
-        "{} pages in {:.2} s with {} workers; {} timed out, {} of their threads still blocked",
-        seen.len(),
+        "{} pages in {:.2} s with {} workers: {} retries, {} pages timed out for good, {} threads still blocked",
+        done,
         elapsed.as_secs_f64(),
         stats.workers,
+        stats.retried,
         stats.timed_out,
         stats.abandoned
     );

@@ -56,6 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "x".repeat(1_000 + delay as usize)
             ),
             delay: Duration::from_millis(delay),
+            retry_after: None,
         }
     });
 

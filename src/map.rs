@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::iter::Fuse;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
@@ -117,7 +116,8 @@ impl<Item> KeyWindow<Item> {
 /// What every stream shares: the inputs, the pool's adding and cancelling, the mailbox, and
 /// the accounting of what is outstanding.
 struct Stream<Item, M, It> {
-    inputs: Fuse<It>,
+    /// Not fused: asked again whenever the stream wants more (see `pull`).
+    inputs: It,
     submit: Box<SubmitFn<Item, M>>,
     cancel: Box<CancelFn>,
     tx: Sender<M>,
@@ -136,7 +136,7 @@ impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
     fn new(inputs: It, source: Source<Item, M>) -> Self {
         let (tx, rx) = unbounded();
         Stream {
-            inputs: inputs.fuse(),
+            inputs,
             submit: source.submit,
             cancel: source.cancel,
             tx,
@@ -163,13 +163,16 @@ impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
         }
     }
 
-    /// Pulls one input and adds it. False when there is nothing more to pull.
+    /// Pulls one input and adds it. False when there is nothing to pull now.
+    ///
+    /// An input iterator that returned `None` is asked again the next time: one backed by a
+    /// queue the caller fills as results come in (a crawler's frontier) feeds the stream for as
+    /// long as it has work; the stream ends when it has none and no task is outstanding.
     fn pull(&mut self) -> bool {
         if self.stopped {
             return false;
         }
         let Some(input) = self.inputs.next() else {
-            self.stopped = true;
             return false;
         };
         let index = self.next_index;
@@ -223,6 +226,11 @@ impl<Item, M, It> Drop for Stream<Item, M, It> {
 /// `index` is the input's position (from 0) in the order it was pulled. At most
 /// [`in_flight`](MapUnordered::in_flight) tasks are outstanding at once; inputs are pulled only
 /// as results are taken, so an endless input iterator works in constant memory.
+///
+/// The input iterator is asked again whenever the stream wants more, even after it returned
+/// `None`: an iterator over a queue that the loop consuming the stream fills (a crawler's
+/// frontier, fed with the links each page yields) keeps the stream going, and the stream ends
+/// once the iterator has nothing and no task is outstanding.
 ///
 /// Dropping it cancels the tasks it queued that have not started; running ones finish and their
 /// results are dropped. If the pool shuts down, the input it could not add is yielded as

@@ -235,3 +235,35 @@ fn dropping_a_keyed_stream_cancels_what_waits_on_its_keys() {
         assert!(stats.cancelled > 0);
     });
 }
+
+#[test]
+fn a_stream_fed_by_its_own_results_runs_until_nothing_is_left() {
+    // A crawler's frontier: the input iterator pops a queue the loop below fills with the
+    // "links" each result yields. It returns `None` whenever the queue is momentarily empty;
+    // the stream asks again, and ends only when the queue is empty and nothing is outstanding.
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    watchdog("frontier", || {
+        let pool = AsyncPool::builder()
+            .max_workers(4)
+            .max_per_key(2)
+            .build(|n: u32| -> Result<u32, ()> { Ok(n) })
+            .unwrap();
+        let frontier = Rc::new(RefCell::new(VecDeque::from([0u32])));
+        let feed = frontier.clone();
+        let inputs = std::iter::from_fn(move || feed.borrow_mut().pop_front()).map(|n| (n % 3, n));
+        let mut seen = Vec::new();
+        for done in pool.map_keyed_retry(inputs, Retry::never()) {
+            let n = done.result.unwrap();
+            seen.push(n);
+            for child in [2 * n + 1, 2 * n + 2] {
+                if child < 1_000 {
+                    frontier.borrow_mut().push_back(child);
+                }
+            }
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, (0..1_000).collect::<Vec<_>>());
+    });
+}

@@ -15,6 +15,8 @@ pub struct Reply {
     pub body: String,
     /// How long to wait before answering.
     pub delay: Duration,
+    /// A `Retry-After` header, in seconds (with a 503: "come back later").
+    pub retry_after: Option<u32>,
 }
 
 /// A running server; it stops when the process exits.
@@ -66,9 +68,13 @@ fn answer(stream: TcpStream, handler: &dyn Fn(&str) -> Reply) -> std::io::Result
     let reply = handler(path);
     thread::sleep(reply.delay);
     let mut stream = stream;
+    let retry_after = reply
+        .retry_after
+        .map(|seconds| format!("Retry-After: {seconds}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "HTTP/1.1 {} OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        "HTTP/1.1 {} OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n{retry_after}Connection: close\r\n\r\n{}",
         reply.status,
         reply.body.len(),
         reply.body
