@@ -6,6 +6,13 @@
 //! ever had more than `max_per_key` callbacks running (timed-out ones included), and no pool
 //! thread is left.
 //!
+//! A second pool, whose callback fails its first attempts, takes adds with a retry policy
+//! (keyed or not, with a deadline or not, to a `RetryTask` or a mailbox) and cancels of them;
+//! the shutdowns, joins and resizes reach it too. Each of its tasks ends once, after no more
+//! attempts than the policy allows, `Ok` only once its failures are behind it, a failure with
+//! its input back (unless cancelled one by one), and inputs handed back by `shutdown_now` are
+//! exactly tasks that ended `Cancelled`.
+//!
 //! `PROPTEST_CASES` sets the number of cases (default 64). Each case runs under a watchdog that
 //! prints the case and aborts instead of hanging CI.
 
@@ -13,13 +20,15 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::assert_threads_gone;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use proptest::prelude::*;
-use slowpool::{AddError, AsyncPool, TaskError, TaskId, ThreadPool};
+use slowpool::{
+    AddError, AsyncPool, Failed, Retried, Retry, RetryTask, TaskError, TaskId, ThreadPool,
+};
 
 /// What a task's callback does.
 #[derive(Debug, Clone, Copy)]
@@ -52,7 +61,24 @@ enum Op {
     SetMaxWorkers(usize),
     Shutdown,
     ShutdownNow,
+    /// Add to the flaky pool with a retry policy: key (0: none), behaviour (never `Join`),
+    /// attempts that fail before it behaves, an optional deadline, and whether to a mailbox.
+    AddRetry {
+        key: u8,
+        behaviour: Behaviour,
+        fails: u8,
+        timeout_ms: Option<u8>,
+        to_mailbox: bool,
+    },
+    /// Cancel the last `RetryTask` (it may be waiting to retry).
+    CancelRetryLast,
 }
+
+/// Attempts the flaky pool's policy allows.
+const ATTEMPTS: u32 = 3;
+
+type Flaky = AsyncPool<u64, Result<u64, u64>>;
+type FlakyEnding = Retried<u64, u64, u64>;
 
 fn behaviour() -> impl Strategy<Value = Behaviour> {
     prop_oneof![
@@ -83,7 +109,57 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (1usize..=64).prop_map(Op::SetMaxWorkers),
         1 => Just(Op::Shutdown),
         1 => Just(Op::ShutdownNow),
+        4 => (0u8..=3, behaviour(), 0u8..=4, prop::option::of(1u8..=4), any::<bool>()).prop_map(
+            |(key, b, fails, timeout_ms, to_mailbox)| Op::AddRetry {
+                key,
+                behaviour: if let Behaviour::Join = b { Behaviour::Return } else { b },
+                fails,
+                timeout_ms,
+                to_mailbox,
+            }
+        ),
+        1 => Just(Op::CancelRetryLast),
     ]
+}
+
+/// What the flaky pool's callback reads and counts, per input (inputs are unique).
+struct FlakyState {
+    /// Attempts each input must fail before it behaves.
+    fails: Mutex<HashMap<u64, u32>>,
+    /// Calls so far, per input.
+    calls: Mutex<HashMap<u64, u32>>,
+    keys: PerKey,
+}
+
+/// The flaky pool's callback: fails (`Err(input)`) its first attempts, then behaves as `run`.
+fn run_flaky(state: &FlakyState, input: u64) -> Result<u64, u64> {
+    let key = key_of(input);
+    let now = state.keys.running[key].fetch_add(1, Ordering::SeqCst) + 1;
+    state.keys.peak[key].fetch_max(now, Ordering::SeqCst);
+    let _running = Running(&state.keys.running[key]);
+    let call = {
+        let mut calls = state.calls.lock().unwrap();
+        let call = calls.entry(input).or_default();
+        *call += 1;
+        *call
+    };
+    let fails = state
+        .fails
+        .lock()
+        .unwrap()
+        .get(&input)
+        .copied()
+        .unwrap_or(0);
+    if call <= fails {
+        return Err(input);
+    }
+    Ok(run(input))
+}
+
+fn policy() -> Retry<u64> {
+    Retry::attempts(ATTEMPTS)
+        .backoff(Duration::from_millis(1), Duration::from_millis(2))
+        .jitter(false)
 }
 
 /// Input = sequence number << 8 | key << 6 | sleep milliseconds << 3 | behaviour code: unique,
@@ -169,14 +245,25 @@ struct Seen {
     timed: HashSet<u64>,
     accepted: u64,
     spawned_accepted: u64,
+    /// The flaky pool: handles and mailboxed inputs, inputs handed back, accepted count.
+    retry_tasks: Vec<(u64, RetryTask<u64, u64, u64>)>,
+    retry_mailed: HashMap<TaskId, u64>,
+    retry_handed_back: Vec<u64>,
+    /// Inputs cancelled one by one (their ending has no input).
+    retry_cancelled: HashSet<u64>,
+    retry_accepted: u64,
 }
 
+#[allow(clippy::too_many_arguments)]
 fn producer(
     ops: Vec<Op>,
     pool: AsyncPool<u64, u64>,
     threads: ThreadPool,
+    flaky: Flaky,
+    state: Arc<FlakyState>,
     seq: Arc<AtomicU64>,
     mailbox: Sender<(TaskId, Result<u64, TaskError>)>,
+    retry_mailbox: Sender<FlakyEnding>,
 ) -> Seen {
     let mut seen = Seen::default();
     let next_keyed = |key, b| encode(seq.fetch_add(1, Ordering::SeqCst), key, b);
@@ -280,18 +367,63 @@ fn producer(
             Op::Join => {
                 pool.join();
                 threads.join();
+                flaky.join();
             }
             Op::SetMaxWorkers(n) => {
                 pool.set_max_workers(n);
                 threads.set_max_workers(n);
+                flaky.set_max_workers(n);
             }
             Op::Shutdown => {
                 pool.shutdown();
                 threads.shutdown();
+                flaky.shutdown();
             }
             Op::ShutdownNow => {
                 seen.handed_back.extend(pool.shutdown_now());
                 threads.shutdown_now();
+                seen.retry_handed_back.extend(flaky.shutdown_now());
+            }
+            Op::AddRetry {
+                key,
+                behaviour,
+                fails,
+                timeout_ms,
+                to_mailbox,
+            } => {
+                let input = next_keyed(key, behaviour);
+                state.fails.lock().unwrap().insert(input, fails.into());
+                let mut submit = flaky.task(input).retry(policy());
+                if key > 0 {
+                    submit = submit.key(key);
+                }
+                if let Some(ms) = timeout_ms {
+                    submit = submit.timeout(Duration::from_millis(ms.into()));
+                }
+                if to_mailbox {
+                    match submit.add_to(&retry_mailbox) {
+                        Ok(id) => {
+                            seen.retry_accepted += 1;
+                            seen.retry_mailed.insert(id, input);
+                        }
+                        Err(e) => assert_eq!(e.into_inner(), input),
+                    }
+                } else {
+                    match submit.add() {
+                        Ok(task) => {
+                            seen.retry_accepted += 1;
+                            seen.retry_tasks.push((input, task));
+                        }
+                        Err(e) => assert_eq!(e.into_inner(), input),
+                    }
+                }
+            }
+            Op::CancelRetryLast => {
+                if let Some((input, task)) = seen.retry_tasks.last() {
+                    if task.cancel() {
+                        seen.retry_cancelled.insert(*input);
+                    }
+                }
             }
         }
     }
@@ -330,23 +462,65 @@ fn check_case(
         .thread_name(threads_name.clone())
         .build()
         .unwrap();
+    let flaky_name = format!("f{case}");
+    let mut flaky_builder = AsyncPool::builder()
+        .max_workers(workers)
+        .max_abandoned(2)
+        .thread_name(flaky_name.clone());
+    if let Some(c) = capacity {
+        flaky_builder = flaky_builder.queue_capacity(c);
+    }
+    if let Some(n) = per_key {
+        flaky_builder = flaky_builder.max_per_key(n);
+    }
+    let state = Arc::new(FlakyState {
+        fails: Mutex::new(HashMap::new()),
+        calls: Mutex::new(HashMap::new()),
+        keys: PerKey::default(),
+    });
+    let in_flaky = state.clone();
+    let flaky: Flaky = flaky_builder
+        .build(move |input| run_flaky(&in_flaky, input))
+        .unwrap();
     let seq = Arc::new(AtomicU64::new(1));
     let (mailbox, mail): (_, Receiver<(TaskId, Result<u64, TaskError>)>) = unbounded();
+    let (retry_mailbox, retry_mail) = unbounded::<FlakyEnding>();
     let handles: Vec<_> = producers
         .into_iter()
         .map(|ops| {
-            let (pool, threads, seq, mailbox) =
-                (pool.clone(), threads.clone(), seq.clone(), mailbox.clone());
-            std::thread::spawn(move || producer(ops, pool, threads, seq, mailbox))
+            let (pool, threads, flaky, state, seq, mailbox, retry_mailbox) = (
+                pool.clone(),
+                threads.clone(),
+                flaky.clone(),
+                state.clone(),
+                seq.clone(),
+                mailbox.clone(),
+                retry_mailbox.clone(),
+            );
+            std::thread::spawn(move || {
+                producer(
+                    ops,
+                    pool,
+                    threads,
+                    flaky,
+                    state,
+                    seq,
+                    mailbox,
+                    retry_mailbox,
+                )
+            })
         })
         .collect();
     let seen: Vec<Seen> = handles.into_iter().map(|h| h.join().unwrap()).collect();
     pool.shutdown();
     threads.shutdown();
+    flaky.shutdown();
 
     // No pool thread is left after shutdown.
     assert_threads_gone(&name);
     assert_threads_gone(&threads_name);
+    assert_threads_gone(&flaky_name);
+    check_flaky(&flaky, &state, &seen, retry_mailbox, retry_mail, per_key);
 
     // Every observed task ended exactly once, the way its behaviour says, or was cancelled.
     let handed_back: HashSet<u64> = seen
@@ -436,6 +610,139 @@ fn check_case(
         t.completed + t.panicked + t.cancelled + t.timed_out,
         spawned
     );
+}
+
+/// The flaky pool's side of a case: see the module docs.
+fn check_flaky(
+    flaky: &Flaky,
+    state: &FlakyState,
+    seen: &[Seen],
+    retry_mailbox: Sender<FlakyEnding>,
+    retry_mail: Receiver<FlakyEnding>,
+    per_key: Option<usize>,
+) {
+    let handed_back: HashSet<u64> = seen
+        .iter()
+        .flat_map(|s| s.retry_handed_back.iter().copied())
+        .collect();
+    let cancelled_one_by_one: HashSet<u64> = seen
+        .iter()
+        .flat_map(|s| s.retry_cancelled.iter().copied())
+        .collect();
+    let mut endings: Vec<(u64, FlakyEnding)> = Vec::new();
+    let mut mailed: HashMap<TaskId, u64> = HashMap::new();
+    for s in seen {
+        for (input, task) in &s.retry_tasks {
+            let ending = task.try_recv().expect("ended by shutdown");
+            assert_eq!(ending.id, task.id());
+            assert!(task.try_recv().is_none(), "one ending per task");
+            endings.push((*input, ending));
+        }
+        mailed.extend(s.retry_mailed.iter().map(|(id, input)| (*id, *input)));
+    }
+    drop(retry_mailbox);
+    for ending in retry_mail.iter() {
+        let input = mailed
+            .remove(&ending.id)
+            .expect("one message per mailed task, no strays");
+        endings.push((input, ending));
+    }
+    assert!(
+        mailed.is_empty(),
+        "mailed retried tasks never reported: {mailed:?}"
+    );
+    let (mut least_retries, mut most_retries) = (0u64, 0u64);
+    let mut cancelled_inputs = HashSet::new();
+    for (input, ending) in &endings {
+        let (input, attempts) = (*input, ending.attempts);
+        assert!(attempts <= ATTEMPTS, "{input:#x}: {attempts} attempts");
+        let calls = state
+            .calls
+            .lock()
+            .unwrap()
+            .get(&input)
+            .copied()
+            .unwrap_or(0);
+        assert_eq!(calls, attempts, "{input:#x}: calls and attempts differ");
+        least_retries += u64::from(attempts.saturating_sub(1));
+        most_retries += u64::from(attempts);
+        let fails = state.fails.lock().unwrap()[&input];
+        match &ending.result {
+            Ok(value) => {
+                assert!(
+                    attempts > fails,
+                    "{input:#x}: Ok before its failures were over"
+                );
+                assert_eq!(Ok(*value), expected(input), "{input:#x}");
+                assert!(!handed_back.contains(&input));
+            }
+            Err(failure) => {
+                match &failure.error {
+                    Failed::Task(TaskError::Cancelled) => {
+                        cancelled_inputs.insert(input);
+                    }
+                    Failed::Callback(e) => assert_eq!(*e, input),
+                    Failed::Task(TaskError::Panicked(_)) => {
+                        assert_eq!(
+                            Err(failure.error.task_error().unwrap().clone()),
+                            expected(input)
+                        );
+                    }
+                    Failed::Task(TaskError::TimedOut) => {}
+                    Failed::Task(other) => panic!("unexpected ending {other:?}"),
+                }
+                if cancelled_one_by_one.contains(&input)
+                    && failure.error.task_error() == Some(&TaskError::Cancelled)
+                {
+                    assert_eq!(failure.input, None);
+                } else if handed_back.contains(&input) {
+                    // shutdown_now returned it; the ending has none.
+                    assert_eq!(failure.input, None);
+                } else {
+                    assert_eq!(failure.input, Some(input), "the input comes back");
+                }
+            }
+        }
+    }
+    assert!(
+        handed_back.is_subset(&cancelled_inputs),
+        "handed back but not cancelled: {:?}",
+        handed_back
+            .difference(&cancelled_inputs)
+            .collect::<Vec<_>>()
+    );
+    let accepted: u64 = seen.iter().map(|s| s.retry_accepted).sum();
+    assert_eq!(endings.len() as u64, accepted);
+    let stats = flaky.stats();
+    assert_eq!(stats.submitted, accepted);
+    assert_eq!(
+        stats.completed + stats.panicked + stats.cancelled + stats.timed_out,
+        accepted,
+        "every accepted retried task ended once: {stats:?}"
+    );
+    assert!(
+        (least_retries..=most_retries).contains(&stats.retried),
+        "retried {} outside {least_retries}..={most_retries}",
+        stats.retried
+    );
+    assert_eq!(
+        (
+            stats.busy,
+            stats.queued,
+            stats.waiting_retry,
+            stats.waiting_on_key
+        ),
+        (0, 0, 0, 0)
+    );
+    if let Some(limit) = per_key {
+        for key in 1..4 {
+            let peak = state.keys.peak[key].load(Ordering::SeqCst);
+            assert!(
+                peak <= limit,
+                "flaky key {key}: {peak} at once, limit {limit}"
+            );
+        }
+    }
 }
 
 fn cases() -> u32 {
