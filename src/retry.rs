@@ -14,12 +14,13 @@
 //! kind of receiver: a [`RetryTask`] handle, or a mailbox of [`Retried`] messages.
 
 use std::fmt;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::cell::{Control, Relay};
+use crate::cell::{drop_quietly, Control, Relay};
 use crate::delivery::{self, Delivered, Way};
 use crate::error::{Failed, Failure, TaskError};
 use crate::id::TaskId;
@@ -37,6 +38,12 @@ use crate::task::Canceller;
 ///
 /// Retries keep to the task's key: a retried task re-enters its key's queue, so
 /// `max_per_key` and `min_interval_per_key` hold for every attempt.
+///
+/// A task waiting to retry is still the pool's: `join` and a graceful `shutdown` (and dropping
+/// the last handle) wait for its last attempt, back-off included. `shutdown_now` and
+/// `shutdown_timeout` end it at once (`Cancelled`, input handed back), and no attempt backs off
+/// once they began. A `when` function that panics counts as [`Decision::GiveUp`]. An input whose
+/// `Clone` panics runs once, without retries.
 ///
 /// ```
 /// use slowpool::{AsyncPool, Decision, Failed, Retry};
@@ -267,12 +274,19 @@ pub type RetryMailbox<I, T, E> = Sender<Retried<I, T, E>>;
 /// The erased policy an input carries: `(attempt, result) → wait before the next attempt`.
 pub(crate) type PolicyFn<O> = dyn Fn(u32, Result<&O, &TaskError>) -> Option<Duration> + Send + Sync;
 
-/// Turns a policy over `E` into one over the callback's output `Result<T, E>`.
+/// Turns a policy over `E` into one over the callback's output `Result<T, E>`. A `when`
+/// function that panics gives up: the task ends with the failure it was asked about.
 pub(crate) fn policy_fn<T, E: 'static>(policy: Retry<E>) -> Arc<PolicyFn<Result<T, E>>> {
-    Arc::new(move |number, result| match result {
-        Ok(Ok(_)) => None,
-        Ok(Err(error)) => policy.decide(number, Failed::Callback(error)),
-        Err(error) => policy.decide(number, Failed::Task(error.clone())),
+    Arc::new(move |number, result| {
+        let decide = || match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(error)) => policy.decide(number, Failed::Callback(error)),
+            Err(error) => policy.decide(number, Failed::Task(error.clone())),
+        };
+        panic::catch_unwind(AssertUnwindSafe(decide)).unwrap_or_else(|payload| {
+            drop_quietly(payload);
+            None
+        })
     })
 }
 
@@ -306,7 +320,7 @@ impl<I, T, E> RetryRelay<I, T, E> {
     ) -> Retried<I, T, E> {
         let result = match result {
             Ok(Ok(value)) => {
-                crate::cell::drop_quietly(input);
+                drop_quietly(input);
                 Ok(value)
             }
             Ok(Err(error)) => Err(Failure {

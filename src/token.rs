@@ -40,14 +40,23 @@ use crate::cell::Control;
 pub struct CancelToken {
     task: Arc<dyn Control>,
     pool: Arc<AtomicBool>,
+    /// The attempt this token was made for: a retried task's later attempt does not lower the
+    /// token of an earlier one that timed out.
+    attempt: u32,
 }
 
 impl CancelToken {
     pub(crate) fn new(task: Arc<dyn Control>, pool: Arc<AtomicBool>) -> CancelToken {
-        CancelToken { task, pool }
+        let attempt = task.header().attempts();
+        CancelToken {
+            task,
+            pool,
+            attempt,
+        }
     }
 
-    /// Returns `true` once the task should stop: it timed out, or the pool is stopping.
+    /// Returns `true` once the task should stop: it timed out (with a retry policy: this
+    /// attempt timed out, even once the next one runs), or the pool is stopping.
     ///
     /// ```
     /// use slowpool::AsyncPool;
@@ -65,7 +74,10 @@ impl CancelToken {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_cancelled(&self) -> bool {
-        self.task.header().stop_requested() || self.pool.load(Ordering::Acquire)
+        let header = self.task.header();
+        header.stop_requested()
+            || header.attempts() != self.attempt
+            || self.pool.load(Ordering::Acquire)
     }
 }
 

@@ -3,9 +3,16 @@
 //! task, bounded mailboxes, resizing, elastic pools, panics whose payloads panic on drop, and
 //! adding retried work from inside a callback.
 //!
-//! Tests marked `#[ignore = "BUG: ..."]` demonstrate a defect; the rest are regression tests.
+//! Several began as demonstrations of defects since fixed: cancel by id and `shutdown_timeout`
+//! missing tasks waiting to retry, a panicking `when` function or input `Clone`, `shutdown_now`
+//! racing a retry decision, inputs dropped at the end of `shutdown_timeout`, a timed-out
+//! attempt's token, and `join` across attempts of one task.
 
 mod common;
+
+/// Where a test puts its pool so that the callback can reach it.
+type PoolSlot =
+    std::sync::Arc<std::sync::Mutex<Option<slowpool::AsyncPool<u32, Result<u32, u32>>>>>;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::SeqCst};
@@ -76,7 +83,7 @@ fn is_cancelled<I, T, E>(done: &Retried<I, T, E>) -> bool {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-#[ignore = "BUG: pool.cancel(id) cannot cancel a task waiting to retry (registry ignores BACKOFF)"]
+
 fn cancel_by_id_reaches_a_task_waiting_to_retry() {
     watchdog("cancel(id) in backoff", || {
         let pool = AsyncPool::new(1, |n: u32| -> Result<u32, u32> { Err(n) }).unwrap();
@@ -95,7 +102,7 @@ fn cancel_by_id_reaches_a_task_waiting_to_retry() {
 }
 
 #[test]
-#[ignore = "BUG: a retry task swept from the registry while backing off escapes shutdown_timeout (hangs)"]
+
 fn shutdown_timeout_ends_a_hung_attempt_even_after_a_registry_sweep() {
     watchdog("registry sweep", || {
         let (hang_x_key, hang_x) = gate();
@@ -173,7 +180,7 @@ fn shutdown_timeout_ends_a_hung_attempt_even_after_a_registry_sweep() {
 }
 
 #[test]
-#[ignore = "BUG: a panicking `when` function (worker side) leaves the task RUNNING for ever: no ending, join hangs"]
+
 fn a_panicking_when_function_on_a_worker_does_not_lose_the_task() {
     watchdog("when panics on a worker", || {
         let pool = AsyncPool::new(1, |n: u32| -> Result<u32, u32> { Err(n) }).unwrap();
@@ -194,7 +201,7 @@ fn a_panicking_when_function_on_a_worker_does_not_lose_the_task() {
 }
 
 #[test]
-#[ignore = "BUG: a panicking `when` function at a deadline kills the timer thread: no deadline or retry fires again"]
+
 fn a_panicking_when_function_at_a_deadline_does_not_stop_the_timer() {
     watchdog("when panics on the timer", || {
         let (key, hang) = gate();
@@ -254,7 +261,7 @@ impl Clone for Touchy {
 }
 
 #[test]
-#[ignore = "BUG: an input Clone that panics (made outside catch_unwind in execute) kills the worker and loses the task"]
+
 fn a_panicking_input_clone_does_not_lose_the_task_or_the_worker() {
     watchdog("clone panics", || {
         let pool = AsyncPool::new(1, |t: Touchy| -> Result<u32, u32> { Err(t.0) }).unwrap();
@@ -273,7 +280,7 @@ fn a_panicking_input_clone_does_not_lose_the_task_or_the_worker() {
 }
 
 #[test]
-#[ignore = "BUG: shutdown_now racing a `when` decision: the task backs off anyway and shutdown_now waits out the back-off"]
+
 fn shutdown_now_during_a_retry_decision_does_not_back_off() {
     watchdog("shutdown_now vs when", || {
         let pool = AsyncPool::new(1, |n: u32| -> Result<u32, u32> { Err(n) }).unwrap();
@@ -315,7 +322,7 @@ fn shutdown_now_during_a_retry_decision_does_not_back_off() {
 }
 
 #[test]
-#[ignore = "BUG: shutdown_timeout ends a running retry attempt with TimedOut but drops its input (Failure.input None)"]
+
 fn shutdown_timeout_hands_the_input_back_with_a_timed_out_attempt() {
     watchdog("shutdown_timeout input", || {
         let (key, hang) = gate();
@@ -393,7 +400,7 @@ fn retries_with_deadlines_and_hung_callbacks_end_once_each() {
 fn retries_keep_to_max_per_key_and_min_interval() {
     watchdog("keyed retries", || {
         for round in 0..2 {
-            let interval = Duration::from_millis(3);
+            let interval = Duration::from_millis(10);
             let now: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
             let starts: Arc<Mutex<HashMap<u32, Vec<Instant>>>> = Arc::default();
             let peak = Arc::new(AtomicUsize::new(0));
@@ -453,8 +460,10 @@ fn retries_keep_to_max_per_key_and_min_interval() {
             } else {
                 for (key, starts) in starts.lock().unwrap().iter() {
                     for pair in starts.windows(2) {
+                        // Recorded inside the callback, a moment after the pool started it:
+                        // allow that moment (as tests/keys.rs does).
                         assert!(
-                            pair[1] - pair[0] >= interval,
+                            pair[1] - pair[0] + Duration::from_millis(5) >= interval,
                             "key {key}: starts {:?} apart",
                             pair[1] - pair[0]
                         );
@@ -635,7 +644,7 @@ fn shutdown_timeout_with_backoffs_and_running_attempts_ends_each_task_once() {
 #[test]
 fn join_from_inside_a_task_waits_for_retrying_tasks() {
     watchdog("join inside", || {
-        let slot: Arc<Mutex<Option<AsyncPool<u32, Result<u32, u32>>>>> = Arc::default();
+        let slot: PoolSlot = Arc::default();
         let inner = slot.clone();
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
@@ -881,7 +890,7 @@ fn dropping_the_pool_while_tasks_wait_to_retry_delivers_every_ending() {
         for from_inside in [false, true] {
             let calls: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
             let c = calls.clone();
-            let slot: Arc<Mutex<Option<AsyncPool<u32, Result<u32, u32>>>>> = Arc::default();
+            let slot: PoolSlot = Arc::default();
             let inner = slot.clone();
             let pool = AsyncPool::new(2, move |n: u32| -> Result<u32, u32> {
                 if n == 999 {
@@ -985,7 +994,7 @@ fn a_callback_adds_retried_work_through_its_handle() {
 }
 
 #[test]
-#[ignore = "BUG: a timed-out attempt's CancelToken un-cancels itself once the next attempt starts"]
+
 fn a_timed_out_attempts_token_stays_cancelled_while_the_retry_runs() {
     watchdog("token of a retried attempt", || {
         let (saw_tx, saw) = unbounded::<&'static str>();
@@ -1037,7 +1046,7 @@ fn a_timed_out_attempts_token_stays_cancelled_while_the_retry_runs() {
 }
 
 #[test]
-#[ignore = "BUG: join() inside a retried task: the hung earlier attempt's join removes the next attempt's joiner entry (same TaskId), so it times out"]
+
 fn join_inside_a_retried_task_is_excused_on_its_next_attempt() {
     // Attempt 1 joins while another task runs past attempt 1's deadline; attempt 2 (on a
     // replacement worker) joins too, and the other task ends well within attempt 2's deadline:
@@ -1045,7 +1054,7 @@ fn join_inside_a_retried_task_is_excused_on_its_next_attempt() {
     watchdog("joiner retried", || {
         let mut outcomes = Vec::new();
         for _ in 0..10 {
-            let slot: Arc<Mutex<Option<AsyncPool<u32, Result<u32, u32>>>>> = Arc::default();
+            let slot: PoolSlot = Arc::default();
             let inner = slot.clone();
             let pool = AsyncPool::builder()
                 .max_workers(3)

@@ -237,7 +237,7 @@ impl<J: Job> Engine<J> {
             }
         }
         // 3. A joiner that ended excuses nobody any more.
-        self.joiners.remove(header.id);
+        self.joiners.remove((header.id, header.attempts()));
         // 4. Deliver, then 5. settle (the courier settles what it delivers).
         let way = match runner {
             Some(_) => Way::Wait {

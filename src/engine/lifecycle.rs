@@ -62,7 +62,7 @@ impl<J: Job> Engine<J> {
     /// tasks, joins the workers.
     pub(crate) fn shutdown_now(&self) -> Vec<J::Input> {
         self.close();
-        let inputs = self.stop_now();
+        let inputs = self.stop_now(true);
         self.disconnect_if_done();
         self.wait_for_exit();
         inputs
@@ -76,7 +76,9 @@ impl<J: Job> Engine<J> {
         let deadline = Instant::now().checked_add(timeout);
         let finished = self.wait_quiet(deadline);
         if !finished {
-            drop(self.stop_now());
+            // Inputs are not returned here: a task that keeps its input (a retry policy) gets it
+            // back in its ending; other inputs are dropped.
+            self.stop_now(false);
             for control in self.registry.all() {
                 if self.is_own_task(&*control) {
                     continue;
@@ -91,7 +93,8 @@ impl<J: Job> Engine<J> {
                     continue;
                 }
                 if header.state() == RUNNING {
-                    self.time_out(&*control, true, None);
+                    let spare = self.spares.lock().get(&header.id).cloned();
+                    self.time_out(&*control, true, spare.as_deref());
                 }
             }
             // Deliveries still waiting for room in a mailbox nobody reads give up.
@@ -101,10 +104,11 @@ impl<J: Job> Engine<J> {
         finished
     }
 
-    /// Cancels what has not started and raises the stop flag for cancel tokens.
-    fn stop_now(&self) -> Vec<J::Input> {
+    /// Raises the stop flag (cancel tokens, retries), then cancels what has not started; see
+    /// `cancel_queued` for `hand_back`.
+    fn stop_now(&self, hand_back: bool) -> Vec<J::Input> {
         self.stopping.store(true, SeqCst);
-        self.cancel_queued()
+        self.cancel_queued(hand_back)
     }
 
     /// A task calling `shutdown_timeout` on its own pool is not ended by it.
@@ -137,18 +141,18 @@ impl<J: Job> Engine<J> {
         let joining = worker
             .as_ref()
             .and_then(|_| CURRENT_TASK.with(|task| task.get()));
-        if let Some(id) = joining {
+        if let Some((id, attempt)) = joining {
             // A task that already ended (it timed out) excuses nobody: see `Joiners`.
-            self.joiners.register(id);
-            let running = self
-                .registry
-                .get(id)
-                .is_some_and(|task| task.header().state() == RUNNING);
-            if running && self.joiners.confirm(id) {
+            self.joiners.register((id, attempt));
+            let running = self.registry.get(id).is_some_and(|task| {
+                let header = task.header();
+                header.state() == RUNNING && header.attempts() == attempt
+            });
+            if running && self.joiners.confirm((id, attempt)) {
                 // Another joiner may be waiting for exactly this task to be excused.
                 self.quiet.nudge();
             } else {
-                self.joiners.remove(id);
+                self.joiners.remove((id, attempt));
             }
         }
         self.quiet.waiters.fetch_add(1, SeqCst);
@@ -186,8 +190,8 @@ impl<J: Job> Engine<J> {
         };
         drop(guard);
         self.quiet.waiters.fetch_sub(1, SeqCst);
-        if let Some(id) = joining {
-            self.joiners.remove(id);
+        if let Some(attempt) = joining {
+            self.joiners.remove(attempt);
         }
         quiet
     }

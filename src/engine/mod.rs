@@ -110,8 +110,11 @@ thread_local! {
     /// `(pool id, seat)` when the current thread is a pool's worker.
     static CURRENT: RefCell<Option<(usize, Arc<Seat>)>> = const { RefCell::new(None) };
     /// The task the current worker thread is running (the innermost, inside `join()`).
-    static CURRENT_TASK: std::cell::Cell<Option<TaskId>> = const { std::cell::Cell::new(None) };
+    static CURRENT_TASK: std::cell::Cell<Option<AttemptId>> = const { std::cell::Cell::new(None) };
 }
+
+/// One run of a task: its id and which attempt (a retried task runs more than once).
+type AttemptId = (TaskId, u32);
 
 static NEXT_POOL: AtomicUsize = AtomicUsize::new(1);
 
@@ -153,6 +156,8 @@ pub(crate) struct Engine<J: Job> {
     courier: Courier,
     quiet: Quiet,
     joiners: Joiners,
+    /// The spares of running attempts of tasks with a retry policy, by task (see `retry.rs`).
+    spares: Mutex<std::collections::HashMap<TaskId, Arc<Spare<J>>>>,
 }
 
 /// Wakes threads waiting for the pool to become quiet (`join`, `shutdown_timeout`).
@@ -186,19 +191,20 @@ struct Joiners {
     registered: AtomicUsize,
     /// Confirmed entries: how many tasks `join` excuses.
     confirmed: AtomicUsize,
-    /// `(task, confirmed)`.
-    ids: Mutex<Vec<(TaskId, bool)>>,
+    /// `(attempt, confirmed)`: by attempt, so that a timed-out attempt of a retried task that
+    /// returns from its `join` late never removes the entry of the attempt running now.
+    ids: Mutex<Vec<(AttemptId, bool)>>,
 }
 
 impl Joiners {
-    fn register(&self, id: TaskId) {
+    fn register(&self, id: AttemptId) {
         let mut ids = self.ids.lock();
         ids.push((id, false));
         self.registered.store(ids.len(), SeqCst);
     }
 
     /// Confirms a pending entry; false if the ending path removed it meanwhile.
-    fn confirm(&self, id: TaskId) -> bool {
+    fn confirm(&self, id: AttemptId) -> bool {
         let mut ids = self.ids.lock();
         match ids.iter_mut().find(|(j, _)| *j == id) {
             Some(entry) => {
@@ -210,7 +216,7 @@ impl Joiners {
         }
     }
 
-    fn remove(&self, id: TaskId) {
+    fn remove(&self, id: AttemptId) {
         if self.registered.load(SeqCst) == 0 {
             return;
         }
@@ -296,6 +302,7 @@ impl<J: Job> Engine<J> {
                 confirmed: AtomicUsize::new(0),
                 ids: Mutex::new(Vec::new()),
             },
+            spares: Mutex::new(std::collections::HashMap::new()),
         });
         for _ in 0..min {
             let reserved = engine.workers.reserve();
@@ -417,7 +424,7 @@ impl<J: Job> Engine<J> {
     /// Cancels every task not yet started; hands back their inputs in the order they were
     /// added.
     pub(crate) fn cancel_all(&self) -> Vec<J::Input> {
-        self.cancel_queued()
+        self.cancel_queued(true)
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -568,14 +575,15 @@ impl<J: Job> Engine<J> {
         });
     }
 
-    /// Cancels everything waiting to retry, waiting on a key or in the queue; returns the
-    /// inputs by task id.
+    /// Cancels everything waiting to retry, waiting on a key or in the queue. With `hand_back`,
+    /// returns the inputs by task id; without, a task that keeps its input (a retry policy)
+    /// gets it back in its `Cancelled` ending, and other inputs are dropped.
     ///
     /// Drains the timer's retries first, then the key table, then the queue: a job moves from
     /// the table to the queue under the table lock, so none is missed in between. (A retry the
     /// timer is moving right now may reach the queue behind the drain: it runs, as an add racing
     /// `cancel_all` would.)
-    fn cancel_queued(&self) -> Vec<J::Input> {
+    fn cancel_queued(&self, hand_back: bool) -> Vec<J::Input> {
         let mut jobs: Vec<(u8, J)> = Vec::new();
         jobs.extend(
             self.timer
@@ -589,12 +597,17 @@ impl<J: Job> Engine<J> {
         jobs.extend(self.receiver.try_iter().map(|job| (QUEUED, job)));
         let mut cancelled = Vec::new();
         for (from, job) in jobs {
-            if job.control().header().transition(from, CANCELLED) {
+            if !job.control().header().transition(from, CANCELLED) {
+                // Cancelled one by one earlier, or taken by a worker: not ours.
+                drop_quietly(job);
+            } else if hand_back {
                 self.end_cancelled(job.control(), from);
                 cancelled.push((job.control().header().id, job.into_input()));
             } else {
-                // Cancelled one by one earlier, or taken by a worker: not ours.
-                drop_quietly(job);
+                let control = job.control_arc();
+                self.end(control.header(), Ending::Cancelled { from }, None, |way| {
+                    job.fail_kept(TaskError::Cancelled, way)
+                });
             }
         }
         cancelled.sort_by_key(|(id, _)| *id);
@@ -709,7 +722,7 @@ impl<J: Job> Drop for Engine<J> {
     fn drop(&mut self) {
         // Shutdown leaves nothing behind; this only guards the invariant that no accepted task
         // is dropped without an ending.
-        drop_quietly(self.cancel_queued());
+        drop_quietly(self.cancel_queued(false));
     }
 }
 

@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::cell::{Control, QUEUED, RUNNING, WAITING};
+use crate::cell::{Control, BACKOFF, QUEUED, RUNNING, WAITING};
 use crate::id::TaskId;
 
 const SHARDS: usize = 16;
@@ -35,9 +35,12 @@ struct Shard {
 }
 
 fn outstanding(entry: &Weak<dyn Control>) -> Option<Arc<dyn Control>> {
-    entry
-        .upgrade()
-        .filter(|control| matches!(control.header().state(), WAITING | QUEUED | RUNNING))
+    entry.upgrade().filter(|control| {
+        matches!(
+            control.header().state(),
+            WAITING | QUEUED | RUNNING | BACKOFF
+        )
+    })
 }
 
 impl Registry {

@@ -34,9 +34,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, MutexGuard};
 
-use super::ending::Runner;
+use std::sync::atomic::Ordering::SeqCst;
+
+use super::ending::{Ending, Runner};
+use super::timer::Event;
 use super::{Engine, Job};
 use crate::cell::{drop_quietly, Header, BACKOFF, CANCELLED, QUEUED, WAITING};
+use crate::error::TaskError;
 
 /// The next attempt's job, beside the attempt that runs now. Empty once taken by whoever
 /// ended the attempt.
@@ -84,18 +88,43 @@ impl<J: Job> Engine<J> {
             self.replace_abandoned();
         }
         // 3. Not running: it excuses no joiner.
-        self.joiners.remove(header.id);
+        self.joiners.remove((header.id, header.attempts()));
         // 4. Wait on the timer. A delay past the clock's range waits as long as it can.
         let now = Instant::now();
         let at = now
             .checked_add(delay)
             .unwrap_or_else(|| now + Duration::from_secs(u32::MAX as u64));
-        self.schedule(at, super::timer::Event::Retry(next));
+        let event = self.schedule(at, Event::Retry(next));
+        // `shutdown_now` raises `stopping` before it takes the retries out of the timer: either
+        // it took this one, or this look sees the flag and takes it back itself.
+        if self.stopping.load(SeqCst) {
+            if let Some(Event::Retry(next)) = self.timer.remove(event) {
+                self.stop_retry(next);
+            }
+        }
+    }
+
+    /// Ends a task waiting to retry because the pool is stopping: `Cancelled`, with its input.
+    fn stop_retry(&self, next: J) {
+        let control = next.control_arc();
+        let header = control.header();
+        if header.transition(BACKOFF, CANCELLED) {
+            self.end(header, Ending::Cancelled { from: BACKOFF }, None, |way| {
+                next.fail_kept(TaskError::Cancelled, way)
+            });
+        } else {
+            drop_quietly(next);
+        }
     }
 
     /// The timer's side: a back-off has passed. The task enters its key's table or the queue,
     /// unless it was cancelled meanwhile.
     pub(super) fn readmit(&self, job: J) {
+        if self.stopping.load(SeqCst) {
+            // Due just as `shutdown_now` began: it does not run again.
+            self.stop_retry(job);
+            return;
+        }
         let header = job.control().header();
         let keyed = match (header.key, &self.keys) {
             (Some(key), Some(keys)) => Some((key, keys)),

@@ -84,8 +84,12 @@ impl<J> Timer<J> {
     /// Removes an event that is no longer needed (its task ended in time).
     pub(crate) fn cancel(&self, id: EventId) {
         // Dropping an `Event` may drop the last reference to a task's cell: outside the lock.
-        let removed = self.state.lock().events.remove(&id);
-        drop(removed);
+        drop(self.remove(id));
+    }
+
+    /// Takes an event back out, if it has not fired.
+    pub(crate) fn remove(&self, id: EventId) -> Option<Event<J>> {
+        self.state.lock().events.remove(&id)
     }
 
     /// Takes out every task waiting to retry (for `cancel_all` and shutdown).

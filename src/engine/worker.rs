@@ -117,14 +117,24 @@ impl<J: Job> Engine<J> {
     pub(super) fn execute(&self, job: J, seat: &Seat, own_loop: bool) -> Fate {
         let header = job.control().header();
         let (id, key) = (header.id, header.key);
-        // A task with a retry policy: its next attempt's job, made while the input is here.
-        let spare = job.spare().map(|next| Arc::new(Spare::new(next)));
+        // A task with a retry policy: its next attempt's job, made while the input is here. An
+        // input whose `Clone` panics runs once, without one.
+        let spare = panic::catch_unwind(AssertUnwindSafe(|| job.spare()))
+            .unwrap_or_else(|payload| {
+                drop_quietly(payload);
+                None
+            })
+            .map(|next| Arc::new(Spare::new(next)));
+        if let Some(spare) = &spare {
+            // Where `shutdown_timeout` finds it, to hand the input back with `TimedOut`.
+            self.spares.lock().insert(id, spare.clone());
+        }
         let deadline = header
             .timeout
             .or(self.settings.task_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout))
             .map(|at| self.schedule(at, Event::Deadline(job.control_arc(), spare.clone())));
-        let outer = CURRENT_TASK.with(|task| task.replace(Some(id)));
+        let outer = CURRENT_TASK.with(|task| task.replace(Some((id, header.attempts()))));
         let cx = RunContext {
             engine: self,
             seat,
@@ -138,6 +148,9 @@ impl<J: Job> Engine<J> {
         CURRENT_TASK.with(|task| task.set(outer));
         if let Some(deadline) = deadline {
             self.timer.cancel(deadline);
+        }
+        if spare.is_some() {
+            self.spares.lock().remove(&id);
         }
         if ran == Ran::Lost {
             // It timed out while it ran; its callback has returned only now, and it held its
