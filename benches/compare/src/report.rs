@@ -310,6 +310,10 @@ pub fn write(
             kib.map_or("failed".into(), |k| format!("{k:.1}"))
         );
     }
+    let _ = writeln!(
+        out,
+        "\nOn 16 cores, and keyed streams (`--only keyed`): [more-benchmarks.md](more-benchmarks.md)."
+    );
     std::fs::write(docs.join("benchmarks.md"), out)?;
     Ok(())
 }
