@@ -16,7 +16,7 @@ use crate::error::{AddError, BuildError, TaskError};
 use crate::id::TaskId;
 use crate::map::{MapOrdered, MapRetried, MapUnordered, Message, Source};
 use crate::retry::{
-    policy_fn, KeptRelay, PolicyFn, Retried, Retry, RetryMailbox, RetryRelay, RetryTask,
+    policy_fn, Destination, KeptRelay, PolicyFn, Retry, RetryMailbox, RetryRelay, RetryTask,
 };
 use crate::stats::Stats;
 use crate::task::Task;
@@ -511,7 +511,7 @@ where
     ///
     /// As [`add`](Retrying::add).
     pub fn add_to(self, mailbox: &RetryMailbox<I, T, E>) -> Result<TaskId, AddError<I>> {
-        self.relay(mailbox.clone(), true)
+        self.relay(Destination::Mailbox(mailbox.clone()), true)
             .map(|(_, cell)| cell.header.id)
     }
 
@@ -521,23 +521,25 @@ where
     ///
     /// As [`try_add`](Retrying::try_add).
     pub fn try_add_to(self, mailbox: &RetryMailbox<I, T, E>) -> Result<TaskId, AddError<I>> {
-        self.relay(mailbox.clone(), false)
+        self.relay(Destination::Mailbox(mailbox.clone()), false)
             .map(|(_, cell)| cell.header.id)
     }
 
     fn handle(self, wait: bool) -> Result<RetryTask<I, T, E>, AddError<I>> {
-        // One message ever goes through it, so sending never waits.
-        let (tx, rx) = crossbeam_channel::bounded::<Retried<I, T, E>>(1);
-        let (engine, cell) = self.relay(tx, wait)?;
-        let id = cell.header.id;
-        Ok(RetryTask::new(id, rx, cell, engine))
+        // The ending's own one-shot slot, in a cell read through a `Task`. Only the slot is
+        // used: the pool's cell (`control`) is the task's, with its id, state and attempts.
+        let header = Header::new(TaskId(0), None, None);
+        let slot = Arc::new(Cell::new(header, Output::Slot(Slot::new())));
+        let (engine, control) = self.relay(Destination::Slot(slot.clone()), wait)?;
+        let ending = Task::new(slot, engine.clone());
+        Ok(RetryTask::new(ending, control, engine))
     }
 
-    /// Adds the input with a relay to `tx`.
+    /// Adds the input with a relay to `to`.
     #[allow(clippy::type_complexity)]
     fn relay(
         self,
-        tx: RetryMailbox<I, T, E>,
+        to: Destination<I, T, E>,
         wait: bool,
     ) -> Result<
         (
@@ -546,7 +548,7 @@ where
         ),
         AddError<I>,
     > {
-        let relay = Arc::new(RetryRelay::new(tx));
+        let relay = Arc::new(RetryRelay::new(to));
         let output = Output::Relay(relay.clone());
         let (engine, input, mut how) = self.submit.into_parts(output, wait)?;
         how.again = Some(Box::new(Again {

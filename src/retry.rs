@@ -14,17 +14,20 @@
 //! kind of receiver: a [`RetryTask`] handle, or a mailbox of [`Retried`] messages.
 
 use std::fmt;
+use std::future::Future;
 use std::panic::{self, AssertUnwindSafe};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
-use crate::cell::{drop_quietly, Control, Relay};
+use crate::cell::{drop_quietly, Cell, Control, Relay, BACKOFF, QUEUED, RUNNING, WAITING};
 use crate::delivery::{self, Delivered, Way};
 use crate::error::{Failed, Failure, TaskError};
 use crate::id::TaskId;
-use crate::task::Canceller;
+use crate::task::{Canceller, Task};
 
 /// When and how often a failed task runs again: for callbacks that return `Result<T, E>`, added
 /// with [`Submit::retry`](crate::Submit::retry).
@@ -302,14 +305,29 @@ pub(crate) trait KeptRelay<I, O>: Relay<O> {
     ) -> Delivered;
 }
 
-/// Sends `Retried` messages to one channel: a [`RetryTask`]'s own, or the caller's mailbox.
-pub(crate) struct RetryRelay<I, T, E> {
-    tx: Sender<Retried<I, T, E>>,
+/// Where a retried task's [`Retried`] ending goes.
+pub(crate) enum Destination<I, T, E> {
+    /// The caller's mailbox.
+    Mailbox(Sender<Retried<I, T, E>>),
+    /// The one-shot slot a [`RetryTask`] reads (a cell of its own, read through a `Task`).
+    Slot(Arc<Cell<Retried<I, T, E>>>),
 }
 
-impl<I, T, E> RetryRelay<I, T, E> {
-    pub(crate) fn new(tx: Sender<Retried<I, T, E>>) -> Self {
-        RetryRelay { tx }
+/// Delivers a retried task's ending, as a `Retried` message, to its destination.
+pub(crate) struct RetryRelay<I, T, E> {
+    to: Destination<I, T, E>,
+}
+
+impl<I: Send + 'static, T: Send + 'static, E: Send + 'static> RetryRelay<I, T, E> {
+    pub(crate) fn new(to: Destination<I, T, E>) -> Self {
+        RetryRelay { to }
+    }
+
+    fn send(&self, message: Retried<I, T, E>, way: Way<'_>) -> Delivered {
+        match &self.to {
+            Destination::Mailbox(tx) => delivery::send(tx, message, way),
+            Destination::Slot(cell) => cell.deliver(Ok(message), way),
+        }
     }
 
     fn message(
@@ -353,7 +371,7 @@ where
         result: Result<Result<T, E>, TaskError>,
         way: Way<'_>,
     ) -> Delivered {
-        delivery::send(&self.tx, Self::message(id, attempts, result, None), way)
+        self.send(Self::message(id, attempts, result, None), way)
     }
 }
 
@@ -371,32 +389,48 @@ where
         input: I,
         way: Way<'_>,
     ) -> Delivered {
-        let message = Self::message(id, attempts, result, Some(input));
-        delivery::send(&self.tx, message, way)
+        self.send(Self::message(id, attempts, result, Some(input)), way)
     }
 }
 
 /// A task added with a retry policy: its one [`Retried`] ending arrives here once the last
 /// attempt ends.
 ///
-/// Made by [`Retrying::add`](crate::Retrying::add) / [`Retrying::try_add`](crate::Retrying::try_add). Dropping it does not cancel the task.
+/// Made by [`Retrying::add`](crate::Retrying::add) /
+/// [`Retrying::try_add`](crate::Retrying::try_add). Read it like a [`Task`]: block
+/// (`recv`), look (`try_recv`, `recv_timeout`), `select!` on its [`receiver`](RetryTask::receiver),
+/// or `.await` it (std only, any executor). Dropping it does not cancel the task.
+///
+/// ```
+/// use slowpool::AsyncPool;
+/// use crossbeam_channel::select;
+///
+/// let pool = AsyncPool::new(2, |n: u32| if n > 0 { Ok(n) } else { Err("zero") })?;
+/// let task = pool.task(0).keep_input().add()?;
+/// select! {
+///     recv(task.receiver()) -> message => {
+///         let ending = message??; // the channel's error, then `AlreadyReceived`
+///         assert_eq!(ending.result.unwrap_err().input, Some(0));
+///     }
+/// }
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct RetryTask<I, T, E> {
-    id: TaskId,
-    rx: Receiver<Retried<I, T, E>>,
+    /// The ending's own one-shot slot, read the way a `Task` reads it.
+    ending: Task<Retried<I, T, E>>,
+    /// The pool's task: its header (id, attempts) and how to cancel it.
     control: Arc<dyn Control>,
     pool: Arc<dyn Canceller>,
 }
 
-impl<I, T, E> RetryTask<I, T, E> {
+impl<I: Send + 'static, T: Send + 'static, E: Send + 'static> RetryTask<I, T, E> {
     pub(crate) fn new(
-        id: TaskId,
-        rx: Receiver<Retried<I, T, E>>,
+        ending: Task<Retried<I, T, E>>,
         control: Arc<dyn Control>,
         pool: Arc<dyn Canceller>,
     ) -> Self {
         RetryTask {
-            id,
-            rx,
+            ending,
             control,
             pool,
         }
@@ -404,37 +438,45 @@ impl<I, T, E> RetryTask<I, T, E> {
 
     /// The task's id.
     pub fn id(&self) -> TaskId {
-        self.id
+        self.control.header().id
     }
 
     /// Waits for the task's ending.
     pub fn recv(self) -> Retried<I, T, E> {
-        match self.rx.recv() {
-            Ok(done) => done,
-            Err(_) => self.lost(),
-        }
+        let ending = self.ending.recv();
+        self.unwrap(ending)
     }
 
     /// The ending if it is there. `None` also once it was taken.
     pub fn try_recv(&self) -> Option<Retried<I, T, E>> {
-        self.rx.try_recv().ok()
+        self.ending.try_recv()?.ok()
     }
 
     /// Waits at most `timeout` for the ending. `None` if it did not come in time (or was
     /// already taken).
     pub fn recv_timeout(&self, timeout: Duration) -> Option<Retried<I, T, E>> {
-        self.rx.recv_timeout(timeout).ok()
+        self.ending.recv_timeout(timeout)?.ok()
     }
 
-    /// The channel the ending arrives on, for `crossbeam_channel::select!`. It carries exactly
-    /// one message.
-    pub fn receiver(&self) -> &Receiver<Retried<I, T, E>> {
-        &self.rx
+    /// The channel the ending arrives on, for `crossbeam_channel::select!`, as
+    /// [`Task::receiver`]: made on the first call, and from then on the ending goes through it.
+    /// Its one message is `Ok(ending)`; `Err(AlreadyReceived)` only if the ending was read
+    /// through this `RetryTask` first.
+    pub fn receiver(&self) -> &Receiver<Result<Retried<I, T, E>, TaskError>> {
+        self.ending.receiver()
     }
 
     /// Attempts started so far.
     pub fn attempts(&self) -> u32 {
         self.control.header().attempts()
+    }
+
+    /// True once the task has ended (its ending may not have been read yet).
+    pub fn is_finished(&self) -> bool {
+        !matches!(
+            self.control.header().state(),
+            WAITING | QUEUED | RUNNING | BACKOFF
+        )
     }
 
     /// Cancels the task if it is not running: queued, waiting on its key, or waiting to retry.
@@ -444,24 +486,35 @@ impl<I, T, E> RetryTask<I, T, E> {
         self.pool.cancel_task(&*self.control)
     }
 
-    /// The ending of a task whose relay was dropped without a message: unreachable while every
-    /// accepted task ends once; never panics regardless.
-    fn lost(&self) -> Retried<I, T, E> {
-        Retried {
-            id: self.id,
+    /// The ending from a read of the slot: always `Ok` — the slot is filled once, by the relay.
+    fn unwrap(&self, read: Result<Retried<I, T, E>, TaskError>) -> Retried<I, T, E> {
+        read.unwrap_or_else(|error| Retried {
+            id: self.id(),
             attempts: self.attempts(),
             result: Err(Failure {
                 input: None,
-                error: Failed::Task(TaskError::Cancelled),
+                error: Failed::Task(error),
             }),
-        }
+        })
     }
 }
 
-impl<I, T, E> fmt::Debug for RetryTask<I, T, E> {
+/// Awaits the task's ending, as [`Task`] does (std only, any executor).
+impl<I: Send + 'static, T: Send + 'static, E: Send + 'static> Future for RetryTask<I, T, E> {
+    type Output = Retried<I, T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let task = self.get_mut();
+        Pin::new(&mut task.ending)
+            .poll(cx)
+            .map(|read| task.unwrap(read))
+    }
+}
+
+impl<I: Send + 'static, T: Send + 'static, E: Send + 'static> fmt::Debug for RetryTask<I, T, E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryTask")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("attempts", &self.attempts())
             .finish_non_exhaustive()
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TryRecvError};
 
-use crate::cell::{Cell, Output, Read, Slot, CANCELLED, DONE, QUEUED, RUNNING, WAITING};
+use crate::cell::{Cell, Output, Read, Slot, BACKOFF, CANCELLED, DONE, QUEUED, RUNNING, WAITING};
 use crate::error::{Failed, Flat, TaskError};
 use crate::id::TaskId;
 
@@ -274,7 +274,10 @@ impl<T: Send + 'static> Task<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_finished(&self) -> bool {
-        !matches!(self.cell.header.state(), WAITING | QUEUED | RUNNING)
+        !matches!(
+            self.cell.header.state(),
+            WAITING | QUEUED | RUNNING | BACKOFF
+        )
     }
 
     /// Returns `true` if the task is running now.
@@ -446,6 +449,7 @@ impl<T> fmt::Debug for Task<T> {
             RUNNING => "running",
             DONE => "done",
             CANCELLED => "cancelled",
+            BACKOFF => "waiting to retry",
             _ => "timed out",
         };
         f.debug_struct("Task")

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::{eventually, gate, gated, watchdog};
 use crossbeam_channel::bounded;
-use slowpool::{AsyncPool, Failed, Flat, Task, TaskError, ThreadPool};
+use slowpool::{AsyncPool, Failed, Flat, Retry, Task, TaskError, ThreadPool};
 
 /// Tasks awaited at once by `join_all`.
 const MANY: usize = 2_000;
@@ -403,5 +403,31 @@ fn an_awaited_result_flattens() {
             (ok, bad)
         });
         assert_eq!(results, (Ok(1), Err(Failed::Callback("negative"))));
+    });
+}
+
+#[test]
+fn a_retried_task_is_awaited_like_a_task() {
+    // An awaited RetryTask wakes its executor when the last attempt ends, after back-offs the
+    // executor did not poll through.
+    watchdog("await a RetryTask", || {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let pool = AsyncPool::new(2, move |s: String| -> Result<usize, String> {
+            if c.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(format!("{s} not yet"))
+            } else {
+                Ok(s.len())
+            }
+        })
+        .unwrap();
+        let policy = Retry::attempts(5).backoff(Duration::from_millis(5), Duration::from_millis(5));
+        let task = pool.task("four".to_string()).retry(policy).add().unwrap();
+        let (done, woken) = block_on(task);
+        assert_eq!((done.attempts, done.result), (3, Ok(4)));
+        assert!(woken >= 1, "the ending woke the executor");
+        let task = pool.task("x".to_string()).keep_input().add().unwrap();
+        let (done, _) = block_on(async { task.await });
+        assert_eq!(done.attempts, 1); // the fourth call works
     });
 }

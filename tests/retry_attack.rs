@@ -928,7 +928,8 @@ fn dropping_the_pool_while_tasks_wait_to_retry_delivers_every_ending() {
                 let done = task
                     .receiver()
                     .recv_timeout(Duration::from_secs(10))
-                    .expect("ending lost");
+                    .expect("ending lost")
+                    .expect("read once");
                 assert_eq!((done.attempts, done.result.is_ok()), (3, true), "{done:?}");
             }
         }
