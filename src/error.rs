@@ -310,8 +310,10 @@ impl<E: Error + 'static> Error for Failed<E> {
 /// or add it again later, without keeping a map of inputs by task id. Part of
 /// [`Retried`](crate::Retried).
 ///
-/// `input` is `None` only for a task cancelled one by one (`cancel`, [`RetryTask::cancel`]
-/// (crate::RetryTask::cancel)): `cancel_all` and `shutdown_now` return the inputs they cancel.
+/// `input` is `None` only for a task cancelled before it ran again: one by one (`cancel`,
+/// [`RetryTask::cancel`](crate::RetryTask::cancel)) while queued or waiting on its key (waiting
+/// to retry, it comes back), or by `cancel_all` / `shutdown_now`, which return the input
+/// instead.
 ///
 /// ```
 /// use slowpool::{AsyncPool, Failed, Retry, TaskError};

@@ -413,3 +413,30 @@ fn a_refused_add_hands_the_input_back() {
     let refused = pool.task(3).retry(quick(2)).add().unwrap_err();
     assert_eq!(refused.into_inner(), 3);
 }
+
+#[test]
+fn cancel_by_id_during_the_back_off_hands_the_input_back_in_the_ending() {
+    watchdog("cancel by id", || {
+        let pool = AsyncPool::new(1, |s: String| -> Result<(), String> { Err(s) }).unwrap();
+        let (mailbox, endings) = unbounded::<Retried<String, (), String>>();
+        let later = Retry::attempts(3).when(|_| Decision::RetryAfter(HOUR));
+        let id = pool
+            .task("page".to_string())
+            .retry(later)
+            .add_to(&mailbox)
+            .unwrap();
+        eventually("it waits to retry", || pool.stats().waiting_retry == 1);
+        assert!(pool.cancel(id));
+        let done = endings.recv().unwrap();
+        assert_eq!((done.id, done.attempts), (id, 1));
+        let failure = done.result.unwrap_err();
+        assert_eq!(failure.error, Failed::Task(TaskError::Cancelled));
+        assert_eq!(failure.input.as_deref(), Some("page"));
+        assert!(!pool.cancel(id), "it ended once");
+        let stats = pool.stats();
+        assert_eq!(
+            (stats.cancelled, stats.waiting_retry, stats.retried),
+            (1, 0, 1)
+        );
+    });
+}

@@ -557,9 +557,25 @@ impl<J: Job> Engine<J> {
         }
     }
 
-    /// Cancels one task that has not started. The one path for `Task::cancel` and `cancel(id)`.
+    /// Cancels one task that is not running. The one path for `Task::cancel`,
+    /// `RetryTask::cancel` and `cancel(id)`. A task waiting to retry gets its input back in its
+    /// ending: its next attempt's job is taken out of the timer (unless the timer is moving it
+    /// right now; it then finds the task cancelled and drops it).
     fn cancel_task(&self, control: &dyn Control) -> bool {
-        match control.header().cancel() {
+        let header = control.header();
+        match header.cancel() {
+            Some(BACKOFF) => {
+                let id = header.id;
+                match self.timer.take_retry(|job| job.control().header().id == id) {
+                    Some(next) => {
+                        self.end(header, Ending::Cancelled { from: BACKOFF }, None, |way| {
+                            next.fail_kept(TaskError::Cancelled, way)
+                        })
+                    }
+                    None => self.end_cancelled(control, BACKOFF),
+                }
+                true
+            }
             Some(from) => {
                 self.end_cancelled(control, from);
                 true

@@ -109,6 +109,19 @@ impl<J> Timer<J> {
             .collect()
     }
 
+    /// Takes out the one retry that `is_it` picks (a cancel by id).
+    pub(crate) fn take_retry(&self, is_it: impl Fn(&J) -> bool) -> Option<J> {
+        let mut state = self.state.lock();
+        let id = state.events.iter().find_map(|(id, event)| match event {
+            Event::Retry(job) if is_it(job) => Some(*id),
+            _ => None,
+        })?;
+        match state.events.remove(&id) {
+            Some(Event::Retry(job)) => Some(job),
+            _ => None,
+        }
+    }
+
     pub(crate) fn set_thread(&self, handle: JoinHandle<()>) {
         *self.thread.lock() = Some(handle);
     }
