@@ -813,7 +813,8 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
 
     /// Cancels the task with this id if it has not started: it never runs, and its result is
     /// `Err(TaskError::Cancelled)` (sent to its mailbox, or to its `Task`). Returns `false` if
-    /// it is running, has ended, or is unknown.
+    /// it is running, has ended, or is unknown. A task with a retry policy is cancelled between
+    /// attempts too; one that is running is not stopped, but makes no further attempt.
     ///
     /// ```
     /// use slowpool::{AsyncPool, TaskError, TaskId};

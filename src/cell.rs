@@ -31,7 +31,7 @@
 //! waker in the slot, and the delivery wakes it (see [`Slot`]).
 
 use std::mem;
-use std::sync::atomic::{AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -71,6 +71,9 @@ pub(crate) struct Header {
     state: AtomicU8,
     /// Attempts started so far (1 once it first runs; more only with a retry policy).
     attempts: AtomicU32,
+    /// Set by a cancel that found the task running: with a retry policy, it makes no further
+    /// attempt.
+    last_attempt: AtomicBool,
     /// Index of the worker thread running the task (meaningful while RUNNING).
     worker: AtomicUsize,
 }
@@ -85,6 +88,7 @@ impl Header {
             timeout,
             state: AtomicU8::new(state),
             attempts: AtomicU32::new(0),
+            last_attempt: AtomicBool::new(false),
             worker: AtomicUsize::new(usize::MAX),
         }
     }
@@ -116,11 +120,21 @@ impl Header {
     }
 
     /// Cancels a task that is not running: waiting on its key, queued, or waiting to retry.
-    /// Returns the state it was cancelled from, or `None` if it runs or has ended.
+    /// Returns the state it was cancelled from, or `None` if it runs or has ended — a running
+    /// task is marked to make no further attempt.
     pub(crate) fn cancel(&self) -> Option<u8> {
-        [QUEUED, WAITING, BACKOFF]
+        let from = [QUEUED, WAITING, BACKOFF]
             .into_iter()
-            .find(|&from| self.transition(from, CANCELLED))
+            .find(|&from| self.transition(from, CANCELLED));
+        if from.is_none() {
+            self.last_attempt.store(true, Ordering::SeqCst);
+        }
+        from
+    }
+
+    /// True once a cancel found the task running: no further attempt.
+    pub(crate) fn is_last_attempt(&self) -> bool {
+        self.last_attempt.load(Ordering::SeqCst)
     }
 
     /// The worker running the task, for abandoning its thread when it times out.

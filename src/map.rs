@@ -14,6 +14,7 @@ use std::fmt;
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
+use crate::cell::drop_quietly;
 use crate::error::{AddError, Failed, Failure, TaskError};
 use crate::id::TaskId;
 use crate::retry::Retried;
@@ -213,9 +214,17 @@ impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
 
 impl<Item, M, It> Drop for Stream<Item, M, It> {
     fn drop(&mut self) {
+        // A task that runs now is not stopped, but makes no further attempt (see `cancel`).
         for id in self.outstanding.keys() {
             (self.cancel)(*id);
         }
+        // Results nobody will read: dropped here, where a `Drop` that panics must not escape
+        // (dropping the receiver discards what the channel still holds).
+        let rx = std::mem::replace(&mut self.rx, crossbeam_channel::never());
+        for message in rx.try_iter() {
+            drop_quietly(message);
+        }
+        drop_quietly(rx);
     }
 }
 
@@ -295,6 +304,12 @@ impl<Item, O, It: Iterator<Item = Item>> MapUnordered<Item, O, It> {
     /// window, so the stream keeps pulling for keys that have room — up to this bound, which
     /// is the stream's memory: input sorted by key needs room for the longest run of one key
     /// to keep every key busy. No effect on a stream without keys.
+    ///
+    /// The window knows the stream's own tasks only: it counts up to `max_per_key` of them per
+    /// key as running. Work the stream does not see that holds a key — other adds under the
+    /// same key, or a timed-out callback still running (it keeps its key until it returns) —
+    /// leaves those tasks waiting while they fill the window, and the stream pulls less until
+    /// that work ends.
     pub fn max_buffered(mut self, n: usize) -> Self {
         if self.stream.keys.is_some() {
             self.max_buffered = n.max(1);
@@ -402,7 +417,9 @@ impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
     }
 
     fn top_up(&mut self) {
-        let reach = self.next_out + self.max_buffered.max(self.in_flight);
+        let reach = self
+            .next_out
+            .saturating_add(self.max_buffered.max(self.in_flight));
         while self.stream.window() < self.in_flight
             && self.stream.next_index < reach
             && self.stream.pull()
@@ -445,8 +462,10 @@ impl<Item, O, It: Iterator<Item = Item>> Iterator for MapOrdered<Item, O, It> {
 /// many attempts it took.
 ///
 /// Inputs are pulled as for [`MapUnordered`]: [`in_flight`](MapRetried::in_flight) counts
-/// tasks running, queued or waiting to retry; in a keyed stream, inputs waiting behind their
-/// key's limit do not count, up to [`max_buffered`](MapRetried::max_buffered) in all. If the
+/// the stream's outstanding tasks — running, queued or waiting to retry; in a keyed stream, up
+/// to `max_per_key` of them per key, so inputs waiting behind their key's limit do not count,
+/// up to [`max_buffered`](MapRetried::max_buffered) in all. (A task waiting to retry has left
+/// its key, so the key's next input may run meanwhile.) If the
 /// pool shuts down, the input it refused comes back as a `Cancelled` failure with
 /// `attempts == 0` (and an id no task has), and no more are pulled. Dropping it cancels what it
 /// queued.

@@ -678,7 +678,9 @@ impl<J: Job> Engine<J> {
         let header = control.header();
         let mut held = spare.map(Spare::lock);
         let delay = match held.as_deref() {
-            Some(Some(next)) if !force && !self.stopping.load(SeqCst) => {
+            Some(Some(next))
+                if !force && !self.stopping.load(SeqCst) && !header.is_last_attempt() =>
+            {
                 next.again_after(&TaskError::TimedOut)
             }
             _ => None,

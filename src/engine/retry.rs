@@ -96,15 +96,16 @@ impl<J: Job> Engine<J> {
             .unwrap_or_else(|| now + Duration::from_secs(u32::MAX as u64));
         let event = self.schedule(at, Event::Retry(next));
         // `shutdown_now` raises `stopping` before it takes the retries out of the timer: either
-        // it took this one, or this look sees the flag and takes it back itself.
-        if self.stopping.load(SeqCst) {
+        // it took this one, or this look sees the flag and takes it back itself. The same for a
+        // cancel that found the attempt running while it was being decided.
+        if self.stopping.load(SeqCst) || header.is_last_attempt() {
             if let Some(Event::Retry(next)) = self.timer.remove(event) {
                 self.stop_retry(next);
             }
         }
     }
 
-    /// Ends a task waiting to retry because the pool is stopping: `Cancelled`, with its input.
+    /// Ends a task waiting to retry that must not run again: `Cancelled`, with its input.
     fn stop_retry(&self, next: J) {
         let control = next.control_arc();
         let header = control.header();
@@ -120,8 +121,9 @@ impl<J: Job> Engine<J> {
     /// The timer's side: a back-off has passed. The task enters its key's table or the queue,
     /// unless it was cancelled meanwhile.
     pub(super) fn readmit(&self, job: J) {
-        if self.stopping.load(SeqCst) {
-            // Due just as `shutdown_now` began: it does not run again.
+        if self.stopping.load(SeqCst) || job.control().header().is_last_attempt() {
+            // Due just as `shutdown_now` began, or cancelled while its last attempt ran: it
+            // does not run again.
             self.stop_retry(job);
             return;
         }
