@@ -4,38 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::watchdog;
+use common::{watchdog, Concurrency};
 use slowpool::{AsyncPool, Retry, TaskError};
-
-/// Per-key and total concurrency, counted inside the callback.
-#[derive(Default)]
-struct Concurrency {
-    running: Mutex<HashMap<u32, usize>>,
-    peak_per_key: AtomicUsize,
-    peak_keys: AtomicUsize,
-    ran: AtomicUsize,
-}
-
-impl Concurrency {
-    fn enter(&self, key: u32) {
-        let mut running = self.running.lock().unwrap();
-        let now = running.entry(key).or_default();
-        *now += 1;
-        self.peak_per_key.fetch_max(*now, SeqCst);
-        let keys = running.values().filter(|n| **n > 0).count();
-        self.peak_keys.fetch_max(keys, SeqCst);
-    }
-
-    fn leave(&self, key: u32) {
-        *self.running.lock().unwrap().get_mut(&key).unwrap() -= 1;
-        self.ran.fetch_add(1, SeqCst);
-    }
-}
 
 fn sorted_items(n: u32, keys: u32) -> Vec<(u32, u32)> {
     (0..n).map(|i| (i / (n / keys), i)).collect()

@@ -9,17 +9,12 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{eventually, gate, watchdog};
+use common::{eventually, gate, quick, watchdog};
 use crossbeam_channel::{bounded, unbounded};
 use slowpool::{AsyncPool, Decision, Failed, Retried, Retry, TaskError};
 
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
-
-/// A policy that retries at once (1 ms, no jitter), up to `n` attempts.
-fn quick<E>(n: u32) -> Retry<E> {
-    Retry::attempts(n).backoff(MS, MS).jitter(false)
-}
 
 #[test]
 fn a_task_failing_twice_then_working_ends_ok_after_three_attempts() {

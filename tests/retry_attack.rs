@@ -20,37 +20,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{eventually, gate, watchdog};
+use common::{assert_settled, eventually, gate, quick, watchdog};
 use crossbeam_channel::{bounded, unbounded, Receiver};
-use slowpool::{AsyncPool, Decision, Failed, Retried, Retry, Stats, TaskError, TaskId};
+use slowpool::{AsyncPool, Decision, Failed, Retried, Retry, TaskError, TaskId};
 
 const MS: Duration = Duration::from_millis(1);
 const HOUR: Duration = Duration::from_secs(3600);
 const SHORT: Duration = Duration::from_secs(5);
-
-/// A policy that retries at once (1 ms, no jitter), up to `n` attempts.
-fn quick<E>(n: u32) -> Retry<E> {
-    Retry::attempts(n).backoff(MS, MS).jitter(false)
-}
-
-/// Everything accepted has ended and nothing is left in flight.
-fn assert_settled(stats: Stats) {
-    assert_eq!(
-        (
-            stats.waiting_retry,
-            stats.busy,
-            stats.queued,
-            stats.waiting_on_key
-        ),
-        (0, 0, 0, 0),
-        "{stats:?}"
-    );
-    assert_eq!(
-        stats.submitted,
-        stats.completed + stats.panicked + stats.cancelled + stats.timed_out,
-        "{stats:?}"
-    );
-}
 
 /// Receives exactly `ids.len()` endings, one per id, and nothing more (checked after `join`).
 fn collect_once<I, T, E>(

@@ -1,6 +1,8 @@
-//! Helpers shared by the integration tests: gates, watchdogs, thread counts.
+//! Helpers shared by the integration tests: gates, watchdogs, thread counts, concurrency
+//! counters, and checks of a settled pool.
 #![allow(dead_code)]
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -160,4 +162,63 @@ pub fn gated(
         })
         .unwrap();
     (key, pool)
+}
+
+/// A retry policy that retries at once (1 ms, no jitter), up to `n` attempts.
+pub fn quick<E>(n: u32) -> slowpool::Retry<E> {
+    let ms = Duration::from_millis(1);
+    slowpool::Retry::attempts(n).backoff(ms, ms).jitter(false)
+}
+
+/// Everything accepted has ended and nothing is left in flight.
+pub fn assert_settled(stats: slowpool::Stats) {
+    assert_eq!(
+        (
+            stats.waiting_retry,
+            stats.busy,
+            stats.queued,
+            stats.waiting_on_key
+        ),
+        (0, 0, 0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(
+        stats.submitted,
+        stats.completed + stats.panicked + stats.cancelled + stats.timed_out,
+        "{stats:?}"
+    );
+}
+
+/// Per-key and total concurrency, counted inside a callback: `enter` first, `leave` last.
+#[derive(Default)]
+pub struct Concurrency {
+    running: std::sync::Mutex<std::collections::HashMap<u32, usize>>,
+    total: AtomicUsize,
+    /// Most callbacks running at once.
+    pub peak_total: AtomicUsize,
+    /// Most callbacks of one key running at once.
+    pub peak_per_key: AtomicUsize,
+    /// Most keys with a callback running at once.
+    pub peak_keys: AtomicUsize,
+    /// Callbacks that returned.
+    pub ran: AtomicUsize,
+}
+
+impl Concurrency {
+    pub fn enter(&self, key: u32) {
+        let mut running = self.running.lock().unwrap();
+        let now = running.entry(key).or_default();
+        *now += 1;
+        self.peak_per_key.fetch_max(*now, SeqCst);
+        let keys = running.values().filter(|n| **n > 0).count();
+        self.peak_keys.fetch_max(keys, SeqCst);
+        let total = self.total.fetch_add(1, SeqCst) + 1;
+        self.peak_total.fetch_max(total, SeqCst);
+    }
+
+    pub fn leave(&self, key: u32) {
+        *self.running.lock().unwrap().get_mut(&key).unwrap() -= 1;
+        self.total.fetch_sub(1, SeqCst);
+        self.ran.fetch_add(1, SeqCst);
+    }
 }
