@@ -176,9 +176,13 @@ impl<I: Send + 'static, O: Send + 'static> Job for Envelope<I, O> {
 
     fn spare(&self) -> Option<Self> {
         let again = self.again.as_ref()?;
+        // An input whose `Clone` panics runs once, without retries.
+        let input = panic::catch_unwind(AssertUnwindSafe(|| (again.clone)(&self.input)))
+            .map_err(drop_quietly)
+            .ok()?;
         Some(Envelope {
             cell: self.cell.clone(),
-            input: (again.clone)(&self.input),
+            input,
             again: Some(again.copy()),
         })
     }
@@ -814,7 +818,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
     /// Cancels the task with this id if it has not started: it never runs, and its result is
     /// `Err(TaskError::Cancelled)` (sent to its mailbox, or to its `Task`). Returns `false` if
     /// it is running, has ended, or is unknown. A task with a retry policy is cancelled between
-    /// attempts too; one that is running is not stopped, but makes no further attempt.
+    /// attempts too.
     ///
     /// ```
     /// use slowpool::{AsyncPool, TaskError, TaskId};
@@ -1151,7 +1155,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
         Source::new(
             2 * self.max_workers(),
             move |input, mailbox| pool.add_task_to(input, mailbox),
-            move |id| canceller.cancel(id),
+            move |id| canceller.engine().forget_id(id),
         )
     }
 
@@ -1166,7 +1170,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
                     .add_to(mailbox)
                     .map_err(|refused| refused.map(|input| (key, input)))
             },
-            move |id| canceller.cancel(id),
+            move |id| canceller.engine().forget_id(id),
         );
         keyed(source, self.engine().per_key_limit())
     }
@@ -1246,7 +1250,7 @@ where
                 }
                 .add_to(mailbox)
             },
-            move |id| canceller.cancel(id),
+            move |id| canceller.engine().forget_id(id),
         );
         MapRetried::new(inputs.into_iter(), source, |input| input)
     }
@@ -1277,7 +1281,7 @@ where
                 .add_to(mailbox)
                 .map_err(|refused| refused.map(|input| (key, input)))
             },
-            move |id| canceller.cancel(id),
+            move |id| canceller.engine().forget_id(id),
         );
         let source = keyed(source, self.engine().per_key_limit());
         MapRetried::new(items.into_iter(), source, |(_, input)| input)

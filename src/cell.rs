@@ -71,8 +71,8 @@ pub(crate) struct Header {
     state: AtomicU8,
     /// Attempts started so far (1 once it first runs; more only with a retry policy).
     attempts: AtomicU32,
-    /// Set by a cancel that found the task running: with a retry policy, it makes no further
-    /// attempt.
+    /// Set when whoever waits for the task is gone (a dropped stream): with a retry policy, it
+    /// makes no further attempt.
     last_attempt: AtomicBool,
     /// Index of the worker thread running the task (meaningful while RUNNING).
     worker: AtomicUsize,
@@ -109,7 +109,10 @@ impl Header {
         self.worker.store(worker, Ordering::Relaxed);
         let started = self.transition(QUEUED, RUNNING);
         if started {
-            self.attempts.fetch_add(1, Ordering::Relaxed);
+            // Only the worker that won QUEUED → RUNNING writes, and one attempt starts at a time
+            // (the next is queued only after this one ended): no read-modify-write needed.
+            let attempts = self.attempts.load(Ordering::Relaxed);
+            self.attempts.store(attempts + 1, Ordering::Relaxed);
         }
         started
     }
@@ -120,19 +123,19 @@ impl Header {
     }
 
     /// Cancels a task that is not running: waiting on its key, queued, or waiting to retry.
-    /// Returns the state it was cancelled from, or `None` if it runs or has ended — a running
-    /// task is marked to make no further attempt.
+    /// Returns the state it was cancelled from, or `None` if it runs or has ended.
     pub(crate) fn cancel(&self) -> Option<u8> {
-        let from = [QUEUED, WAITING, BACKOFF]
+        [QUEUED, WAITING, BACKOFF]
             .into_iter()
-            .find(|&from| self.transition(from, CANCELLED));
-        if from.is_none() {
-            self.last_attempt.store(true, Ordering::SeqCst);
-        }
-        from
+            .find(|&from| self.transition(from, CANCELLED))
     }
 
-    /// True once a cancel found the task running: no further attempt.
+    /// Nobody waits for the task any more: with a retry policy, it makes no further attempt.
+    pub(crate) fn stop_retrying(&self) {
+        self.last_attempt.store(true, Ordering::SeqCst);
+    }
+
+    /// True once `stop_retrying` was called: no further attempt.
     pub(crate) fn is_last_attempt(&self) -> bool {
         self.last_attempt.load(Ordering::SeqCst)
     }

@@ -21,7 +21,7 @@ use crate::retry::Retried;
 
 pub(crate) type Message<O> = (TaskId, Result<O, TaskError>);
 type SubmitFn<Item, M> = dyn FnMut(Item, &Sender<M>) -> Result<TaskId, AddError<Item>> + Send;
-type CancelFn = dyn Fn(TaskId) -> bool + Send;
+type CancelFn = dyn Fn(TaskId) + Send;
 type KeyFn<Item> = dyn Fn(&Item) -> u64 + Send;
 
 /// What a stream's mailbox receives: a message tagged with its task's id.
@@ -41,7 +41,8 @@ impl<I, T, E> Tagged for Retried<I, T, E> {
     }
 }
 
-/// How a stream reaches its pool: add an input to a mailbox, cancel a task; the pool's
+/// How a stream reaches its pool: add an input to a mailbox, forget a task (cancel it, or if it
+/// runs, let it make no further attempt); the pool's
 /// default number of tasks in flight; and, for a keyed stream, each input's key and how many
 /// tasks of one key the pool runs at once. Each face of the pool makes one.
 pub(crate) struct Source<Item, M> {
@@ -55,7 +56,7 @@ impl<Item, M> Source<Item, M> {
     pub(crate) fn new(
         in_flight: usize,
         submit: impl FnMut(Item, &Sender<M>) -> Result<TaskId, AddError<Item>> + Send + 'static,
-        cancel: impl Fn(TaskId) -> bool + Send + 'static,
+        cancel: impl Fn(TaskId) + Send + 'static,
     ) -> Self {
         Source {
             submit: Box::new(submit),
@@ -214,7 +215,7 @@ impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
 
 impl<Item, M, It> Drop for Stream<Item, M, It> {
     fn drop(&mut self) {
-        // A task that runs now is not stopped, but makes no further attempt (see `cancel`).
+        // A task that runs now is not stopped, but makes no further attempt (see `Source`).
         for id in self.outstanding.keys() {
             (self.cancel)(*id);
         }

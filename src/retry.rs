@@ -482,8 +482,7 @@ impl<I: Send + 'static, T: Send + 'static, E: Send + 'static> RetryTask<I, T, E>
     /// Cancels the task if it is not running: queued, waiting on its key, or waiting to retry.
     /// True if this call cancelled it; its ending is then `Cancelled` — with the input if it
     /// was waiting to retry, without it if it was queued or waiting on its key (`cancel_all`
-    /// and `shutdown_now` return the inputs they cancel). A running attempt is not stopped
-    /// (`false`), but the task makes no further attempt.
+    /// and `shutdown_now` return the inputs they cancel). `false` while an attempt runs.
     pub fn cancel(&self) -> bool {
         self.pool.cancel_task(&*self.control)
     }

@@ -359,7 +359,9 @@ impl ThreadPool {
         Source::new(
             2 * self.max_workers(),
             move |f, mailbox| pool.spawn_to(f, mailbox),
-            move |id| canceller.cancel(id),
+            move |id| {
+                canceller.cancel(id);
+            },
         )
     }
 

@@ -8,7 +8,8 @@
 //!
 //! - `vm.max_map_count` (`/proc/sys/vm/max_map_count`) against the process's memory maps
 //!   (`/proc/self/maps`): each thread takes [`MAPS_PER_THREAD`] maps (stack, its guard page,
-//!   the signal stack and its guard page);
+//!   the signal stack and its guard page), and the threads together may make glibc's malloc
+//!   create up to 8 arenas per CPU of two maps each ([`arena_maps`]), reserved once;
 //! - `kernel.threads-max` against the threads of the whole system (`/proc/loadavg`);
 //! - `RLIMIT_NPROC` (`/proc/self/limits`, "Max processes"), which does not bind root, against
 //!   the same count.
@@ -50,7 +51,7 @@ pub(crate) fn headroom() -> Option<Headroom> {
             .ok()
             .map(|maps| maps.lines().count()),
     ) {
-        let free = max.saturating_sub(used + MARGIN * MAPS_PER_THREAD);
+        let free = max.saturating_sub(used + MARGIN * MAPS_PER_THREAD + arena_maps());
         consider("vm.max_map_count", free / MAPS_PER_THREAD);
     }
     let threads_now = fs::read_to_string("/proc/loadavg").ok().and_then(|s| {
@@ -73,6 +74,14 @@ pub(crate) fn headroom() -> Option<Headroom> {
         }
     }
     tightest
+}
+
+/// Maps that malloc arenas may still add as threads allocate: glibc makes up to 8 arenas per
+/// CPU (on 64-bit), each a heap of two maps (the part in use and its reserved rest). A bound
+/// for the whole process, not a cost per thread: 256 maps on 16 CPUs.
+pub(crate) fn arena_maps() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    2 * 8 * cpus
 }
 
 fn read_number(path: &str) -> Option<usize> {

@@ -86,7 +86,8 @@ pub(crate) trait Job: Send + Sized + 'static {
     fn into_input(self) -> Self::Input;
 
     /// For a task with a retry policy: the job of its next attempt (a copy of the input, the
-    /// same cell), made before this attempt runs. `None` for every other task. See `retry.rs`.
+    /// same cell), made before this attempt runs. `None` for every other task, and when making
+    /// the copy panicked (the attempt then runs without one). See `retry.rs`. Must not panic.
     fn spare(&self) -> Option<Self> {
         None
     }
@@ -418,6 +419,15 @@ impl<J: Job> Engine<J> {
         match self.registry.get(id) {
             Some(control) => self.cancel_task(&*control),
             None => false,
+        }
+    }
+
+    /// Gives up on the task with this id, for a caller that no longer waits for it (a dropped
+    /// stream): cancels it if it is not running; if it runs, it makes no further attempt.
+    pub(crate) fn forget_id(&self, id: TaskId) {
+        if let Some(control) = self.registry.get(id) {
+            control.header().stop_retrying();
+            self.cancel_task(&*control);
         }
     }
 

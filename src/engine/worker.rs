@@ -117,14 +117,8 @@ impl<J: Job> Engine<J> {
     pub(super) fn execute(&self, job: J, seat: &Seat, own_loop: bool) -> Fate {
         let header = job.control().header();
         let (id, key) = (header.id, header.key);
-        // A task with a retry policy: its next attempt's job, made while the input is here. An
-        // input whose `Clone` panics runs once, without one.
-        let spare = panic::catch_unwind(AssertUnwindSafe(|| job.spare()))
-            .unwrap_or_else(|payload| {
-                drop_quietly(payload);
-                None
-            })
-            .map(|next| Arc::new(Spare::new(next)));
+        // A task with a retry policy: its next attempt's job, made while the input is here.
+        let spare = job.spare().map(|next| Arc::new(Spare::new(next)));
         if let Some(spare) = &spare {
             // Where `shutdown_timeout` finds it, to hand the input back with `TimedOut`.
             self.spares.lock().insert(id, spare.clone());
