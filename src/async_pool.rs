@@ -444,7 +444,7 @@ where
 
 /// A [`Submit`] with a retry policy: made by [`Submit::retry`] (or
 /// [`keep_input`](Submit::keep_input)); adding it returns a [`RetryTask`], or sends the
-/// task's [`Retried`] ending to a [`RetryMailbox`].
+/// task's [`Retried`](crate::Retried) ending to a [`RetryMailbox`].
 ///
 /// ```
 /// use slowpool::{AsyncPool, Retried, Retry};
@@ -508,7 +508,7 @@ where
         self.handle(false)
     }
 
-    /// Adds the input; its [`Retried`] ending goes to `mailbox`. Waits while a bounded queue is
+    /// Adds the input; its [`Retried`](crate::Retried) ending goes to `mailbox`. Waits while a bounded queue is
     /// full.
     ///
     /// # Errors
@@ -1215,7 +1215,7 @@ where
     E: Send + 'static,
 {
     /// Streams `inputs` through the pool, each with the retry `policy` (see
-    /// [`Submit::retry`]), yielding each task's [`Retried`] ending as it comes: failures hand
+    /// [`Submit::retry`]), yielding each task's [`Retried`](crate::Retried) ending as it comes: failures hand
     /// their input back, so nothing needs to be kept aside. Pulled lazily as
     /// [`map_unordered`](AsyncPool::map_unordered); see [`MapRetried`].
     ///
