@@ -125,9 +125,18 @@ impl Header {
     /// Cancels a task that is not running: waiting on its key, queued, or waiting to retry.
     /// Returns the state it was cancelled from, or `None` if it runs or has ended.
     pub(crate) fn cancel(&self) -> Option<u8> {
-        [QUEUED, WAITING, BACKOFF]
-            .into_iter()
-            .find(|&from| self.transition(from, CANCELLED))
+        // From the state it is in now, again if it moved meanwhile (its key letting it into the
+        // queue, its back-off ending): trying fixed states in turn could miss a task passing
+        // from one to the next.
+        loop {
+            let from = self.state();
+            if !matches!(from, QUEUED | WAITING | BACKOFF) {
+                return None;
+            }
+            if self.transition(from, CANCELLED) {
+                return Some(from);
+            }
+        }
     }
 
     /// Nobody waits for the task any more: with a retry policy, it makes no further attempt.

@@ -68,7 +68,10 @@
 //! For a stream of inputs with bounded memory, see [`AsyncPool::map_unordered`] and
 //! [`AsyncPool::map_ordered`]; for per-host limits and politeness,
 //! [`AsyncPool::add_task_keyed`] with [`Builder::max_per_key`] and
-//! [`Builder::min_interval_per_key`].
+//! [`Builder::min_interval_per_key`], and for streams of `(host, url)` that keep to them,
+//! [`AsyncPool::map_keyed_unordered`]. A callback returning `Result<T, E>` can be retried with
+//! back-off, holding no worker between attempts, and hands its input back when it fails for
+//! good: [`Submit::retry`], [`Retry`], [`AsyncPool::map_keyed_retry`].
 //!
 //! A [`Task`] is also a [`Future`](std::future::Future), with no runtime behind it: async code
 //! awaits pool work from any executor. For callbacks that return `Result<T, E>`,

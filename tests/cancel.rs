@@ -155,3 +155,51 @@ fn shutdown_now_raises_every_cancel_token() {
     assert_eq!(saw_rx.try_iter().count(), 2);
     assert!(tasks.iter().all(|t| t.recv() == Ok(())));
 }
+
+#[test]
+fn a_keyed_task_moving_from_its_key_into_the_queue_is_still_cancelled() {
+    // One worker, held by a task of another key. 200 tasks of key "j": the first queued, the
+    // rest waiting on the key. Two threads cancel them all, in opposite orders: each cancel of
+    // a queued task lets the next one of the key into the queue while the other thread may be
+    // cancelling that very task. None of them can start, so every one is cancelled exactly
+    // once — none slips between "waiting" and "queued" uncancelled.
+    for _ in 0..20 {
+        let (key, gate) = common::gate();
+        let pool = AsyncPool::builder()
+            .max_workers(1)
+            .max_per_key(1)
+            .build(move |n: u32| {
+                if n == 0 {
+                    gate.wait();
+                }
+                n
+            })
+            .unwrap();
+        let mut key = key;
+        let held = pool.add_task_keyed("k", 0).unwrap();
+        common::eventually("the worker is held", || held.is_running());
+        let ids: Vec<_> = (1..=200u32)
+            .map(|n| {
+                pool.task(n)
+                    .key("j")
+                    .add_to(&crossbeam_channel::unbounded().0)
+                    .unwrap()
+            })
+            .collect();
+        let cancel_all_of = |ids: Vec<slowpool::TaskId>| {
+            let pool = pool.clone();
+            std::thread::spawn(move || ids.into_iter().filter(|id| pool.cancel(*id)).count())
+        };
+        let forward = cancel_all_of(ids.clone());
+        let backward = cancel_all_of(ids.into_iter().rev().collect());
+        let cancelled = forward.join().unwrap() + backward.join().unwrap();
+        assert_eq!(
+            cancelled, 200,
+            "a task that never started escaped its cancel"
+        );
+        key.open();
+        assert_eq!(held.recv(), Ok(0));
+        pool.join();
+        assert_eq!(pool.stats().completed, 1);
+    }
+}

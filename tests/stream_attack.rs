@@ -807,7 +807,7 @@ fn a_stream_on_a_pool_already_shut_down_yields_one_cancelled_ending() {
 fn dropping_each_kind_of_stream_mid_way_cancels_what_it_queued() {
     watchdog("drop mid-way", || {
         for kind in 0..5 {
-            let (mut key, gate) = gate();
+            let (key, gate) = gate();
             let pool: RPool = AsyncPool::builder()
                 .max_workers(2)
                 .max_per_key(1)
@@ -816,6 +816,9 @@ fn dropping_each_kind_of_stream_mid_way_cancels_what_it_queued() {
                     Ok(i)
                 })
                 .unwrap();
+            // Declared after the pool: a failed assertion opens the gate before the pool's
+            // drop waits for its tasks.
+            let mut key = key;
             key.pass(2);
             let items = (0..1_000u32).map(|i| (i % 5, i));
             match kind {
