@@ -232,7 +232,7 @@ impl<J: Job> Engine<J> {
             }
             Ending::TimedOut { thread_left } => {
                 if thread_left {
-                    self.replace_abandoned();
+                    self.replace_abandoned(false);
                 }
             }
         }

@@ -720,9 +720,10 @@ impl<J: Job> Engine<J> {
     }
 
     /// A timed-out task's thread left the pool: its place passes to a replacement, so the pool
-    /// keeps its capacity — unless the pool is closing and no task is left for it.
-    fn replace_abandoned(&self) {
-        let needed = !(self.closed.load(SeqCst) && self.counters.outstanding() <= 1);
+    /// keeps its capacity — unless the pool is closing and no task is left for it. `again`: the
+    /// timed-out task itself will run again (it backs off), so a replacement is always needed.
+    fn replace_abandoned(&self, again: bool) {
+        let needed = again || !(self.closed.load(SeqCst) && self.counters.outstanding() <= 1);
         if !needed || self.start_worker().is_err() {
             self.workers.give_up_place();
         }

@@ -85,7 +85,8 @@ impl<J: Job> Engine<J> {
             }
         }
         if thread_left {
-            self.replace_abandoned();
+            // Always: this task will need a worker again, even if it is the last one left.
+            self.replace_abandoned(true);
         }
         // 3. Not running: it excuses no joiner.
         self.joiners.remove((header.id, header.attempts()));
