@@ -438,3 +438,40 @@ fn cancel_by_id_during_the_back_off_hands_the_input_back_in_the_ending() {
         );
     });
 }
+
+#[test]
+fn a_shutdown_waits_for_a_retry_whose_timed_out_attempt_held_the_last_worker() {
+    // One worker; the first attempt hangs past its deadline while a graceful shutdown is already
+    // under way. Its thread is abandoned, and — although this is the last task — a replacement
+    // must start, since the task will run again.
+    watchdog("retry after the last worker was abandoned", || {
+        let (key, gate) = gate();
+        let calls = Arc::new(AtomicU32::new(0));
+        let c = calls.clone();
+        let pool = AsyncPool::builder()
+            .max_workers(1)
+            .max_abandoned(1)
+            .build(move |n: u32| -> Result<u32, ()> {
+                if c.fetch_add(1, SeqCst) == 0 {
+                    gate.wait();
+                }
+                Ok(n)
+            })
+            .unwrap();
+        let mut key = key;
+        let task = pool
+            .task(7)
+            .timeout(Duration::from_millis(200))
+            .retry(quick(2))
+            .add()
+            .unwrap();
+        eventually("the first attempt runs", || pool.stats().busy == 1);
+        let closer = pool.clone();
+        let shutdown = std::thread::spawn(move || closer.shutdown());
+        eventually("the pool is closing", || pool.is_shut_down());
+        let done = task.recv();
+        assert_eq!((done.attempts, done.result), (2, Ok(7)));
+        shutdown.join().unwrap();
+        key.open();
+    });
+}
