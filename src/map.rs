@@ -132,12 +132,24 @@ struct Stream<Item, M, It> {
     /// A refused input and its index, handed back by the stream that yields it.
     refused: Option<(usize, Item)>,
     keys: Option<KeyWindow<Item>>,
+    /// The window: outstanding tasks that count (see `window`).
+    in_flight: usize,
+    /// Pulled but unfinished inputs in all (a keyed stream's bound); `in_flight` without keys.
+    max_buffered: usize,
 }
 
 impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
     fn new(inputs: It, source: Source<Item, M>) -> Self {
         let (tx, rx) = unbounded();
+        let in_flight = source.in_flight;
+        let max_buffered = if source.keys.is_some() {
+            KEYED_BUFFER
+        } else {
+            in_flight
+        };
         Stream {
+            in_flight,
+            max_buffered,
             inputs,
             submit: source.submit,
             cancel: source.cancel,
@@ -153,6 +165,29 @@ impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
                 outstanding: HashMap::new(),
                 runnable: 0,
             }),
+        }
+    }
+
+    /// Sets the window (0 is taken as 1); without keys, the buffer bound follows it.
+    fn set_in_flight(&mut self, n: usize) {
+        self.in_flight = n.max(1);
+        if self.keys.is_none() {
+            self.max_buffered = self.in_flight;
+        }
+    }
+
+    /// Sets a keyed stream's buffer bound (0 is taken as 1); no effect without keys.
+    fn set_max_buffered(&mut self, n: usize) {
+        if self.keys.is_some() {
+            self.max_buffered = n.max(1);
+        }
+    }
+
+    /// Pulls while the window has room and the buffer bound allows.
+    fn top_up(&mut self) {
+        let max_buffered = self.max_buffered.max(self.in_flight);
+        while self.window() < self.in_flight && self.outstanding.len() < max_buffered && self.pull()
+        {
         }
     }
 
@@ -256,16 +291,11 @@ impl<Item, M, It> Drop for Stream<Item, M, It> {
 /// ```
 pub struct MapUnordered<Item, O, It> {
     stream: Stream<Item, Message<O>, It>,
-    in_flight: usize,
-    max_buffered: usize,
 }
 
 impl<Item, O, It: Iterator<Item = Item>> MapUnordered<Item, O, It> {
     pub(crate) fn new(inputs: It, source: Source<Item, Message<O>>) -> Self {
-        let (in_flight, keyed) = (source.in_flight, source.keys.is_some());
         MapUnordered {
-            in_flight,
-            max_buffered: if keyed { KEYED_BUFFER } else { in_flight },
             stream: Stream::new(inputs, source),
         }
     }
@@ -291,10 +321,7 @@ impl<Item, O, It: Iterator<Item = Item>> MapUnordered<Item, O, It> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn in_flight(mut self, n: usize) -> Self {
-        self.in_flight = n.max(1);
-        if self.stream.keys.is_none() {
-            self.max_buffered = self.in_flight;
-        }
+        self.stream.set_in_flight(n);
         self
     }
 
@@ -312,39 +339,23 @@ impl<Item, O, It: Iterator<Item = Item>> MapUnordered<Item, O, It> {
     /// leaves those tasks waiting while they fill the window, and the stream pulls less until
     /// that work ends.
     pub fn max_buffered(mut self, n: usize) -> Self {
-        if self.stream.keys.is_some() {
-            self.max_buffered = n.max(1);
-        }
+        self.stream.set_max_buffered(n);
         self
     }
-
-    fn top_up(&mut self) {
-        top_up(&mut self.stream, self.in_flight, self.max_buffered);
-    }
-}
-
-/// Pulls while the window has room and the buffer bound allows.
-fn top_up<Item, M: Tagged, It: Iterator<Item = Item>>(
-    stream: &mut Stream<Item, M, It>,
-    in_flight: usize,
-    max_buffered: usize,
-) {
-    let max_buffered = max_buffered.max(in_flight);
-    while stream.window() < in_flight && stream.outstanding.len() < max_buffered && stream.pull() {}
 }
 
 impl<Item, O, It: Iterator<Item = Item>> Iterator for MapUnordered<Item, O, It> {
     type Item = (usize, Result<O, TaskError>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        self.top_up();
+        self.stream.top_up();
         let next = self.stream.receive().map(|(index, message)| match message {
             Ok((_, result)) => (index, result),
             // The pool shut down: the input is dropped.
             Err(_refused) => (index, Err(TaskError::Cancelled)),
         });
         // Refill before handing the result over, so the pool stays busy meanwhile.
-        self.top_up();
+        self.stream.top_up();
         next
     }
 }
@@ -367,8 +378,6 @@ impl<Item, O, It: Iterator<Item = Item>> Iterator for MapUnordered<Item, O, It> 
 /// ```
 pub struct MapOrdered<Item, O, It> {
     stream: Stream<Item, Message<O>, It>,
-    in_flight: usize,
-    max_buffered: usize,
     /// Results from `next_out` on; `None` while that task is outstanding.
     buffer: VecDeque<Option<Result<O, TaskError>>>,
     next_out: usize,
@@ -376,10 +385,7 @@ pub struct MapOrdered<Item, O, It> {
 
 impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
     pub(crate) fn new(inputs: It, source: Source<Item, Message<O>>) -> Self {
-        let (in_flight, keyed) = (source.in_flight, source.keys.is_some());
         MapOrdered {
-            in_flight,
-            max_buffered: if keyed { KEYED_BUFFER } else { in_flight },
             stream: Stream::new(inputs, source),
             buffer: VecDeque::new(),
             next_out: 0,
@@ -400,10 +406,7 @@ impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn in_flight(mut self, n: usize) -> Self {
-        self.in_flight = n.max(1);
-        if self.stream.keys.is_none() {
-            self.max_buffered = self.in_flight;
-        }
+        self.stream.set_in_flight(n);
         self
     }
 
@@ -411,17 +414,16 @@ impl<Item, O, It: Iterator<Item = Item>> MapOrdered<Item, O, It> {
     /// (default [`KEYED_BUFFER`]), the reorder buffer's bound; see
     /// [`MapUnordered::max_buffered`]. No effect on a stream without keys.
     pub fn max_buffered(mut self, n: usize) -> Self {
-        if self.stream.keys.is_some() {
-            self.max_buffered = n.max(1);
-        }
+        self.stream.set_max_buffered(n);
         self
     }
 
     fn top_up(&mut self) {
+        let stream = &self.stream;
         let reach = self
             .next_out
-            .saturating_add(self.max_buffered.max(self.in_flight));
-        while self.stream.window() < self.in_flight
+            .saturating_add(stream.max_buffered.max(stream.in_flight));
+        while self.stream.window() < self.stream.in_flight
             && self.stream.next_index < reach
             && self.stream.pull()
         {
@@ -494,8 +496,6 @@ pub struct MapRetried<Item, I, T, E, It> {
     stream: Stream<Item, Retried<I, T, E>, It>,
     /// Takes the input out of a refused item.
     input_of: fn(Item) -> I,
-    in_flight: usize,
-    max_buffered: usize,
 }
 
 impl<Item, I, T, E, It: Iterator<Item = Item>> MapRetried<Item, I, T, E, It> {
@@ -504,10 +504,7 @@ impl<Item, I, T, E, It: Iterator<Item = Item>> MapRetried<Item, I, T, E, It> {
         source: Source<Item, Retried<I, T, E>>,
         input_of: fn(Item) -> I,
     ) -> Self {
-        let (in_flight, keyed) = (source.in_flight, source.keys.is_some());
         MapRetried {
-            in_flight,
-            max_buffered: if keyed { KEYED_BUFFER } else { in_flight },
             stream: Stream::new(inputs, source),
             input_of,
         }
@@ -515,18 +512,13 @@ impl<Item, I, T, E, It: Iterator<Item = Item>> MapRetried<Item, I, T, E, It> {
 
     /// As [`MapUnordered::in_flight`].
     pub fn in_flight(mut self, n: usize) -> Self {
-        self.in_flight = n.max(1);
-        if self.stream.keys.is_none() {
-            self.max_buffered = self.in_flight;
-        }
+        self.stream.set_in_flight(n);
         self
     }
 
     /// As [`MapUnordered::max_buffered`].
     pub fn max_buffered(mut self, n: usize) -> Self {
-        if self.stream.keys.is_some() {
-            self.max_buffered = n.max(1);
-        }
+        self.stream.set_max_buffered(n);
         self
     }
 }
@@ -535,7 +527,7 @@ impl<Item, I, T, E, It: Iterator<Item = Item>> Iterator for MapRetried<Item, I, 
     type Item = Retried<I, T, E>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        top_up(&mut self.stream, self.in_flight, self.max_buffered);
+        self.stream.top_up();
         let next = self.stream.receive().map(|(_, message)| match message {
             Ok(done) => done,
             Err(refused) => Retried {
@@ -547,7 +539,7 @@ impl<Item, I, T, E, It: Iterator<Item = Item>> Iterator for MapRetried<Item, I, 
                 }),
             },
         });
-        top_up(&mut self.stream, self.in_flight, self.max_buffered);
+        self.stream.top_up();
         next
     }
 }
@@ -555,7 +547,7 @@ impl<Item, I, T, E, It: Iterator<Item = Item>> Iterator for MapRetried<Item, I, 
 impl<Item, O, It> fmt::Debug for MapUnordered<Item, O, It> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MapUnordered")
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.stream.in_flight)
             .field("outstanding", &self.stream.outstanding.len())
             .field("pulled", &self.stream.next_index)
             .finish()
@@ -565,7 +557,7 @@ impl<Item, O, It> fmt::Debug for MapUnordered<Item, O, It> {
 impl<Item, O, It> fmt::Debug for MapOrdered<Item, O, It> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MapOrdered")
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.stream.in_flight)
             .field("outstanding", &self.stream.outstanding.len())
             .field("next", &self.next_out)
             .finish()
@@ -575,7 +567,7 @@ impl<Item, O, It> fmt::Debug for MapOrdered<Item, O, It> {
 impl<Item, I, T, E, It> fmt::Debug for MapRetried<Item, I, T, E, It> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MapRetried")
-            .field("in_flight", &self.in_flight)
+            .field("in_flight", &self.stream.in_flight)
             .field("outstanding", &self.stream.outstanding.len())
             .field("pulled", &self.stream.next_index)
             .finish()
