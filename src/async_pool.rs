@@ -1214,6 +1214,14 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
+    /// `task(input).retry(..)` with a policy already erased, shared by a stream's adds.
+    fn retrying(&self, input: I, policy: &Arc<PolicyFn<Result<T, E>>>) -> Retrying<'_, I, T, E> {
+        Retrying {
+            submit: self.task(input),
+            policy: policy.clone(),
+        }
+    }
+
     /// Streams `inputs` through the pool, each with the retry `policy` (see
     /// [`Submit::retry`]), yielding each task's [`Retried`](crate::Retried) ending as it comes: failures hand
     /// their input back, so nothing needs to be kept aside. Pulled lazily as
@@ -1244,11 +1252,7 @@ where
         let source = Source::new(
             2 * self.max_workers(),
             move |input: I, mailbox: &RetryMailbox<I, T, E>| {
-                Retrying {
-                    submit: pool.task(input),
-                    policy: policy.clone(),
-                }
-                .add_to(mailbox)
+                pool.retrying(input, &policy).add_to(mailbox)
             },
             move |id| canceller.engine().forget_id(id),
         );
@@ -1273,13 +1277,10 @@ where
         let source = Source::new(
             2 * self.max_workers(),
             move |(key, input): (K, I), mailbox: &RetryMailbox<I, T, E>| {
-                Retrying {
-                    submit: pool.task(input),
-                    policy: policy.clone(),
-                }
-                .key(&key)
-                .add_to(mailbox)
-                .map_err(|refused| refused.map(|input| (key, input)))
+                pool.retrying(input, &policy)
+                    .key(&key)
+                    .add_to(mailbox)
+                    .map_err(|refused| refused.map(|input| (key, input)))
             },
             move |id| canceller.engine().forget_id(id),
         );
