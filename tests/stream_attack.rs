@@ -812,14 +812,19 @@ fn dropping_each_kind_of_stream_mid_way_cancels_what_it_queued() {
                 .max_workers(2)
                 .max_per_key(1)
                 .build(move |i: u32| {
-                    gate.wait();
+                    // Input 0 never waits: the ordered streams' first result is input 0's, and
+                    // a pass taken by a later task (whose worker got to the gate first) would
+                    // leave it waiting for ever.
+                    if i != 0 {
+                        gate.wait();
+                    }
                     Ok(i)
                 })
                 .unwrap();
             // Declared after the pool: a failed assertion opens the gate before the pool's
             // drop waits for its tasks.
             let mut key = key;
-            key.pass(2);
+            key.pass(1);
             let items = (0..1_000u32).map(|i| (i % 5, i));
             match kind {
                 0 => {
