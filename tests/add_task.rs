@@ -22,7 +22,10 @@ fn a_task_delivers_the_callbacks_return_value() {
 
 #[test]
 fn add_task_returns_at_once_while_every_worker_is_busy() {
-    let (mut key, pool) = gated(AsyncPool::builder().max_workers(2));
+    let (key, pool) = gated(AsyncPool::builder().max_workers(2));
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     // Both workers block on the gate; 1,000 more adds must still return (the watchdog fails
     // the test if one waits for a worker).
     let tasks = watchdog("adding to a busy pool", {
@@ -62,7 +65,7 @@ fn tasks_start_in_the_order_they_were_added() {
 
 #[test]
 fn fast_tasks_finish_while_a_slow_one_still_runs() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = AsyncPool::new(4, move |slow: bool| {
         if slow {
             gate.wait();
@@ -70,6 +73,9 @@ fn fast_tasks_finish_while_a_slow_one_still_runs() {
         slow
     })
     .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let slow = pool.add_task(true).unwrap();
     let fast: Vec<_> = (0..100).map(|_| pool.add_task(false).unwrap()).collect();
     // Every fast task ends while the slow one is still blocked: results arrive in the order
@@ -144,6 +150,9 @@ fn try_recv_and_recv_timeout_do_not_wait_for_a_running_task() {
         n
     })
     .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let key = key;
     let task = pool.add_task(9).unwrap();
     assert_eq!(task.try_recv(), None);
     assert_eq!(task.recv_timeout(Duration::from_millis(5)), None);

@@ -325,7 +325,7 @@ fn a_thread_whose_joiner_and_helped_task_both_time_out_is_abandoned_once() {
     // abandoned, a replacement starts), then A times out too: the same thread must not be
     // abandoned twice nor replaced twice.
     let (pool_tx, pool_rx) = unbounded::<AsyncPool<u32, u32>>();
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let (in_b_tx, in_b) = bounded::<()>(1);
     let pool = AsyncPool::builder()
         .max_workers(1)
@@ -341,6 +341,9 @@ fn a_thread_whose_joiner_and_helped_task_both_time_out_is_abandoned_once() {
             n
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let a = pool
         .add_task_with_timeout(0, Duration::from_millis(150))
         .unwrap();
@@ -376,7 +379,7 @@ fn a_thread_whose_joiner_and_helped_task_both_time_out_is_abandoned_once() {
 #[test]
 fn cancel_all_into_a_full_mailbox_of_one_uses_one_courier_and_delivers_each_once() {
     const QUEUED: u32 = 500;
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = AsyncPool::builder()
         .max_workers(2)
         .thread_name("cancelbox")
@@ -385,6 +388,9 @@ fn cancel_all_into_a_full_mailbox_of_one_uses_one_courier_and_delivers_each_once
             n
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let (tx, rx) = bounded::<(TaskId, Result<u32, TaskError>)>(1);
     let mut ids: Vec<TaskId> = (0..QUEUED + 2)
         .map(|n| pool.add_task_to(n, &tx).unwrap())
@@ -800,7 +806,7 @@ fn two_elastic_pools_growing_past_the_map_limit_do_not_abort_the_process() {
 
 #[test]
 fn join_waits_until_courier_and_worker_deliveries_into_a_full_mailbox_are_read() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = AsyncPool::builder()
         .max_workers(1)
         .thread_name("joinbox")
@@ -809,6 +815,9 @@ fn join_waits_until_courier_and_worker_deliveries_into_a_full_mailbox_are_read()
             n
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let (tx, rx) = bounded::<(TaskId, Result<u32, TaskError>)>(1);
     let ids: Vec<TaskId> = (0..3).map(|n| pool.add_task_to(n, &tx).unwrap()).collect();
     eventually("task 0 runs", || pool.stats().busy == 1);

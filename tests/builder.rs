@@ -89,6 +89,9 @@ fn a_bounded_queue_blocks_add_task_and_refuses_try_add_task() {
             n * 2
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let key = key;
     let running = pool.add_task(0).unwrap();
     eventually("the worker took the first task", || pool.stats().busy == 1);
     let queued: Vec<_> = (1..=2).map(|n| pool.add_task(n).unwrap()).collect();
@@ -120,6 +123,9 @@ fn queue_capacity_zero_is_the_elixir_rendezvous() {
     // The original's first test: 4 workers, 5 add_task calls; the fifth waits until a worker
     // frees, and all five replies arrive.
     let (key, pool) = gated(AsyncPool::builder().max_workers(4).queue_capacity(0));
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let key = key;
     let first_four: Vec<_> = (0..4).map(|n| pool.try_add_task(n).unwrap()).collect();
     match pool.try_add_task(4) {
         Err(AddError::Full(4)) => {}

@@ -10,7 +10,10 @@ use slowpool::{AsyncPool, TaskError, ThreadPool};
 
 #[test]
 fn a_queued_task_cancels_and_never_runs() {
-    let (mut key, pool) = gated(AsyncPool::builder().max_workers(1));
+    let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let running = pool.add_task(1).unwrap();
     eventually("first task running", || running.is_running());
     let queued = pool.add_task(2).unwrap();
@@ -27,7 +30,10 @@ fn a_queued_task_cancels_and_never_runs() {
 
 #[test]
 fn a_mailbox_task_cancels_by_id() {
-    let (mut key, pool) = gated(AsyncPool::builder().max_workers(1));
+    let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let (tx, rx) = unbounded();
     let running = pool.add_task_to(1, &tx).unwrap();
     eventually("first task running", || pool.stats().busy == 1);
@@ -42,7 +48,10 @@ fn a_mailbox_task_cancels_by_id() {
 
 #[test]
 fn cancel_all_hands_back_every_unstarted_input_and_keeps_the_pool_open() {
-    let (mut key, pool) = gated(AsyncPool::builder().max_workers(2));
+    let (key, pool) = gated(AsyncPool::builder().max_workers(2));
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let running: Vec<_> = (0..2).map(|n| pool.add_task(n).unwrap()).collect();
     eventually("two running", || pool.stats().busy == 2);
     let queued: Vec<_> = (2..20).map(|n| pool.add_task(n).unwrap()).collect();
@@ -66,6 +75,9 @@ fn cancel_all_hands_back_every_unstarted_input_and_keeps_the_pool_open() {
 fn thread_pool_cancel_all_reports_how_many() {
     let (key, gate) = gate();
     let pool = ThreadPool::new(1).unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let key = key;
     let running = pool.spawn(move || gate.wait()).unwrap();
     eventually("running", || running.is_running());
     let queued: Vec<_> = (0..5).map(|n| pool.spawn(move || n).unwrap()).collect();
@@ -77,7 +89,10 @@ fn thread_pool_cancel_all_reports_how_many() {
 
 #[test]
 fn a_cancelled_task_frees_its_place_in_a_bounded_queue() {
-    let (mut key, pool) = gated(AsyncPool::builder().max_workers(1).queue_capacity(1));
+    let (key, pool) = gated(AsyncPool::builder().max_workers(1).queue_capacity(1));
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let running = pool.add_task(0).unwrap();
     eventually("running", || running.is_running());
     let queued = pool.add_task(1).unwrap();

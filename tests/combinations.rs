@@ -440,7 +440,7 @@ fn shutdown_timeout_returns_while_workers_block_on_a_full_mailbox_nobody_reads()
 
 #[test]
 fn a_keyed_add_held_back_by_its_key_does_not_wait_for_room_in_the_queue() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = AsyncPool::builder()
         .max_workers(1)
         .max_per_key(1)
@@ -451,6 +451,9 @@ fn a_keyed_add_held_back_by_its_key_does_not_wait_for_room_in_the_queue() {
             n
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let running = pool.add_task_keyed("k", 1).unwrap();
     eventually("the key's task runs", || running.is_running());
     let queued = pool.add_task(2).unwrap();

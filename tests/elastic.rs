@@ -10,7 +10,7 @@ use slowpool::{AsyncPool, ThreadPool};
 
 #[test]
 fn a_burst_of_slow_tasks_grows_the_pool_and_idle_workers_retire() {
-    let (mut key, pool) = gated(
+    let (key, pool) = gated(
         AsyncPool::builder()
             .min_workers(0)
             .max_workers(1000)
@@ -18,6 +18,9 @@ fn a_burst_of_slow_tasks_grows_the_pool_and_idle_workers_retire() {
             .thread_name("ela")
             .stack_size(64 * 1024),
     );
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     assert_eq!(pool.stats().workers, 0, "no thread before there is work");
     let tasks: Vec<_> = (0..1000).map(|n| pool.add_task(n).unwrap()).collect();
     // Every task is blocked: with no idle worker, each add started one.
@@ -51,12 +54,15 @@ fn an_idle_worker_takes_the_next_task_instead_of_a_new_thread() {
 
 #[test]
 fn the_minimum_stays_when_the_rest_retire() {
-    let (mut key, pool) = gated(
+    let (key, pool) = gated(
         AsyncPool::builder()
             .min_workers(2)
             .max_workers(6)
             .keep_alive(Duration::from_millis(20)),
     );
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let tasks: Vec<_> = (0..6).map(|n| pool.add_task(n).unwrap()).collect();
     assert_eq!(pool.stats().workers, 6);
     key.open();

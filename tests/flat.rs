@@ -60,6 +60,9 @@ fn pool_with_gate() -> (common::GateKey, AsyncPool<u32, Result<u32, Refused>>) {
 fn recv_flat_gives_the_value_or_one_of_two_failures() {
     watchdog("recv_flat", || {
         let (key, pool) = pool_with_gate();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         assert_eq!(pool.add_task(8).unwrap().recv_flat(), Ok(4));
         assert_eq!(
             pool.add_task(3).unwrap().recv_flat(),
@@ -87,6 +90,9 @@ fn recv_flat_gives_the_value_or_one_of_two_failures() {
 fn try_and_timed_flat_reads_wait_like_their_plain_forms() {
     watchdog("try_recv_flat, recv_timeout_flat", || {
         let (key, pool) = pool_with_gate();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let task = pool.add_task(1).unwrap();
         assert_eq!(task.try_recv_flat(), None);
         assert_eq!(task.recv_timeout_flat(Duration::from_millis(5)), None);

@@ -112,6 +112,9 @@ fn a_task_is_a_send_unpin_future() {
 fn a_task_polled_before_its_result_is_woken_when_it_arrives() {
     watchdog("await before the result", || {
         let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let mut task = pool.add_task(7).unwrap();
         let signal = Signal::new();
         assert_eq!(poll_once(&mut task, &signal), Poll::Pending);
@@ -167,6 +170,9 @@ fn a_panic_cancel_and_timeout_are_awaited_as_errors() {
             n
         })
         .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
 
         // Panicked, polled while it runs.
         let mut panics = pool.add_task(0).unwrap();
@@ -223,6 +229,9 @@ fn a_second_await_or_read_finds_the_result_already_received() {
 fn a_blocking_read_takes_a_result_an_await_was_waiting_for() {
     watchdog("poll, then recv", || {
         let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let mut task = pool.add_task(3).unwrap();
         let signal = Signal::new();
         assert_eq!(poll_once(&mut task, &signal), Poll::Pending);
@@ -240,6 +249,9 @@ fn a_blocking_read_takes_a_result_an_await_was_waiting_for() {
 fn after_receiver_the_await_reads_the_channel() {
     watchdog("await after receiver()", || {
         let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
 
         // Called before the result: pending, woken when the worker sends into the channel.
         let mut task = pool.add_task(5).unwrap();
@@ -278,6 +290,9 @@ fn after_receiver_the_await_reads_the_channel() {
 fn dropping_an_awaited_task_releases_its_waker_and_the_task_still_runs() {
     watchdog("drop while awaited", || {
         let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let mut task = pool.add_task(1).unwrap();
         let signal = Signal::new();
         assert_eq!(Arc::strong_count(&signal), 1);
@@ -311,6 +326,9 @@ fn dropping_an_awaited_task_releases_its_waker_and_the_task_still_runs() {
 fn the_delivery_drops_the_waker_after_waking_it() {
     watchdog("waker released on delivery", || {
         let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let mut task = pool.add_task(1).unwrap();
         let signal = Signal::new();
         assert_eq!(poll_once(&mut task, &signal), Poll::Pending);
@@ -328,6 +346,9 @@ fn the_delivery_drops_the_waker_after_waking_it() {
 fn a_poll_with_another_waker_replaces_the_first() {
     watchdog("re-registering", || {
         let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let mut task = pool.add_task(1).unwrap();
         let (first, second) = (Signal::new(), Signal::new());
         assert_eq!(poll_once(&mut task, &first), Poll::Pending);
@@ -346,6 +367,9 @@ fn a_poll_with_another_waker_replaces_the_first() {
 fn a_task_moved_to_another_thread_between_polls_wakes_there() {
     watchdog("moved between threads", || {
         let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let mut task = pool.add_task(9).unwrap();
         let here = Signal::new();
         assert_eq!(poll_once(&mut task, &here), Poll::Pending);

@@ -185,7 +185,7 @@ fn a_keyed_stream_on_a_pool_that_shuts_down_ends_with_the_refused_input() {
 #[test]
 fn dropping_a_keyed_stream_cancels_what_waits_on_its_keys() {
     watchdog("drop", || {
-        let (mut key, gate) = common::gate();
+        let (key, gate) = common::gate();
         let pool = AsyncPool::builder()
             .max_workers(2)
             .max_per_key(1)
@@ -194,6 +194,9 @@ fn dropping_a_keyed_stream_cancels_what_waits_on_its_keys() {
                 i
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
         let mut stream = pool.map_keyed_unordered((0..1_000u32).map(|i| (i % 2, i)));
         key.pass(1);
         assert!(stream.next().is_some());

@@ -74,7 +74,7 @@ fn the_per_key_cap_holds_under_sixteen_producers() {
 
 #[test]
 fn a_saturated_key_does_not_hold_back_the_other_keys() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = AsyncPool::builder()
         .max_workers(8)
         .max_per_key(2)
@@ -85,6 +85,9 @@ fn a_saturated_key_does_not_hold_back_the_other_keys() {
             host
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let slow: Vec<_> = (0..50)
         .map(|_| pool.add_task_keyed("slow.example", "slow.example").unwrap())
         .collect();
@@ -112,12 +115,15 @@ fn a_saturated_key_does_not_hold_back_the_other_keys() {
 
 #[test]
 fn a_str_and_a_string_with_the_same_text_are_the_same_key() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = AsyncPool::builder()
         .max_workers(4)
         .max_per_key(1)
         .build(move |_: u32| gate.wait())
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let first = pool.add_task_keyed("host", 1).unwrap();
     let second = pool.add_task_keyed(String::from("host"), 2).unwrap();
     eventually("first running", || first.is_running());
@@ -184,7 +190,10 @@ fn starts_of_one_key_are_spaced_by_the_interval_and_other_keys_are_not() {
 
 #[test]
 fn keyed_tasks_take_part_in_cancel_shutdown_now_and_stats() {
-    let (mut key, pool) = gated(AsyncPool::builder().max_workers(2).max_per_key(1));
+    let (key, pool) = gated(AsyncPool::builder().max_workers(2).max_per_key(1));
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let running = pool.add_task_keyed("k", 0).unwrap();
     eventually("running", || running.is_running());
     let waiting: Vec<_> = (1..6)
@@ -231,6 +240,9 @@ fn a_timed_out_task_holds_its_key_until_its_callback_returns() {
             n
         })
         .unwrap();
+    // Declared after the pool, dropped before it: a failed assertion cannot leave the pool's
+    // shutdown waiting on a task that waits on this.
+    let release = release;
     let stuck_task = pool.add_task_keyed("k", 0).unwrap();
     let next = pool.add_task_keyed("k", 1).unwrap();
     assert_eq!(stuck_task.recv(), Err(TaskError::TimedOut));

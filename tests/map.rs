@@ -73,7 +73,7 @@ fn map_ordered_yields_in_input_order_whatever_the_finishing_order() {
 
 #[test]
 fn a_slow_head_stalls_intake_of_map_ordered() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pulled = Arc::new(AtomicUsize::new(0));
     let counter = pulled.clone();
     let pool = AsyncPool::new(4, move |n: u32| {
@@ -83,6 +83,9 @@ fn a_slow_head_stalls_intake_of_map_ordered() {
         n
     })
     .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let inputs = (0u32..1_000).inspect(move |_| {
         counter.fetch_add(1, Ordering::SeqCst);
     });
@@ -104,7 +107,7 @@ fn a_slow_head_stalls_intake_of_map_ordered() {
 
 #[test]
 fn dropping_a_stream_early_cancels_what_it_queued() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let ran = Arc::new(AtomicUsize::new(0));
     let counter = ran.clone();
     let pool = AsyncPool::builder()
@@ -118,6 +121,9 @@ fn dropping_a_stream_early_cancels_what_it_queued() {
             n
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let mut stream = pool.map_unordered(0u32..).in_flight(50);
     assert_eq!(stream.next(), Some((0, Ok(0))));
     eventually("two tasks blocked", || pool.stats().busy == 2);

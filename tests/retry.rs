@@ -165,6 +165,9 @@ fn inputs_come_back_with_timed_out_and_panicked_failures() {
             }
         })
         .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let panicked = pool.task(0).keep_input().add().unwrap().recv();
         let failure = panicked.result.unwrap_err();
         assert_eq!(failure.input, Some(0));
@@ -210,6 +213,9 @@ fn a_timed_out_attempt_is_retried_without_waiting_for_the_hung_one() {
             Ok(n)
         })
         .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let done = pool
             .task(9)
             .timeout(Duration::from_millis(30))
@@ -325,6 +331,9 @@ fn endings_into_a_full_bounded_mailbox_all_arrive() {
                 Err(())
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let (mailbox, endings) = bounded(1);
         for n in 0..40 {
             pool.task(n)
@@ -366,6 +375,9 @@ fn the_policy_sees_each_failure_and_its_number() {
             }
         })
         .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let policy = Retry::<&'static str>::attempts(10)
             .backoff(MS, MS)
             .when(move |attempt| {

@@ -103,6 +103,9 @@ fn shutdown_timeout_ends_a_hung_attempt_even_after_a_registry_sweep() {
                 }
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gates before the pool's drop
+        // waits for its tasks.
+        let (hang_x_key, hang_t_key) = (hang_x_key, hang_t_key);
         // X's deadline passes; its policy holds the timer thread until we let it decide, so
         // that T's retry cannot fire while we add a burst of tasks.
         let (entered_tx, entered) = bounded::<()>(1);
@@ -300,6 +303,9 @@ fn shutdown_timeout_hands_the_input_back_with_a_timed_out_attempt() {
             Err(n)
         })
         .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let key = key;
         let task = pool.task(5).retry(quick(3)).add().unwrap();
         eventually("it runs", || task.attempts() == 1);
         assert!(!pool.shutdown_timeout(Duration::from_millis(30)));
@@ -588,6 +594,9 @@ fn shutdown_timeout_with_backoffs_and_running_attempts_ends_each_task_once() {
                     Err(n)
                 })
                 .unwrap();
+            // Declared after the pool: a failed assertion opens the gate before the pool's drop
+            // waits for its tasks.
+            let key = key;
             let (mailbox, endings) = unbounded();
             let ids: Vec<TaskId> = (0..30u32)
                 .map(|n| {
@@ -997,6 +1006,9 @@ fn a_timed_out_attempts_token_stays_cancelled_while_the_retry_runs() {
                 Ok(n)
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gates before the pool's drop
+        // waits for its tasks.
+        let (check_key, finish_key) = (check_key, finish_key);
         let task = pool
             .task(1)
             .timeout(Duration::from_millis(200))

@@ -5,7 +5,7 @@ mod common;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use common::{assert_threads_gone, eventually, gated, threads_named, watchdog};
+use common::{assert_threads_gone, eventually, gated, threads_named, watchdog, PATIENCE};
 use crossbeam_channel::unbounded;
 use slowpool::{AddError, AsyncPool, TaskError, ThreadPool};
 
@@ -222,10 +222,16 @@ fn an_add_blocked_on_a_full_queue_gets_its_input_back_at_shutdown() {
     };
     let refused = watchdog("blocked add at shutdown", move || blocked.join().unwrap());
     assert_eq!(refused, Err(AddError::ShutDown(2)));
+    // The blocked add is woken by `close`, before `shutdown_now` drains the queue: opening the
+    // gate now would let the worker finish task 0 and start task 1 ahead of the drain. Wait for
+    // the drain to cancel task 1 first.
+    assert_eq!(
+        queued.recv_timeout(PATIENCE),
+        Some(Err(TaskError::Cancelled))
+    );
     key.open();
     assert_eq!(stopper.join().unwrap(), vec![1]);
     assert_eq!(running.recv(), Ok(0));
-    assert_eq!(queued.recv(), Err(TaskError::Cancelled));
 }
 
 #[test]

@@ -599,12 +599,17 @@ fn consume_retry(
 /// 200 inputs on 4 keys; after three results another thread stops the pool. Every input
 /// pulled ends exactly once, the stream ends, the pool settles.
 fn shutdown_mid_stream(stop: Stop, consume: Consume) {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool: RPool = AsyncPool::builder()
         .max_workers(2)
         .max_per_key(1)
         .build(move |i: u32| {
-            gate.wait();
+            // Inputs 0 to 2 never wait: they are the ordered stream's first three results, and
+            // passes taken by later tasks (whose worker got to the gate first) would leave one
+            // of them waiting for ever.
+            if i >= 3 {
+                gate.wait();
+            }
             if i % 7 == 0 {
                 Err(i)
             } else {
@@ -612,6 +617,9 @@ fn shutdown_mid_stream(stop: Stop, consume: Consume) {
             }
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let intake = Arc::new(Intake::default());
     let (halfway_tx, halfway) = crossbeam_channel::unbounded();
     let consumer = {
@@ -625,7 +633,8 @@ fn shutdown_mid_stream(stop: Stop, consume: Consume) {
             consume(&pool, inputs, &halfway_tx)
         })
     };
-    // Enough passes for three endings even when attempts fail and retry.
+    // Inputs 0 to 2 give the three endings; these passes let a few gated tasks end too, in
+    // whatever order their workers reach the gate.
     key.pass(10);
     halfway.recv().unwrap();
     let stopper = {
@@ -866,7 +875,7 @@ fn dropping_a_retry_stream_stops_the_retries_of_attempts_running_at_the_drop() {
     watchdog("drop retry stream", || {
         let calls: Arc<Mutex<HashMap<u32, usize>>> = Arc::default();
         let c = calls.clone();
-        let (mut key, gate) = gate();
+        let (key, gate) = gate();
         let pool = AsyncPool::builder()
             .max_workers(3)
             .build(move |i: u32| -> Result<u32, u32> {
@@ -878,6 +887,9 @@ fn dropping_a_retry_stream_stops_the_retries_of_attempts_running_at_the_drop() {
                 Err(i)
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
         let policy = Retry::attempts(4)
             .backoff(Duration::from_millis(200), Duration::from_millis(200))
             .jitter(false);
@@ -950,7 +962,7 @@ fn panicking_inputs(at: u32) -> impl Iterator<Item = (u32, u32)> {
 fn an_input_iterator_that_panics_leaves_no_task_behind() {
     watchdog("panicking iterator", || {
         for kind in 0..4 {
-            let (mut key, gate) = gate();
+            let (key, gate) = gate();
             let pool: RPool = AsyncPool::builder()
                 .max_workers(2)
                 .max_per_key(1)
@@ -963,6 +975,9 @@ fn an_input_iterator_that_panics_leaves_no_task_behind() {
                     }
                 })
                 .unwrap();
+            // Declared after the pool: a failed assertion opens the gate before the pool's drop
+            // waits for its tasks.
+            let mut key = key;
             // Enough for the unkeyed streams to reach input 10; gated tasks stay outstanding.
             key.pass(12);
             let stream_pool = pool.clone();
@@ -1008,7 +1023,7 @@ fn a_key_whose_hash_panics_leaves_no_task_behind() {
         }
     }
     watchdog("panicking hash", || {
-        let (mut key, gate) = gate();
+        let (key, gate) = gate();
         let pool = AsyncPool::builder()
             .max_workers(2)
             .max_per_key(1)
@@ -1017,6 +1032,9 @@ fn a_key_whose_hash_panics_leaves_no_task_behind() {
                 i
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
         key.pass(1);
         let p = pool.clone();
         let unwound = panic::catch_unwind(AssertUnwindSafe(move || {
@@ -1153,7 +1171,7 @@ fn retry_streams_with_deadlines_hung_callbacks_and_max_abandoned_finish() {
     watchdog("deadlines", || {
         let attempts: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
         let a = attempts.clone();
-        let (mut key, gate) = gate();
+        let (key, gate) = gate();
         let pool = AsyncPool::builder()
             .max_workers(3)
             .max_per_key(2)
@@ -1172,6 +1190,9 @@ fn retry_streams_with_deadlines_hung_callbacks_and_max_abandoned_finish() {
                 Ok(i)
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
         let items = (0..40u32).map(|i| (i % 4, i));
         let mut ok = Vec::new();
         for done in pool.map_keyed_retry(items, quick(3)) {
@@ -1198,7 +1219,7 @@ fn retry_streams_with_deadlines_hung_callbacks_and_max_abandoned_finish() {
 #[test]
 fn unkeyed_retry_stream_with_every_attempt_hung_gives_up_with_timed_out() {
     watchdog("all hung", || {
-        let (mut key, gate) = gate();
+        let (key, gate) = gate();
         let pool = AsyncPool::builder()
             .max_workers(2)
             .task_timeout(Duration::from_millis(10))
@@ -1208,6 +1229,9 @@ fn unkeyed_retry_stream_with_every_attempt_hung_gives_up_with_timed_out() {
                 Ok(i)
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
         let endings: Vec<_> = pool.map_retry(0..3u32, quick(2)).in_flight(2).collect();
         assert_eq!(endings.len(), 3);
         let mut back = Vec::new();
@@ -1445,7 +1469,7 @@ fn keyed_retry_stream_in_flight_bounds_what_runs_or_queues() {
 #[test]
 fn shutdown_now_wakes_a_stream_blocked_adding_to_a_full_bounded_queue() {
     watchdog("full queue", || {
-        let (mut key, gate) = gate();
+        let (key, gate) = gate();
         let pool = AsyncPool::builder()
             .max_workers(1)
             .queue_capacity(1)
@@ -1454,6 +1478,9 @@ fn shutdown_now_wakes_a_stream_blocked_adding_to_a_full_bounded_queue() {
                 i
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
         let intake = Arc::new(Intake::default());
         let consumer = {
             let (pool, intake) = (pool.clone(), intake.clone());
@@ -1527,7 +1554,7 @@ fn keyed_and_plain_streams_through_a_bounded_queue_of_one() {
 fn cancel_all_mid_stream_cancels_queued_inputs_and_the_stream_goes_on() {
     watchdog("cancel_all", || {
         for ordered in [false, true] {
-            let (mut key, gate) = gate();
+            let (key, gate) = gate();
             let pool = AsyncPool::builder()
                 .max_workers(2)
                 .max_per_key(1)
@@ -1536,6 +1563,9 @@ fn cancel_all_mid_stream_cancels_queued_inputs_and_the_stream_goes_on() {
                     i
                 })
                 .unwrap();
+            // Declared after the pool: a failed assertion opens the gate before the pool's drop
+            // waits for its tasks.
+            let mut key = key;
             key.pass(4);
             let intake = Arc::new(Intake::default());
             let consumer = {
@@ -1658,7 +1688,7 @@ fn shutdown_timeout_mid_retry_stream_accounts_for_every_input() {
     // Every input pulled comes back once: as a value, or as a failure. Note which failures
     // carry their input (shutdown_timeout drops queued inputs by design).
     watchdog("shutdown_timeout retry", || {
-        let (mut key, gate) = gate();
+        let (key, gate) = gate();
         let pool = AsyncPool::builder()
             .max_workers(2)
             .build(move |i: u32| -> Result<u32, u32> {
@@ -1669,6 +1699,9 @@ fn shutdown_timeout_mid_retry_stream_accounts_for_every_input() {
                 Ok(i)
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
         let policy = Retry::attempts(5)
             .backoff(Duration::from_secs(10), Duration::from_secs(10))
             .jitter(false);
@@ -1904,7 +1937,7 @@ fn a_key_saturated_outside_the_stream_does_not_block_its_other_keys() {
     // of key "a" must not stall its inputs of key "b": "inputs whose key is at its limit wait
     // on their key in the pool without taking a place in the in_flight window".
     watchdog("shared key", || {
-        let (mut key, gate) = gate();
+        let (key, gate) = gate();
         let done_b = Arc::new(AtomicUsize::new(0));
         let d = done_b.clone();
         let pool = AsyncPool::builder()
@@ -1919,6 +1952,9 @@ fn a_key_saturated_outside_the_stream_does_not_block_its_other_keys() {
                 i
             })
             .unwrap();
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
         let outside = pool.task(("a", 0)).key("a").add().unwrap();
         eventually("outside task runs", || outside.is_running());
         let consumer = {

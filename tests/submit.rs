@@ -57,7 +57,10 @@ fn keyed_with_a_deadline_into_a_mailbox_without_waiting() {
 
 #[test]
 fn try_add_of_a_task_held_by_its_key_is_never_full() {
-    let (mut key, pool) = gated_pool("trykey", 0);
+    let (key, pool) = gated_pool("trykey", 0);
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let running = pool.task(0).key("k").add().unwrap();
     eventually("it runs", || running.is_running());
     // Rendezvous queue and the only worker busy: an unkeyed try is Full…
@@ -85,7 +88,10 @@ fn try_add_of_a_task_held_by_its_key_is_never_full() {
 
 #[test]
 fn try_add_to_a_full_queue_hands_the_input_back() {
-    let (mut key, pool) = gated_pool("trymail", 1);
+    let (key, pool) = gated_pool("trymail", 1);
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let running = pool.task(0).add().unwrap();
     eventually("it runs", || running.is_running());
     let (mailbox, results) = unbounded::<(TaskId, Result<u32, TaskError>)>();
@@ -124,13 +130,16 @@ fn a_handle_submits_the_same_way_and_gets_its_input_back_once_the_pool_is_gone()
 
 #[test]
 fn a_thread_pool_gets_keys_and_deadlines_through_the_same_chain() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = ThreadPool::builder()
         .max_workers(2)
         .max_per_key(1)
         .thread_name("spawnchain")
         .build()
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let first = {
         let gate = gate.clone();
         pool.task(move || {

@@ -90,6 +90,9 @@ fn a_per_task_timeout_applies_to_that_task_only() {
         wait
     })
     .unwrap();
+    // Declared after the pool, dropped before it: a failed assertion cannot leave the pool's
+    // shutdown waiting on a task that waits on this.
+    let release = release;
     let short = pool
         .add_task_with_timeout(true, Duration::from_millis(20))
         .unwrap();
@@ -102,7 +105,7 @@ fn a_per_task_timeout_applies_to_that_task_only() {
 
 #[test]
 fn time_in_the_queue_does_not_count_toward_the_deadline() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = AsyncPool::builder()
         .max_workers(1)
         .task_timeout(Duration::from_millis(200))
@@ -113,6 +116,9 @@ fn time_in_the_queue_does_not_count_toward_the_deadline() {
             n
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let blocker = pool
         .add_task_with_timeout(0, Duration::from_secs(120))
         .unwrap();

@@ -172,7 +172,7 @@ fn a_task_run_inside_join_gets_a_fresh_state_not_its_joiners() {
 
 #[test]
 fn an_abandoned_thread_keeps_its_state_and_its_replacement_makes_a_new_one() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let made = Arc::new(AtomicUsize::new(0));
     let m = made.clone();
     let pool = AsyncPool::builder()
@@ -189,6 +189,9 @@ fn an_abandoned_thread_keeps_its_state_and_its_replacement_makes_a_new_one() {
             },
         )
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     assert_eq!(pool.add_task(false).unwrap().recv(), Ok(0));
     assert_eq!(
         pool.add_task(true).unwrap().recv(),

@@ -30,7 +30,7 @@ fn growing_starts_workers_at_once() {
 #[test]
 fn shrinking_retires_workers_as_they_finish_and_none_takes_work_over_the_limit() {
     let (running, peak) = concurrency_probe();
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let (r, p) = (running.clone(), peak.clone());
     let pool = AsyncPool::builder()
         .max_workers(4)
@@ -42,6 +42,9 @@ fn shrinking_retires_workers_as_they_finish_and_none_takes_work_over_the_limit()
             r.fetch_sub(1, Ordering::SeqCst);
         })
         .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let busy: Vec<_> = (0..4).map(|n| pool.add_task(n).unwrap()).collect();
     eventually("four tasks running", || pool.stats().busy == 4);
     assert!(pool.set_max_workers(1));
@@ -88,12 +91,15 @@ fn set_max_workers_refuses_zero_and_a_shut_down_pool() {
 
 #[test]
 fn stats_describe_queued_busy_and_ended_tasks() {
-    let (mut key, gate) = gate();
+    let (key, gate) = gate();
     let pool = AsyncPool::new(2, move |fail: bool| {
         gate.wait();
         assert!(!fail, "asked to fail");
     })
     .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
     let tasks: Vec<_> = (0..6).map(|n| pool.add_task(n == 5).unwrap()).collect();
     eventually("two running", || pool.stats().busy == 2);
     let stats = pool.stats();
