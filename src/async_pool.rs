@@ -630,6 +630,13 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
         &self.owner.0
     }
 
+    /// How a feeder (a stream, the Redis worker) gives up on a task it added: cancelled if it
+    /// has not started; if it runs, it makes no further attempt. Keeps the pool alive.
+    pub(crate) fn forgetter(&self) -> impl Fn(TaskId) + Send + 'static {
+        let pool = self.clone();
+        move |id| pool.engine().forget_id(id)
+    }
+
     /// Starts a [`Submit`]: say how the task runs (`.key(..)`, `.timeout(..)`) and where its
     /// result goes (`.add()`, `.try_add()`, `.add_to(..)`, `.try_add_to(..)`). The `add_task*`
     /// methods are its short forms.
@@ -1151,17 +1158,17 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
 
     /// How a streaming map reaches this pool (it keeps the pool alive while it runs).
     fn source(&self) -> Source<I, Message<O>> {
-        let (pool, canceller) = (self.clone(), self.clone());
+        let pool = self.clone();
         Source::new(
             2 * self.max_workers(),
             move |input, mailbox| pool.add_task_to(input, mailbox),
-            move |id| canceller.engine().forget_id(id),
+            self.forgetter(),
         )
     }
 
     /// A keyed stream's way to this pool: unkeyed if the pool has no per-key settings.
     fn keyed_source<K: Hash + Send + 'static>(&self) -> Source<(K, I), Message<O>> {
-        let (pool, canceller) = (self.clone(), self.clone());
+        let pool = self.clone();
         let source = Source::new(
             2 * self.max_workers(),
             move |(key, input): (K, I), mailbox: &Mailbox<O>| {
@@ -1170,7 +1177,7 @@ impl<I: Send + 'static, O: Send + 'static> AsyncPool<I, O> {
                     .add_to(mailbox)
                     .map_err(|refused| refused.map(|input| (key, input)))
             },
-            move |id| canceller.engine().forget_id(id),
+            self.forgetter(),
         );
         keyed(source, self.engine().per_key_limit())
     }
@@ -1247,14 +1254,14 @@ where
         It: IntoIterator<Item = I>,
         E: 'static,
     {
-        let (pool, canceller) = (self.clone(), self.clone());
+        let pool = self.clone();
         let policy = policy_fn(policy);
         let source = Source::new(
             2 * self.max_workers(),
             move |input: I, mailbox: &RetryMailbox<I, T, E>| {
                 pool.retrying(input, &policy).add_to(mailbox)
             },
-            move |id| canceller.engine().forget_id(id),
+            self.forgetter(),
         );
         MapRetried::new(inputs.into_iter(), source, |input| input)
     }
@@ -1272,7 +1279,7 @@ where
         It: IntoIterator<Item = (K, I)>,
         E: 'static,
     {
-        let (pool, canceller) = (self.clone(), self.clone());
+        let pool = self.clone();
         let policy = policy_fn(policy);
         let source = Source::new(
             2 * self.max_workers(),
@@ -1282,7 +1289,7 @@ where
                     .add_to(mailbox)
                     .map_err(|refused| refused.map(|input| (key, input)))
             },
-            move |id| canceller.engine().forget_id(id),
+            self.forgetter(),
         );
         let source = keyed(source, self.engine().per_key_limit());
         MapRetried::new(items.into_iter(), source, |(_, input)| input)

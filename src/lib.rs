@@ -133,6 +133,7 @@ mod delivery;
 mod engine;
 mod error;
 mod id;
+mod in_flight;
 mod map;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]

@@ -3,7 +3,8 @@
 //!
 //! # Design
 //!
-//! Each stream owns a private mailbox. It pulls an input only when fewer than `in_flight` of
+//! Each stream keeps its tasks in an [`InFlight`] (a private mailbox, and each task's input
+//! index and key: the record the Redis feeder keeps too). It pulls an input only when fewer than `in_flight` of
 //! its tasks are outstanding, so an endless iterator works and memory stays flat; it yields
 //! results as they arrive in the mailbox. The ordered form keeps a reorder buffer and pulls
 //! input `i` only while `i < next_to_yield + in_flight`: a slow task at the head stalls intake
@@ -12,28 +13,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
-use crossbeam_channel::{unbounded, Receiver, Sender};
+use crossbeam_channel::Sender;
 
-use crate::cell::drop_quietly;
 use crate::error::{AddError, Failed, Failure, TaskError};
 use crate::id::TaskId;
+use crate::in_flight::{ForgetFn, InFlight, Tagged};
 use crate::retry::Retried;
 
 pub(crate) type Message<O> = (TaskId, Result<O, TaskError>);
 type SubmitFn<Item, M> = dyn FnMut(Item, &Sender<M>) -> Result<TaskId, AddError<Item>> + Send;
-type CancelFn = dyn Fn(TaskId) + Send;
 type KeyFn<Item> = dyn Fn(&Item) -> u64 + Send;
-
-/// What a stream's mailbox receives: a message tagged with its task's id.
-pub(crate) trait Tagged {
-    fn id(&self) -> TaskId;
-}
-
-impl<O> Tagged for Message<O> {
-    fn id(&self) -> TaskId {
-        self.0
-    }
-}
 
 impl<I, T, E> Tagged for Retried<I, T, E> {
     fn id(&self) -> TaskId {
@@ -47,7 +36,7 @@ impl<I, T, E> Tagged for Retried<I, T, E> {
 /// tasks of one key the pool runs at once. Each face of the pool makes one.
 pub(crate) struct Source<Item, M> {
     submit: Box<SubmitFn<Item, M>>,
-    cancel: Box<CancelFn>,
+    forget: Box<ForgetFn>,
     in_flight: usize,
     keys: Option<(Box<KeyFn<Item>>, usize)>,
 }
@@ -56,11 +45,11 @@ impl<Item, M> Source<Item, M> {
     pub(crate) fn new(
         in_flight: usize,
         submit: impl FnMut(Item, &Sender<M>) -> Result<TaskId, AddError<Item>> + Send + 'static,
-        cancel: impl Fn(TaskId) + Send + 'static,
+        forget: impl Fn(TaskId) + Send + 'static,
     ) -> Self {
         Source {
             submit: Box::new(submit),
-            cancel: Box::new(cancel),
+            forget: Box::new(forget),
             in_flight: in_flight.max(1),
             keys: None,
         }
@@ -115,17 +104,14 @@ impl<Item> KeyWindow<Item> {
     }
 }
 
-/// What every stream shares: the inputs, the pool's adding and cancelling, the mailbox, and
-/// the accounting of what is outstanding.
+/// What every stream shares: the inputs, the pool's adding, the tasks outstanding, and the
+/// window over them.
 struct Stream<Item, M, It> {
     /// Not fused: asked again whenever the stream wants more (see `pull`).
     inputs: It,
     submit: Box<SubmitFn<Item, M>>,
-    cancel: Box<CancelFn>,
-    tx: Sender<M>,
-    rx: Receiver<M>,
-    /// Task id → index of its input, and its key.
-    outstanding: HashMap<TaskId, (usize, u64)>,
+    /// Each outstanding task's input index and key; dropping it forgets them in the pool.
+    outstanding: InFlight<(usize, u64), M>,
     next_index: usize,
     /// The pool refused an input (it shut down): pull no more.
     stopped: bool,
@@ -140,7 +126,6 @@ struct Stream<Item, M, It> {
 
 impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
     fn new(inputs: It, source: Source<Item, M>) -> Self {
-        let (tx, rx) = unbounded();
         let in_flight = source.in_flight;
         let max_buffered = if source.keys.is_some() {
             KEYED_BUFFER
@@ -152,10 +137,7 @@ impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
             max_buffered,
             inputs,
             submit: source.submit,
-            cancel: source.cancel,
-            tx,
-            rx,
-            outstanding: HashMap::new(),
+            outstanding: InFlight::new(source.forget),
             next_index: 0,
             stopped: false,
             refused: None,
@@ -215,9 +197,12 @@ impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
         let index = self.next_index;
         self.next_index += 1;
         let key = self.keys.as_ref().map_or(0, |keys| (keys.key_of)(&input));
-        match (self.submit)(input, &self.tx) {
-            Ok(id) => {
-                self.outstanding.insert(id, (index, key));
+        let submit = &mut self.submit;
+        match self
+            .outstanding
+            .add((index, key), |mailbox| submit(input, mailbox))
+        {
+            Ok(_) => {
                 if let Some(keys) = &mut self.keys {
                     keys.entered(key);
                 }
@@ -238,29 +223,11 @@ impl<Item, M: Tagged, It: Iterator<Item = Item>> Stream<Item, M, It> {
         if self.outstanding.is_empty() {
             return self.refused.take().map(|(index, item)| (index, Err(item)));
         }
-        // The stream holds a sender, so this only ends with a message.
-        let message = self.rx.recv().ok()?;
-        let (index, key) = self.outstanding.remove(&message.id())?;
+        let ((index, key), message) = self.outstanding.take()?;
         if let Some(keys) = &mut self.keys {
             keys.left(key);
         }
         Some((index, Ok(message)))
-    }
-}
-
-impl<Item, M, It> Drop for Stream<Item, M, It> {
-    fn drop(&mut self) {
-        // A task that runs now is not stopped, but makes no further attempt (see `Source`).
-        for id in self.outstanding.keys() {
-            (self.cancel)(*id);
-        }
-        // Results nobody will read: dropped here, where a `Drop` that panics must not escape
-        // (dropping the receiver discards what the channel still holds).
-        let rx = std::mem::replace(&mut self.rx, crossbeam_channel::never());
-        for message in rx.try_iter() {
-            drop_quietly(message);
-        }
-        drop_quietly(rx);
     }
 }
 

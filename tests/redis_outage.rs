@@ -348,3 +348,52 @@ fn run_gives_up_with_disconnected_past_the_reconnect_limit() {
         eprintln!("gave up after {:.2} s: {error}", waited.as_secs_f64());
     });
 }
+
+#[test]
+fn a_run_that_gives_up_cancels_its_queued_tasks_in_the_pool() {
+    // The entries stay pending in Redis for this consumer's next run or for others to claim:
+    // running their queued tasks here as well would be work nobody settles.
+    watchdog("forgotten at give-up", Duration::from_secs(60), || {
+        let mut server = Some(Server::start(false));
+        let url = server.as_ref().unwrap().url();
+        let stream = stream_name("forget");
+        produce(&url, &stream, 5);
+        let mut worker = StreamWorker::builder(&url, stream.as_str(), GROUP, "w1")
+            .in_flight(5)
+            // Holding five entries, it talks to Redis only to renew their leases (every
+            // third of this): it finds Redis gone then.
+            .claim_after(Duration::from_millis(600))
+            .connect_timeout(Duration::from_millis(200))
+            .response_timeout(Duration::from_millis(200))
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+            .reconnect_limit(Duration::from_millis(500))
+            .connect()
+            .unwrap();
+        let (open, gate) = mpsc::channel::<()>();
+        let gate = std::sync::Mutex::new(gate);
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let pool = AsyncPool::new(1, move |entry: Entry| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = gate.lock().unwrap().recv();
+            Ok::<_, String>(entry.payload)
+        })
+        .unwrap();
+        let runner = {
+            let pool = pool.clone();
+            thread::spawn(move || worker.run(&pool))
+        };
+        eventually("all five in the pool", Duration::from_secs(10), || {
+            let stats = pool.stats();
+            stats.busy == 1 && stats.queued == 4
+        });
+        drop(server.take());
+        let error = runner.join().unwrap().unwrap_err();
+        assert!(error.is_disconnected(), "{error}");
+        let stats = pool.stats();
+        assert_eq!((stats.queued, stats.cancelled), (0, 4), "{stats:?}");
+        drop(open);
+        pool.join();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    });
+}

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 use redis::streams::StreamReadReply;
 
@@ -33,6 +33,7 @@ use super::entry::{Entry, EntryError};
 use super::link::{Backoff, Fault, Link, LinkSettings};
 use super::scripts::{Keys, Scripts, Verdict};
 use super::{StreamError, PAYLOAD};
+use crate::in_flight::InFlight;
 use crate::{AsyncPool, TaskError, TaskId};
 
 /// What a [`StreamWorker`] has done.
@@ -461,13 +462,13 @@ struct Held {
     state: State,
 }
 
-/// One run's state: the pool, its mailbox, and every entry held.
+/// One run's state: the pool, the tasks in it, and every entry held.
 struct Run<'p, O: Send + 'static, E: Send + 'static> {
     pool: &'p AsyncPool<Entry, Result<O, E>>,
-    mailbox: Sender<Settled<O, E>>,
-    results: Receiver<Settled<O, E>>,
+    /// The tasks in the pool, each tagged with its entry's id: the record the `map_*`
+    /// streams keep too. Dropping it at the end of a run forgets what is still there.
+    tasks: InFlight<String, Settled<O, E>>,
     held: HashMap<String, Held>,
-    tasks: HashMap<TaskId, String>,
     stopping: bool,
     stop_deadline: Option<Instant>,
     limit: usize,
@@ -563,7 +564,9 @@ impl StreamWorker {
     /// Redis refused a command ([`StreamError::Redis`]), or stayed unreachable past
     /// [`reconnect_limit`](StreamWorkerBuilder::reconnect_limit)
     /// ([`StreamError::Disconnected`]). Entries held then stay pending; other consumers
-    /// claim them after `claim_after`.
+    /// claim them after `claim_after`. Their tasks that have not started are cancelled in the
+    /// pool (nobody would settle their results); running ones finish, and their results are
+    /// dropped.
     pub fn run<O, E>(
         &mut self,
         pool: &AsyncPool<Entry, Result<O, E>>,
@@ -572,14 +575,11 @@ impl StreamWorker {
         O: AsRef<[u8]> + Send + 'static,
         E: EntryError + Send + 'static,
     {
-        let (mailbox, results) = unbounded();
         let now = Instant::now();
         let mut run = Run {
             pool,
-            mailbox,
-            results,
+            tasks: InFlight::new(Box::new(pool.forgetter())),
             held: HashMap::new(),
-            tasks: HashMap::new(),
             stopping: false,
             stop_deadline: None,
             limit: self.settings.in_flight.unwrap_or(2 * pool.max_workers()),
@@ -590,7 +590,8 @@ impl StreamWorker {
             quiet: false,
         };
         let outcome = self.run_loop(&mut run);
-        // Tasks still in the pool now are forgotten: their results go to a closed mailbox.
+        // Tasks still in the pool are forgotten with `run`: cancelled if they have not started
+        // (their entries stay pending, for this consumer's next run or for others to claim).
         let held = run.held.len();
         self.count(|s| {
             s.in_flight = 0;
@@ -607,8 +608,8 @@ impl StreamWorker {
         E: EntryError + Send + 'static,
     {
         loop {
-            while let Ok(result) = run.results.try_recv() {
-                self.finished(run, result);
+            while let Some((id, ended)) = run.tasks.try_take() {
+                self.finished(run, id, ended);
             }
             if !run.stopping && (self.shared.stop.load(Ordering::SeqCst) || run.pool.is_shut_down())
             {
@@ -739,9 +740,9 @@ impl StreamWorker {
         }
         let timeout = until.saturating_duration_since(now);
         select! {
-            recv(run.results) -> result => {
-                if let Ok(result) = result {
-                    self.finished(run, result);
+            recv(run.tasks.receiver()) -> ended => {
+                if let Some((id, ended)) = ended.ok().and_then(|ended| run.tasks.accept(ended)) {
+                    self.finished(run, id, ended);
                 }
             }
             recv(self.woken) -> _ => {}
@@ -749,15 +750,12 @@ impl StreamWorker {
         }
     }
 
-    /// A task ended: record its verdict.
-    fn finished<O, E>(&self, run: &mut Run<'_, O, E>, (task, result): Settled<O, E>)
+    /// The task of entry `id` ended: record its verdict.
+    fn finished<O, E>(&self, run: &mut Run<'_, O, E>, id: String, (_, result): Settled<O, E>)
     where
         O: AsRef<[u8]> + Send + 'static,
         E: EntryError + Send + 'static,
     {
-        let Some(id) = run.tasks.remove(&task) else {
-            return;
-        };
         let Some(held) = run.held.get_mut(&id) else {
             return;
         };
@@ -803,7 +801,7 @@ impl StreamWorker {
     fn abandon_running<O: Send + 'static, E: Send + 'static>(&self, run: &mut Run<'_, O, E>) {
         for held in run.held.values_mut() {
             if let State::Queued(task) = held.state {
-                run.tasks.remove(&task);
+                run.tasks.forget(task);
                 held.state = State::HandBack { ran: true };
             }
         }
@@ -946,8 +944,7 @@ impl StreamWorker {
             }
             if let Some(held) = run.held.remove(id) {
                 if let State::Queued(task) = held.state {
-                    run.pool.cancel(task);
-                    run.tasks.remove(&task);
+                    run.tasks.forget(task);
                 }
                 lost += 1;
             }
@@ -991,11 +988,12 @@ impl StreamWorker {
                 payload: held.payload.clone(),
                 deliveries: n,
             };
-            held.state = match run.pool.add_task_to(entry, &run.mailbox) {
-                Ok(task) => {
-                    run.tasks.insert(task, id.clone());
-                    State::Queued(task)
-                }
+            let pool = run.pool;
+            held.state = match run
+                .tasks
+                .add(id.clone(), |mailbox| pool.add_task_to(entry, mailbox))
+            {
+                Ok(task) => State::Queued(task),
                 Err(_) => {
                     run.stopping = true;
                     State::HandBack { ran: true }
@@ -1034,11 +1032,12 @@ impl StreamWorker {
                     payload: payload.clone(),
                     deliveries,
                 };
-                let state = match run.pool.add_task_to(entry, &run.mailbox) {
-                    Ok(task) => {
-                        run.tasks.insert(task, id.clone());
-                        State::Queued(task)
-                    }
+                let pool = run.pool;
+                let state = match run
+                    .tasks
+                    .add(id.clone(), |mailbox| pool.add_task_to(entry, mailbox))
+                {
+                    Ok(task) => State::Queued(task),
                     // The pool shut down: give the entry back at once.
                     Err(_) => {
                         run.stopping = true;
