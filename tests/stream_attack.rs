@@ -1498,7 +1498,9 @@ fn shutdown_now_wakes_a_stream_blocked_adding_to_a_full_bounded_queue() {
             let pool = pool.clone();
             thread::spawn(move || pool.shutdown_now())
         };
-        eventually("shut down", || pool.is_shut_down());
+        // `shutdown_now` closes the pool before it drains the queue: opening the gate between
+        // the two would let input 1 start. Open it once the drain has cancelled input 1.
+        eventually("input 1 cancelled", || pool.stats().cancelled == 1);
         key.open();
         assert_eq!(stopper.join().unwrap(), vec![1]);
         let mut endings = consumer.join().unwrap();
