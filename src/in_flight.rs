@@ -78,6 +78,7 @@ impl<Tag, M: Tagged> InFlight<Tag, M> {
 
     /// The mailbox's receiving side, for a `select!`; what it yields goes to
     /// [`accept`](InFlight::accept).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // used by the Redis worker
     pub(crate) fn receiver(&self) -> &Receiver<M> {
         &self.rx
     }
@@ -95,6 +96,7 @@ impl<Tag, M: Tagged> InFlight<Tag, M> {
     }
 
     /// The next ending already in the mailbox, without waiting.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // used by the Redis worker
     pub(crate) fn try_take(&mut self) -> Option<(Tag, M)> {
         while let Ok(message) = self.rx.try_recv() {
             if let Some(taken) = self.accept(message) {
@@ -118,6 +120,7 @@ impl<Tag, M: Tagged> InFlight<Tag, M> {
 
     /// Stops waiting for a task: the pool cancels it if it has not started, and lets it make no
     /// further attempt if it runs; its ending, if one comes, is dropped. Returns its tag.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // used by the Redis worker
     pub(crate) fn forget(&mut self, id: TaskId) -> Option<Tag> {
         let tag = self.tags.remove(&id)?;
         (self.forget)(id);

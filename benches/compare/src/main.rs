@@ -420,9 +420,7 @@ fn parent(quick: bool, only: Option<String>, sizes: Option<Vec<usize>>) {
         })
         .collect();
 
-    if wanted("keyed") {
-        keyed_stream(quick);
-    }
+    let keyed = wanted("keyed").then(|| keyed_stream(quick));
 
     let elapsed = started.elapsed();
     if quick || only.is_some() || sizes.is_some() {
@@ -430,20 +428,55 @@ fn parent(quick: bool, only: Option<String>, sizes: Option<Vec<usize>>) {
             "partial run done in {:.1} s (nothing written)",
             elapsed.as_secs_f64()
         );
+        if let Some(keyed) = &keyed {
+            // The section the full run writes into docs/benchmarks.md.
+            println!("{}", report::keyed_section(keyed));
+        }
         return;
     }
     let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
-    report::write(&docs, &runs, &overhead, &idle, idle_workers, elapsed).expect("write docs");
+    report::write(
+        &docs,
+        &runs,
+        &overhead,
+        &idle,
+        idle_workers,
+        keyed.as_ref(),
+        elapsed,
+    )
+    .expect("write docs");
     eprintln!(
         "wrote docs/benchmarks.md and charts in {:.1} s",
         elapsed.as_secs_f64()
     );
 }
 
+/// What the keyed-stream benchmark measured: each round's makespans (sorted, shuffled) and
+/// the lower bound.
+pub struct KeyedRun {
+    pub inputs: u64,
+    pub rounds: Vec<(f64, f64)>,
+    pub lower_bound: f64,
+}
+
+impl KeyedRun {
+    /// Medians of the sorted and the shuffled makespans.
+    pub fn medians(&self) -> (f64, f64) {
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        (
+            median(self.rounds.iter().map(|r| r.0).collect()),
+            median(self.rounds.iter().map(|r| r.1).collect()),
+        )
+    }
+}
+
 /// A keyed stream over input sorted by key against the same input shuffled: 10,000 sleeps of
 /// 1–3 ms across 10 keys, `max_per_key(2)`, 20 workers. Prints each run, the medians and
 /// their ratio (sorted ÷ shuffled), rounds alternating.
-fn keyed_stream(quick: bool) {
+fn keyed_stream(quick: bool) -> KeyedRun {
     let n: u64 = if quick { 1_000 } else { 10_000 };
     let keys = 10;
     let work = |i: u64| Duration::from_micros(1_000 + (i * 7_919) % 2_000);
@@ -466,23 +499,22 @@ fn keyed_stream(quick: bool) {
         assert_eq!(done as u64, n);
         start.elapsed().as_secs_f64()
     };
-    let (mut a, mut b) = (Vec::new(), Vec::new());
+    let mut rounds = Vec::new();
     for round in 0..3 {
-        a.push(run(&sorted));
-        b.push(run(&shuffled));
-        eprintln!(
-            "     keyed round {round}: sorted {:.3} s  shuffled {:.3} s",
-            a[round], b[round]
-        );
+        let (a, b) = (run(&sorted), run(&shuffled));
+        eprintln!("     keyed round {round}: sorted {a:.3} s  shuffled {b:.3} s");
+        rounds.push((a, b));
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    let keyed = KeyedRun {
+        inputs: n,
+        rounds,
+        lower_bound,
     };
-    let (sorted_s, shuffled_s) = (median(&mut a), median(&mut b));
+    let (sorted_s, shuffled_s) = keyed.medians();
     eprintln!(
         "     keyed {n} inputs, 10 keys, max_per_key 2, 20 workers: sorted {sorted_s:.3} s, shuffled {shuffled_s:.3} s, \
          ratio {:.3} (lower bound {lower_bound:.3} s)",
         sorted_s / shuffled_s
     );
+    keyed
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use plotters::prelude::*;
 
 use crate::work::CONTENDERS;
-use crate::Run;
+use crate::{KeyedRun, Run};
 
 fn machine() -> String {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
@@ -172,6 +172,7 @@ pub fn write(
     overhead: &[(String, usize, Option<f64>)],
     idle: &[(String, Option<f64>)],
     idle_workers: usize,
+    keyed: Option<&KeyedRun>,
     elapsed: Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(docs)?;
@@ -310,10 +311,53 @@ pub fn write(
             kib.map_or("failed".into(), |k| format!("{k:.1}"))
         );
     }
+    if let Some(keyed) = keyed {
+        let _ = write!(out, "\n{}", keyed_section(keyed));
+    }
     let _ = writeln!(
         out,
-        "\nOn 16 cores, and keyed streams (`--only keyed`): [more-benchmarks.md](more-benchmarks.md)."
+        "\nOn 16 cores: [more-benchmarks.md](more-benchmarks.md)."
     );
     std::fs::write(docs.join("benchmarks.md"), out)?;
     Ok(())
+}
+
+/// The keyed-stream section of `docs/benchmarks.md` (also printed by `--only keyed`).
+pub fn keyed_section(keyed: &KeyedRun) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "## Keyed streams: input sorted by key against the same input shuffled\n"
+    );
+    let _ = writeln!(
+        out,
+        "`map_keyed_unordered` over {} inputs across 10 keys, each a sleep of 1–3 ms, \
+         `max_per_key(2)`, 20 workers; sorted and shuffled runs alternate ({}; {}).\n",
+        keyed.inputs,
+        machine(),
+        today()
+    );
+    let _ = writeln!(
+        out,
+        "| input |{} median |",
+        (1..=keyed.rounds.len())
+            .map(|r| format!(" round {r} |"))
+            .collect::<String>()
+    );
+    let _ = writeln!(out, "|---|{}---:|", "---:|".repeat(keyed.rounds.len()));
+    let (sorted, shuffled) = keyed.medians();
+    for (name, pick, median) in [("sorted by key", 0, sorted), ("shuffled", 1, shuffled)] {
+        let _ = write!(out, "| {name} |");
+        for round in &keyed.rounds {
+            let _ = write!(out, " {:.3} s |", if pick == 0 { round.0 } else { round.1 });
+        }
+        let _ = writeln!(out, " {median:.3} s |");
+    }
+    let _ = writeln!(
+        out,
+        "\nSorted ÷ shuffled: **{:.3}** (lower bound {:.3} s: the sum of the sleeps ÷ 20 workers).",
+        sorted / shuffled,
+        keyed.lower_bound
+    );
+    out
 }
