@@ -377,14 +377,30 @@ impl<T> Slot<T> {
         }
     }
 
-    /// Forgets the registered waker: the future that registered it is gone.
-    pub(crate) fn forget_waker(&self) {
-        let waker = match &mut *self.state.lock() {
-            SlotState::Empty(waker) => waker.take(),
-            SlotState::Forwarding(forward) => forward.waker.take(),
-            SlotState::Full(_) | SlotState::Taken => None,
+    /// The `Task` that reads this slot is gone. Forgets its registered waker, hands back a
+    /// result that already arrived (the handle's owner drops it), and refuses one delivered
+    /// later (`put` drops it, quietly, on the delivering worker).
+    ///
+    /// Invariant: once its `Task` is gone the slot never holds a result, so whoever drops the
+    /// cell's last `Arc` drops no result. That may be any thread: the registry upgrades its
+    /// `Weak` for a moment in `join`, an add, `cancel(id)` (see `engine/registry.rs`), and if
+    /// the worker lets go of the cell meanwhile, that thread holds the last `Arc` — it must not
+    /// run a result's `Drop` (which may panic, or call into the pool) under the registry's lock.
+    pub(crate) fn abandon(&self) -> Option<Result<T, TaskError>> {
+        let mut state = self.state.lock();
+        let (waker, result) = match &mut *state {
+            SlotState::Empty(waker) => {
+                let waker = waker.take();
+                *state = SlotState::Taken;
+                (waker, None)
+            }
+            SlotState::Full(_) => (None, Some(Self::take_full(&mut state))),
+            SlotState::Forwarding(forward) => (forward.waker.take(), None),
+            SlotState::Taken => (None, None),
         };
+        drop(state);
         drop(waker);
+        result
     }
 
     fn take_full(state: &mut SlotState<T>) -> Result<T, TaskError> {

@@ -93,8 +93,6 @@ pub struct Task<T> {
     pool: Arc<dyn Canceller>,
     /// Created on the first call to `receiver()`; from then on the result goes through it.
     receiver: OnceLock<Receiver<Result<T, TaskError>>>,
-    /// Set by the first poll: a waker may be registered in the slot, to forget on drop.
-    polled: bool,
 }
 
 impl<T: Send + 'static> Task<T> {
@@ -103,7 +101,6 @@ impl<T: Send + 'static> Task<T> {
             cell,
             pool,
             receiver: OnceLock::new(),
-            polled: false,
         }
     }
 
@@ -412,7 +409,6 @@ impl<T: Send + 'static> Future for Task<T> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let task = self.get_mut();
-        task.polled = true;
         if task.receiver.get().is_none() {
             match task.slot().poll_take(cx) {
                 Poll::Ready(Read::Value(result)) => return Poll::Ready(result),
@@ -434,10 +430,10 @@ impl<T> Unpin for Task<T> {}
 impl<T> Drop for Task<T> {
     fn drop(&mut self) {
         // A task dropped while awaited must not keep its executor's task alive (a waker can
-        // own it) until the pool's task ends.
-        if self.polled {
-            self.slot().forget_waker();
-        }
+        // own it) until the pool's task ends. A result that already arrived is dropped here, by
+        // the handle's owner; a later one by the worker that delivers it, never by a thread
+        // that happens to hold the cell's last `Arc` (see `Slot::abandon`).
+        drop(self.slot().abandon());
     }
 }
 

@@ -2,6 +2,10 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::Arc;
+
+use common::{eventually, gate};
 use slowpool::{AsyncPool, TaskError, ThreadPool};
 
 fn payload_pool() -> AsyncPool<u8, u8> {
@@ -70,30 +74,52 @@ fn task_error_is_a_std_error_with_a_message() {
 
 #[test]
 fn a_result_whose_drop_panics_does_not_hurt_the_worker() {
-    struct Explosive;
+    struct Explosive(Arc<AtomicUsize>);
     impl Drop for Explosive {
         fn drop(&mut self) {
             if !std::thread::panicking() {
+                self.0.fetch_add(1, SeqCst);
                 panic!("dropped");
             }
         }
     }
-    let pool = AsyncPool::new(1, |_: ()| Explosive).unwrap();
-    // Fire and forget: the result is dropped by the pool, on a worker.
+    let (key, gate) = gate();
+    let exploded = Arc::new(AtomicUsize::new(0));
+    let counter = exploded.clone();
+    let pool = AsyncPool::new(1, move |_: ()| {
+        gate.wait();
+        Explosive(counter.clone())
+    })
+    .unwrap();
+    // Declared after the pool: a failed assertion opens the gate before the pool's drop
+    // waits for its tasks.
+    let mut key = key;
+    // Fire and forget: every handle is dropped while its task is still queued or blocked, so
+    // no result has been delivered yet and each is dropped by the pool, on the worker. (A
+    // handle dropped after its result arrived would drop the result on this thread, as the
+    // result then belongs to the caller.)
     for _ in 0..10 {
         drop(pool.add_task(()).unwrap());
     }
+    key.open();
     pool.join();
     let stats = pool.stats();
     assert_eq!(stats.completed, 10);
     assert_eq!(stats.workers, 1);
+    eventually("every result dropped", || exploded.load(SeqCst) == 10);
     // A mailbox whose receiver is gone drops it on the worker too.
     let (tx, rx) = crossbeam_channel::unbounded();
     drop(rx);
     pool.add_task_to((), &tx).unwrap();
     pool.join();
     assert_eq!(pool.stats().completed, 11);
+    eventually("the mailed result dropped", || exploded.load(SeqCst) == 11);
     let kept = pool.add_task(()).unwrap().recv();
     assert!(kept.is_ok());
+    assert_eq!(
+        exploded.load(SeqCst),
+        11,
+        "a received result is the caller's"
+    );
     std::mem::forget(kept); // dropping it here would panic this test's thread
 }
