@@ -51,7 +51,7 @@ pub struct Stats {
     /// above.
     pub retried: u64,
     /// Tasks waiting on the pool's timer for their next attempt (holding no worker, not in
-    /// `queued`).
+    /// `queued`): the ones `cancel_all` and `shutdown_now` would take out and hand back now.
     pub waiting_retry: usize,
 }
 
@@ -65,8 +65,10 @@ pub struct Stats {
 ///   (`engine/ending.rs`), called by whoever won the task's final state change;
 /// - `waiting_on_key`: up when a keyed task is accepted (or a retry re-enters its key), down
 ///   when it leaves WAITING;
-/// - `retried`/`waiting_retry`: the ending path's back-off (`engine/retry.rs`), when an attempt
-///   fails and the task goes to BACKOFF; `waiting_retry` goes down when it leaves BACKOFF.
+/// - `retried`/`backing_off`: the ending path's back-off (`engine/retry.rs`), when an attempt
+///   fails and the task goes to BACKOFF; `backing_off` goes down when it leaves BACKOFF. The
+///   public `waiting_retry` is not this count but the timer's (`Timer::retries`): a task
+///   counts there only once its retry is in the timer, where `cancel_all` finds it.
 ///
 /// A retried task starts more than once: each back-off counts as the end of one attempt (for
 /// `busy`) and as one more entry into the queue (for `queued`).
@@ -80,7 +82,8 @@ pub(crate) struct Counters {
     started: CachePadded<AtomicU64>,
     ended: CachePadded<Ended>,
     waiting_on_key: AtomicUsize,
-    waiting_retry: AtomicUsize,
+    /// Tasks in BACKOFF, on the timer or on their way to it (for `queued`).
+    backing_off: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -101,7 +104,7 @@ impl Counters {
             started: CachePadded::new(AtomicU64::new(0)),
             ended: CachePadded::new(Ended::default()),
             waiting_on_key: AtomicUsize::new(0),
-            waiting_retry: AtomicUsize::new(0),
+            backing_off: AtomicUsize::new(0),
         }
     }
 
@@ -123,13 +126,13 @@ impl Counters {
 
     /// An attempt failed and the task waits to retry.
     pub(crate) fn backed_off(&self) {
-        self.waiting_retry.fetch_add(1, SeqCst);
+        self.backing_off.fetch_add(1, SeqCst);
         self.ended.retried.fetch_add(1, SeqCst);
     }
 
     /// A task left BACKOFF (to run again, or cancelled).
     pub(crate) fn left_backoff(&self) {
-        self.waiting_retry.fetch_sub(1, SeqCst);
+        self.backing_off.fetch_sub(1, SeqCst);
     }
 
     /// A keyed task left WAITING (into the queue, or cancelled).
@@ -165,7 +168,8 @@ impl Counters {
         self.submitted.load(SeqCst).saturating_sub(settled)
     }
 
-    pub(crate) fn snapshot(&self, workers: usize, abandoned: usize) -> Stats {
+    /// `waiting_retry`: the retries in the pool's timer.
+    pub(crate) fn snapshot(&self, workers: usize, abandoned: usize, waiting_retry: usize) -> Stats {
         // Read in the order things happen to a task, latest first, so that each derived gauge
         // is computed from counts that were at least as large as the ones subtracted. A task
         // that ends and another that starts between the reads would still make `busy` one too
@@ -192,12 +196,12 @@ impl Counters {
         }
         let (completed, panicked, timed_out, cancelled, retried) = ended;
         let waiting_on_key = self.waiting_on_key.load(SeqCst);
-        let waiting_retry = self.waiting_retry.load(SeqCst);
+        let backing_off = self.backing_off.load(SeqCst);
         let submitted = self.submitted.load(SeqCst);
         let busy = started.saturating_sub(completed + panicked + timed_out + retried);
         let queued = (submitted + retried)
             .saturating_sub(started + cancelled)
-            .saturating_sub(waiting_on_key as u64 + waiting_retry as u64);
+            .saturating_sub(waiting_on_key as u64 + backing_off as u64);
         Stats {
             workers,
             busy: busy as usize,

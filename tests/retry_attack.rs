@@ -389,11 +389,10 @@ fn retries_keep_to_max_per_key_and_min_interval() {
             };
             let pool = builder
                 .build(move |(key, i): (u32, u32)| -> Result<u32, u32> {
-                    s2.lock()
-                        .unwrap()
-                        .entry(key)
-                        .or_default()
-                        .push(Instant::now());
+                    // Read first, before any lock the callbacks share: a callback waiting for
+                    // a lock held by a descheduled one would record a start far too late.
+                    let started = Instant::now();
+                    s2.lock().unwrap().entry(key).or_default().push(started);
                     {
                         let mut now = n2.lock().unwrap();
                         let at = now.entry(key).or_default();
@@ -413,6 +412,7 @@ fn retries_keep_to_max_per_key_and_min_interval() {
                 })
                 .unwrap();
             let (mailbox, endings) = unbounded();
+            let began = Instant::now();
             let ids: Vec<TaskId> = (0..48)
                 .map(|i| {
                     pool.task((i % 3, i))
@@ -433,14 +433,21 @@ fn retries_keep_to_max_per_key_and_min_interval() {
                     peak.load(SeqCst)
                 );
             } else {
-                for (key, starts) in starts.lock().unwrap().iter() {
-                    for pair in starts.windows(2) {
-                        // Recorded inside the callback, a moment after the pool started it:
-                        // allow that moment (as tests/keys.rs does).
+                for (key, starts) in starts.lock().unwrap().iter_mut() {
+                    // The promise is about the instants the pool starts the callbacks; each is
+                    // recorded some time after its start — under load, after the next start of
+                    // its key, so two records can be closer than their starts, even
+                    // microseconds apart. What holds whatever the delays: the first start
+                    // comes after `began`, each next one at least `interval` after the one
+                    // before, and no record precedes its start — so the k-th record (in time
+                    // order) is at least k intervals after `began` (the check tests/keys.rs
+                    // makes). Retries let through without the interval come far sooner.
+                    starts.sort();
+                    for (k, at) in starts.iter().enumerate() {
+                        let since = *at - began;
                         assert!(
-                            pair[1] - pair[0] + Duration::from_millis(5) >= interval,
-                            "key {key}: starts {:?} apart",
-                            pair[1] - pair[0]
+                            since >= interval * k as u32,
+                            "key {key}: start {k} only {since:?} after the adds"
                         );
                     }
                 }
@@ -1036,35 +1043,56 @@ fn a_timed_out_attempts_token_stays_cancelled_while_the_retry_runs() {
 
 #[test]
 fn join_inside_a_retried_task_is_excused_on_its_next_attempt() {
-    // Attempt 1 joins while another task runs past attempt 1's deadline; attempt 2 (on a
-    // replacement worker) joins too, and the other task ends well within attempt 2's deadline:
-    // attempt 2's join must return then, and the task end Ok after 2 attempts.
+    // Attempt 1 joins while another task is held on a gate, and times out; attempt 2 (on a
+    // replacement worker) joins too. The gate opens only once attempt 2 has started, so the
+    // other task ends well within attempt 2's deadline: attempt 2's join must return then, and
+    // the task end Ok after 2 attempts. (With a sleeping task instead of the gate, a loaded
+    // machine could start the joiner late enough for attempt 1's join to return in time, or
+    // end the sleep past attempt 2's deadline.)
+    const DEADLINE: Duration = Duration::from_millis(400);
     watchdog("joiner retried", || {
         let mut outcomes = Vec::new();
-        for _ in 0..10 {
+        for _ in 0..5 {
             let slot: PoolSlot = Arc::default();
             let inner = slot.clone();
+            let (key, gate) = gate();
+            let (entered, attempts) = unbounded();
             let pool = AsyncPool::builder()
                 .max_workers(3)
                 .max_abandoned(8)
                 .build(move |n: u32| -> Result<u32, u32> {
                     if n == 1 {
-                        thread::sleep(Duration::from_millis(60)); // workload
+                        gate.wait(); // the workload, until attempt 2 has started
                         return Ok(1);
                     }
+                    let _ = entered.send(());
                     let pool = inner.lock().unwrap().clone().unwrap();
                     pool.join();
                     Ok(0)
                 })
                 .unwrap();
+            // Declared after the pool: a failed assertion opens the gate before the pool's
+            // drop waits for its tasks.
+            let mut key = key;
             *slot.lock().unwrap() = Some(pool.clone());
             let other = pool.add_task(1).unwrap();
             let joiner = pool
                 .task(0)
-                .timeout(Duration::from_millis(40))
+                .timeout(DEADLINE)
                 .retry(quick(3))
                 .add()
                 .unwrap();
+            // Attempt 1, then attempt 2: attempt 1 cannot have returned (the gate is shut), so
+            // it timed out.
+            for attempt in 1..=2 {
+                crossbeam_channel::select! {
+                    recv(attempts) -> started => started.unwrap(),
+                    recv(joiner.receiver()) -> done => {
+                        panic!("the task ended before attempt {attempt} started: {done:?}")
+                    }
+                }
+            }
+            key.open();
             let done = joiner.recv();
             outcomes.push((done.attempts, done.result.is_ok()));
             other.recv().unwrap().unwrap();

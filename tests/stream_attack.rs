@@ -254,14 +254,14 @@ fn min_interval_keyed_retry_spaces_every_attempt() {
             .max_workers(4)
             .min_interval_per_key(interval)
             .build(move |(key, _i): (u32, u32)| -> Result<u32, u32> {
-                s.lock()
-                    .unwrap()
-                    .entry(key)
-                    .or_default()
-                    .push(Instant::now());
+                // Read first, before the lock both keys share: a callback waiting for it while
+                // its holder is descheduled would record a start far too late.
+                let started = Instant::now();
+                s.lock().unwrap().entry(key).or_default().push(started);
                 Err(key)
             })
             .unwrap();
+        let began = Instant::now();
         let items = (0..8u32).map(|i| (i % 2, (i % 2, i)));
         let endings: Vec<_> = pool.map_keyed_retry(items, quick(3)).collect();
         assert_eq!(endings.len(), 8);
@@ -272,11 +272,20 @@ fn min_interval_keyed_retry_spaces_every_attempt() {
         for (key, mut at) in starts.lock().unwrap().drain() {
             at.sort();
             assert_eq!(at.len(), 12);
-            for pair in at.windows(2) {
+            // The interval spaces the instants the pool starts the callbacks; each is recorded
+            // some time after its start — under load, after the next start of its key, so two
+            // records can be microseconds apart although their starts were not. What holds
+            // whatever the delays: the first start comes after `began`, each next one at least
+            // `interval` after the one before, and no record precedes its start — so the k-th
+            // record (in time order) is at least k intervals after `began` (the check
+            // tests/keys.rs makes). Each key always has an attempt due (back-off 1 ms), so its
+            // starts follow at about the interval: attempts let through early (a retry
+            // skipping its key's table) would come sooner.
+            for (k, at) in at.iter().enumerate() {
+                let since = *at - began;
                 assert!(
-                    pair[1] - pair[0] + Duration::from_millis(5) >= interval,
-                    "key {key}: attempts {:?} apart",
-                    pair[1] - pair[0]
+                    since >= interval * k as u32,
+                    "key {key}: attempt {k} started only {since:?} after the stream began"
                 );
             }
         }
@@ -1652,33 +1661,64 @@ fn a_pipeline_of_streams_on_one_pool_runs_to_the_end() {
 
 #[test]
 fn ordered_keyed_stream_with_panics_and_timeouts_keeps_each_in_its_place() {
+    // Inputs 7, 32, 57, 82 panic; 11, 36, 61, 86 hang, each on its own gate, until their
+    // result comes out of the stream, and so surely time out. The deadline leaves the others
+    // ample room on a loaded machine. A panic can still take long (with RUST_BACKTRACE set the
+    // panic hook resolves a backtrace's symbols, tens of milliseconds the first time, more on
+    // a loaded machine), so a panicking input may lose the race with its deadline and come
+    // back `TimedOut` — still in its place, which is the point. Not all four: later panics
+    // find the symbols resolved.
     watchdog("panics and timeouts", || {
+        let (keys, gates): (Vec<_>, Vec<_>) = (0..4).map(|_| gate()).unzip();
         let pool = AsyncPool::builder()
             .max_workers(3)
             .max_per_key(2)
-            .task_timeout(Duration::from_millis(20))
-            .build(|i: u32| {
+            .max_abandoned(8)
+            .task_timeout(Duration::from_millis(300))
+            .build(move |i: u32| {
                 match i % 25 {
                     7 => panic!("input {i}"),
-                    11 => thread::sleep(Duration::from_millis(60)),
+                    11 => gates[i as usize / 25].wait(),
                     _ => {}
                 }
                 i
             })
             .unwrap();
-        let out: Vec<_> = pool
+        // Declared after the pool: a failed assertion opens the gates before the pool's drop
+        // waits for its tasks.
+        let keys = keys;
+        let mut out = Vec::new();
+        for r in pool
             .map_keyed_ordered((0..100u32).map(|i| (i % 5, i)))
             .in_flight(4)
             .max_buffered(12)
-            .collect();
+        {
+            if out.len() % 25 == 11 {
+                // Its deadline has passed: let its callback return. (A timed-out task holds
+                // its key until then, and the hung inputs share key 1. One gate each: a pass
+                // on a shared gate could go to the next hung input, before its deadline, if
+                // this one's thread is slow to wake.)
+                keys[out.len() / 25].pass(1);
+            }
+            out.push(r);
+        }
         assert_eq!(out.len(), 100);
+        let mut panicked = 0;
         for (i, r) in out.iter().enumerate() {
             match i % 25 {
-                7 => assert!(matches!(r, Err(TaskError::Panicked(_))), "{i}: {r:?}"),
+                7 => match r {
+                    Err(TaskError::Panicked(message)) => {
+                        assert_eq!(*message, format!("input {i}"));
+                        panicked += 1;
+                    }
+                    Err(TaskError::TimedOut) => {}
+                    _ => panic!("{i}: {r:?}"),
+                },
                 11 => assert_eq!(*r, Err(TaskError::TimedOut), "{i}"),
                 _ => assert_eq!(*r, Ok(i as u32)),
             }
         }
+        assert!(panicked > 0, "not one of the 4 panics came back Panicked");
         pool.join();
         assert_settled(pool.stats());
         eventually("abandoned threads returned", || pool.stats().abandoned == 0);

@@ -438,8 +438,11 @@ impl<J: Job> Engine<J> {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters
-            .snapshot(self.workers.live(), self.workers.abandoned())
+        self.counters.snapshot(
+            self.workers.live(),
+            self.workers.abandoned(),
+            self.timer.retries(),
+        )
     }
 
     /// Changes the number of workers. Growing starts threads at once (a fixed pool) or allows
@@ -570,7 +573,8 @@ impl<J: Job> Engine<J> {
     /// Cancels one task that is not running. The one path for `Task::cancel`,
     /// `RetryTask::cancel` and `cancel(id)`. A task waiting to retry gets its input back in its
     /// ending: its next attempt's job is taken out of the timer (unless the timer is moving it
-    /// right now; it then finds the task cancelled and drops it).
+    /// right now, or `back_off` has not put it there yet; either then finds the task cancelled
+    /// and drops it).
     fn cancel_task(&self, control: &dyn Control) -> bool {
         let header = control.header();
         match header.cancel() {
@@ -643,6 +647,12 @@ impl<J: Job> Engine<J> {
     /// Puts an event on the pool's timer, starting the timer thread on first use.
     fn schedule(&self, at: Instant, event: Event<J>) -> EventId {
         let (id, start) = self.timer.schedule(at, event);
+        self.start_timer(start);
+        id
+    }
+
+    /// Starts the timer thread if the timer said so (its first event).
+    fn start_timer(&self, start: bool) {
         if start {
             let started = self.me.upgrade().map(|engine| {
                 let name = format!("{}-timer", self.settings.thread_name);
@@ -653,7 +663,6 @@ impl<J: Job> Engine<J> {
                 _ => self.timer.thread_failed(),
             }
         }
-        id
     }
 
     fn timer_loop(self: Arc<Self>) {

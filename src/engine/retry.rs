@@ -37,7 +37,6 @@ use parking_lot::{Mutex, MutexGuard};
 use std::sync::atomic::Ordering::SeqCst;
 
 use super::ending::{Ending, Runner};
-use super::timer::Event;
 use super::{Engine, Job};
 use crate::cell::{drop_quietly, Header, BACKOFF, CANCELLED, QUEUED, WAITING};
 use crate::error::TaskError;
@@ -95,18 +94,24 @@ impl<J: Job> Engine<J> {
         let at = now
             .checked_add(delay)
             .unwrap_or_else(|| now + Duration::from_secs(u32::MAX as u64));
-        let event = self.schedule(at, Event::Retry(next));
-        // `shutdown_now` raises `stopping` before it takes the retries out of the timer: either
-        // it took this one, or this look sees the flag and takes it back itself. The same for a
-        // cancel that found the attempt running while it was being decided.
-        if self.stopping.load(SeqCst) || header.is_last_attempt() {
-            if let Some(Event::Retry(next)) = self.timer.remove(event) {
-                self.stop_retry(next);
-            }
+        // Looked at under the timer's lock, where `cancel_all`, `shutdown_now` and a cancel look
+        // for retries: `shutdown_now` raises `stopping` before it takes the retries out, a
+        // dropped stream marks the last attempt before it cancels, and a cancel ends the task
+        // before it looks; either they find this retry in the timer, or it never enters and is
+        // stopped here. `stats().waiting_retry` counts the timer's retries, so a task counted
+        // there is one that `cancel_all` and `shutdown_now` find and hand back.
+        let wanted = |next: &J| {
+            let header = next.control().header();
+            header.state() == BACKOFF && !header.is_last_attempt() && !self.stopping.load(SeqCst)
+        };
+        match self.timer.schedule_retry(at, next, wanted) {
+            Ok((_, start)) => self.start_timer(start),
+            Err(next) => self.stop_retry(next),
         }
     }
 
-    /// Ends a task waiting to retry that must not run again: `Cancelled`, with its input.
+    /// Ends a task waiting to retry that must not run again: `Cancelled`, with its input
+    /// (unless it was cancelled already: its canceller ended it).
     fn stop_retry(&self, next: J) {
         let control = next.control_arc();
         let header = control.header();

@@ -5,11 +5,12 @@
 //! last `task_timeout`.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use super::retry::Spare;
 use crate::cell::Control;
@@ -30,6 +31,10 @@ pub(crate) type EventId = (Instant, u64);
 
 pub(crate) struct Timer<J> {
     state: Mutex<State<J>>,
+    /// How many `Event::Retry` the map holds: `Stats::waiting_retry`. Changed only under the
+    /// `state` lock, with the map itself, so that it never counts a retry that `take_retries`
+    /// (`cancel_all`, `shutdown_now`) would not find, nor misses one it would.
+    retries: AtomicUsize,
     changed: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -56,6 +61,7 @@ impl<J> Timer<J> {
                 started: false,
                 stopped: false,
             }),
+            retries: AtomicUsize::new(0),
             changed: Condvar::new(),
             thread: Mutex::new(None),
         }
@@ -64,13 +70,44 @@ impl<J> Timer<J> {
     /// Adds an event. Returns its id and whether the caller must start the timer thread (the
     /// first event ever).
     pub(crate) fn schedule(&self, at: Instant, event: Event<J>) -> (EventId, bool) {
-        let mut state = self.state.lock();
+        let state = self.state.lock();
+        self.insert(state, at, event)
+    }
+
+    /// Adds a task waiting to retry until `at`, as `schedule` — unless `wanted`, asked under
+    /// the lock, says it must not wait any more: then the job comes back. Whoever ends or stops
+    /// a task waiting to retry (a cancel, `cancel_all`, `shutdown_now`, a dropped stream)
+    /// changes what `wanted` reads before it looks here for the retry: either it finds this
+    /// one, or this one never enters. So the timer holds no retry of a task that no longer
+    /// waits, and `retries` counts none.
+    pub(crate) fn schedule_retry(
+        &self,
+        at: Instant,
+        job: J,
+        wanted: impl FnOnce(&J) -> bool,
+    ) -> Result<(EventId, bool), J> {
+        let state = self.state.lock();
+        if !wanted(&job) {
+            return Err(job);
+        }
+        Ok(self.insert(state, at, Event::Retry(job)))
+    }
+
+    fn insert(
+        &self,
+        mut state: MutexGuard<'_, State<J>>,
+        at: Instant,
+        event: Event<J>,
+    ) -> (EventId, bool) {
         let id = (at, state.next_seq);
         state.next_seq += 1;
         let earliest = state
             .events
             .first_key_value()
             .map_or(true, |(first, _)| id < *first);
+        if matches!(event, Event::Retry(_)) {
+            self.retries.fetch_add(1, SeqCst);
+        }
         state.events.insert(id, event);
         let start = !state.started;
         state.started = true;
@@ -89,7 +126,22 @@ impl<J> Timer<J> {
 
     /// Takes an event back out, if it has not fired.
     pub(crate) fn remove(&self, id: EventId) -> Option<Event<J>> {
-        self.state.lock().events.remove(&id)
+        let mut state = self.state.lock();
+        let event = state.events.remove(&id);
+        self.took(event)
+    }
+
+    /// Counts an event just taken out of the map; the caller still holds the `state` lock.
+    fn took(&self, event: Option<Event<J>>) -> Option<Event<J>> {
+        if matches!(event, Some(Event::Retry(_))) {
+            self.retries.fetch_sub(1, SeqCst);
+        }
+        event
+    }
+
+    /// Tasks waiting here to retry.
+    pub(crate) fn retries(&self) -> usize {
+        self.retries.load(SeqCst)
     }
 
     /// Takes out every task waiting to retry (for `cancel_all` and shutdown).
@@ -102,7 +154,7 @@ impl<J> Timer<J> {
             .map(|(id, _)| *id)
             .collect();
         ids.into_iter()
-            .filter_map(|id| match state.events.remove(&id) {
+            .filter_map(|id| match self.took(state.events.remove(&id)) {
                 Some(Event::Retry(job)) => Some(job),
                 _ => None,
             })
@@ -116,7 +168,7 @@ impl<J> Timer<J> {
             Event::Retry(job) if is_it(job) => Some(*id),
             _ => None,
         })?;
-        match state.events.remove(&id) {
+        match self.took(state.events.remove(&id)) {
             Some(Event::Retry(job)) => Some(job),
             _ => None,
         }
@@ -140,6 +192,7 @@ impl<J> Timer<J> {
         let events = {
             let mut state = self.state.lock();
             state.stopped = true;
+            self.retries.store(0, SeqCst);
             std::mem::take(&mut state.events)
         };
         self.changed.notify_one();
@@ -158,7 +211,9 @@ impl<J> Timer<J> {
                 continue;
             };
             if id.0 <= Instant::now() {
-                let event = state.events.remove(&id).expect("first key exists");
+                let event = self
+                    .took(state.events.remove(&id))
+                    .expect("first key exists");
                 return Next::Fire(event);
             }
             self.changed.wait_until(&mut state, id.0);
