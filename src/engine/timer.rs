@@ -120,19 +120,14 @@ impl<J> Timer<J> {
 
     /// Removes an event that is no longer needed (its task ended in time).
     pub(crate) fn cancel(&self, id: EventId) {
+        let event = self.take(&mut self.state.lock(), id);
         // Dropping an `Event` may drop the last reference to a task's cell: outside the lock.
-        drop(self.remove(id));
+        drop(event);
     }
 
-    /// Takes an event back out, if it has not fired.
-    pub(crate) fn remove(&self, id: EventId) -> Option<Event<J>> {
-        let mut state = self.state.lock();
+    /// Takes an event out of the map, counting a retry that leaves; under the `state` lock.
+    fn take(&self, state: &mut State<J>, id: EventId) -> Option<Event<J>> {
         let event = state.events.remove(&id);
-        self.took(event)
-    }
-
-    /// Counts an event just taken out of the map; the caller still holds the `state` lock.
-    fn took(&self, event: Option<Event<J>>) -> Option<Event<J>> {
         if matches!(event, Some(Event::Retry(_))) {
             self.retries.fetch_sub(1, SeqCst);
         }
@@ -154,7 +149,7 @@ impl<J> Timer<J> {
             .map(|(id, _)| *id)
             .collect();
         ids.into_iter()
-            .filter_map(|id| match self.took(state.events.remove(&id)) {
+            .filter_map(|id| match self.take(&mut state, id) {
                 Some(Event::Retry(job)) => Some(job),
                 _ => None,
             })
@@ -168,7 +163,7 @@ impl<J> Timer<J> {
             Event::Retry(job) if is_it(job) => Some(*id),
             _ => None,
         })?;
-        match self.took(state.events.remove(&id)) {
+        match self.take(&mut state, id) {
             Some(Event::Retry(job)) => Some(job),
             _ => None,
         }
@@ -211,9 +206,7 @@ impl<J> Timer<J> {
                 continue;
             };
             if id.0 <= Instant::now() {
-                let event = self
-                    .took(state.events.remove(&id))
-                    .expect("first key exists");
+                let event = self.take(&mut state, id).expect("first key exists");
                 return Next::Fire(event);
             }
             self.changed.wait_until(&mut state, id.0);
