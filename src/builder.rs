@@ -61,10 +61,9 @@ impl Config {
 /// The default [`max_workers`](Builder::max_workers): an I/O pool's ceiling, not a standing cost.
 pub(crate) const DEFAULT_MAX_WORKERS: usize = 512;
 
-/// Configures and builds a pool: [`AsyncPool::builder`](crate::AsyncPool::builder) gives a
-/// `Builder<AsyncPool<I, O>>`, finished by `build(callback)`;
-/// [`ThreadPool::builder`](crate::ThreadPool::builder) gives a `Builder<ThreadPool>`, finished by
-/// `build()`. The settings are the same for both.
+/// Configures and builds a pool: `AsyncPool::builder()` gives a `Builder<AsyncPool<I, O>>`,
+/// finished by `build(callback)` or `build_with(init, callback)`; `ThreadPool::builder()` gives
+/// a `Builder<ThreadPool>`, finished by `build()`. The settings are the same for both.
 ///
 /// # Defaults
 ///
@@ -237,7 +236,8 @@ impl<P> Builder<P> {
     }
 
     /// Bounds the queue: at most `capacity` tasks wait for a worker. While it is full,
-    /// `add_task` blocks and `try_add_task` returns [`AddError::Full`](crate::AddError::Full).
+    /// `add` (and `add_task`) blocks and `try_add` returns
+    /// [`AddError::Full`](crate::AddError::Full).
     ///
     /// `queue_capacity(0)` is a rendezvous: an add waits until a worker is free to take its
     /// input (the Elixir original's behaviour). Default: unbounded.
@@ -257,7 +257,7 @@ impl<P> Builder<P> {
     /// let running = pool.add_task(1)?;
     /// while !running.is_running() { std::thread::yield_now() }
     /// let queued = pool.add_task(2)?; // the one place in the queue
-    /// assert!(matches!(pool.try_add_task(3), Err(AddError::Full(3))));
+    /// assert!(matches!(pool.task(3).try_add(), Err(AddError::Full(3))));
     /// release.send(())?;
     /// release.send(())?;
     /// assert_eq!((running.recv(), queued.recv()), (Ok(1), Ok(2)));
@@ -317,7 +317,7 @@ impl<P> Builder<P> {
     }
 
     /// Runs at most `n` tasks of the same key at once (see
-    /// [`add_task_keyed`](crate::AsyncPool::add_task_keyed)). Tasks over the limit wait in
+    /// [`Submit::key`](crate::Submit::key)). Tasks over the limit wait in
     /// their key's own queue without occupying a worker, so other keys use the free workers.
     /// 0 is treated as 1. Default: no limit.
     ///
@@ -335,10 +335,10 @@ impl<P> Builder<P> {
     ///     .max_workers(4)
     ///     .max_per_key(1)
     ///     .build(move |page: u32| { if page == 1 { let _ = gate.recv(); } page })?;
-    /// let first = pool.add_task_keyed("a.example", 1)?;
+    /// let first = pool.task(1).key("a.example").add()?;
     /// while !first.is_running() { std::thread::yield_now() }
-    /// let second = pool.add_task_keyed("a.example", 2)?; // waits for its host, not a worker
-    /// let other = pool.add_task_keyed("b.example", 3)?; // another host runs meanwhile
+    /// let second = pool.task(2).key("a.example").add()?; // waits for its host, not a worker
+    /// let other = pool.task(3).key("b.example").add()?; // another host runs meanwhile
     /// assert_eq!(other.recv(), Ok(3));
     /// assert!(!second.is_finished());
     /// release.send(())?;
@@ -363,8 +363,8 @@ impl<P> Builder<P> {
     ///     .min_interval_per_key(interval)
     ///     .build(|page: u32| page)?;
     /// let began = Instant::now();
-    /// let a = pool.add_task_keyed("a.example", 1)?;
-    /// let b = pool.add_task_keyed("a.example", 2)?;
+    /// let a = pool.task(1).key("a.example").add()?;
+    /// let b = pool.task(2).key("a.example").add()?;
     /// assert_eq!((a.recv(), b.recv()), (Ok(1), Ok(2)));
     /// assert!(began.elapsed() >= interval); // the second start waited for the interval
     /// # Ok::<(), Box<dyn std::error::Error>>(())

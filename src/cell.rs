@@ -1,4 +1,4 @@
-//! The per-task cell: the task's state machine and where its result goes. It knows nothing of
+//! The per-task cell: the task's state machine and where its ending goes. It knows nothing of
 //! the engine: whoever wins a state change asks the engine to end the task (`engine/ending.rs`),
 //! and the engine calls back here to deliver.
 //!
@@ -6,60 +6,88 @@
 //!
 //! Every accepted task owns one `Cell<T>`, shared (`Arc`) by the job in the queue, the caller's
 //! [`Task`](crate::Task), the cancel registry and, while it runs with a deadline, the timer. The
-//! state is one atomic byte; every ending is a compare-and-swap out of a non-final state, so
-//! exactly one party (worker, canceller, timer) wins the right to end the task:
+//! state is one atomic byte; every ending is a compare-and-swap out of a live state, so exactly
+//! one party (worker, canceller, timer) wins the right to end the task:
 //!
 //! ```text
-//! WAITING ──(key has room)──► QUEUED ──(worker takes it)──► RUNNING ──► DONE
-//!    ▲ │                        │ ▲                            ├──────► TIMED_OUT
-//!    │ └────────► CANCELLED ◄───┘ │                            │
+//! Waiting ──(key has room)──► Queued ──(worker takes it)──► Running ──► Done
+//!    ▲ │                        │ ▲                            ├──────► TimedOut
+//!    │ └────────► Cancelled ◄───┘ │                            │
 //!    │                ▲           │                            │ (attempt failed, retry)
-//!    └── (retry due) ─┴─ BACKOFF ─┴────────────◄───────────────┘
+//!    └── (retry due) ─┴─ Backoff ─┴────────────◄───────────────┘
 //! ```
 //!
-//! BACKOFF is the one way back: a task with a retry policy whose attempt failed waits on the
-//! pool's timer, holding no worker, then re-enters through its key (WAITING) or the queue.
+//! Backoff is the one way back: a task with a retry policy whose attempt failed waits on the
+//! pool's timer, holding no worker, then re-enters through its key (Waiting) or the queue.
 //!
 //! A result that loses the race (a late result of a timed-out task) is dropped, inside
 //! `catch_unwind`, since its `Drop` may panic. What becomes of a timed-out task's *thread* is
 //! the engine's business (`engine/workers.rs`), not the cell's.
 //!
-//! The result goes either to a one-shot slot read by [`Task`](crate::Task) — a mutex and a
-//! condition variable, far cheaper than a channel per task — or to the caller's mailbox channel,
-//! tagged with the task's id (see `delivery.rs`). A crossbeam channel is created for a slot only
-//! when `Task::receiver()` asks for one (see [`Slot::forward`]). An awaited `Task` leaves its
-//! waker in the slot, and the delivery wakes it (see [`Slot`]).
+//! The ending goes to a one-shot [`Slot`] read by [`Task`](crate::Task), or to the caller's
+//! mailbox channel as a [`Done`] message — with the caller's tag, when the task was tagged (see
+//! `delivery.rs`). The tag lives here, beside the destination, not in the job: it is at hand
+//! however the task ends (cancelled by id, timed out, after its last retry).
 
-use std::mem;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use parking_lot::{Condvar, Mutex};
+use crossbeam_channel::Sender;
+use parking_lot::Mutex;
 
 pub(crate) use crate::delivery::drop_quietly;
 use crate::delivery::{self, Delivered, Way};
-use crate::error::TaskError;
+use crate::done::{Done, TaskError};
 use crate::id::TaskId;
+use crate::slot::Slot;
 
-/// Held back by its key (per-key concurrency or politeness); not in the queue yet.
-pub(crate) const WAITING: u8 = 0;
-/// In the shared queue, waiting for a worker.
-pub(crate) const QUEUED: u8 = 1;
-/// A worker is running it.
-pub(crate) const RUNNING: u8 = 2;
-/// Ended with the callback's return value or its panic.
-pub(crate) const DONE: u8 = 3;
-/// Ended before it started.
-pub(crate) const CANCELLED: u8 = 4;
-/// Ended at its deadline while its callback still ran.
-pub(crate) const TIMED_OUT: u8 = 5;
-/// Never accepted: the add was refused and the input handed back.
-pub(crate) const REJECTED: u8 = 6;
-/// An attempt failed and the task waits on the pool's timer to run again (see `retry.rs`).
-pub(crate) const BACKOFF: u8 = 7;
+/// Where a task is in its life. See the module documentation for the transitions.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Held back by its key (per-key concurrency or politeness); not in the queue yet.
+    Waiting,
+    /// In the shared queue, waiting for a worker.
+    Queued,
+    /// A worker is running it.
+    Running,
+    /// An attempt failed and the task waits on the pool's timer to run again.
+    Backoff,
+    /// Ended with the callback's return value or its panic.
+    Done,
+    /// Ended before it started (or between attempts).
+    Cancelled,
+    /// Ended at its deadline while its callback still ran.
+    TimedOut,
+    /// Never accepted: the add was refused and the input handed back.
+    Rejected,
+}
+
+impl State {
+    const ALL: [State; 8] = [
+        State::Waiting,
+        State::Queued,
+        State::Running,
+        State::Backoff,
+        State::Done,
+        State::Cancelled,
+        State::TimedOut,
+        State::Rejected,
+    ];
+
+    /// The task has not ended: it waits, runs, or will run again. The one liveness check.
+    pub(crate) fn is_live(self) -> bool {
+        matches!(
+            self,
+            State::Waiting | State::Queued | State::Running | State::Backoff
+        )
+    }
+
+    /// Not running, not ended: a cancel can end it.
+    fn is_cancellable(self) -> bool {
+        matches!(self, State::Waiting | State::Queued | State::Backoff)
+    }
+}
 
 /// What every task has, whatever its output type.
 pub(crate) struct Header {
@@ -74,42 +102,51 @@ pub(crate) struct Header {
     /// Set when whoever waits for the task is gone (a dropped stream): with a retry policy, it
     /// makes no further attempt.
     last_attempt: AtomicBool,
-    /// Index of the worker thread running the task (meaningful while RUNNING).
+    /// Index of the worker thread running the task (meaningful while Running).
     worker: AtomicUsize,
 }
 
 impl Header {
     pub(crate) fn new(id: TaskId, key: Option<u64>, timeout: Option<Duration>) -> Header {
         // A keyed task starts held back; the key table lets it into the queue.
-        let state = if key.is_some() { WAITING } else { QUEUED };
+        let state = if key.is_some() {
+            State::Waiting
+        } else {
+            State::Queued
+        };
         Header {
             id,
             key,
             timeout,
-            state: AtomicU8::new(state),
+            state: AtomicU8::new(state as u8),
             attempts: AtomicU32::new(0),
             last_attempt: AtomicBool::new(false),
             worker: AtomicUsize::new(usize::MAX),
         }
     }
 
-    pub(crate) fn state(&self) -> u8 {
-        self.state.load(Ordering::Acquire)
+    pub(crate) fn state(&self) -> State {
+        State::ALL[self.state.load(Ordering::Acquire) as usize]
     }
 
     /// Moves from `from` to `to`; false if the state was not `from`.
-    pub(crate) fn transition(&self, from: u8, to: u8) -> bool {
+    pub(crate) fn transition(&self, from: State, to: State) -> bool {
         self.state
-            .compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
-    /// A worker takes the task: QUEUED → RUNNING. False if it was cancelled meanwhile.
+    /// Marks a task whose add was refused: it never existed for the caller.
+    pub(crate) fn reject(&self) {
+        self.state.store(State::Rejected as u8, Ordering::Release);
+    }
+
+    /// A worker takes the task: Queued → Running. False if it was cancelled meanwhile.
     pub(crate) fn start(&self, worker: usize) -> bool {
         self.worker.store(worker, Ordering::Relaxed);
-        let started = self.transition(QUEUED, RUNNING);
+        let started = self.transition(State::Queued, State::Running);
         if started {
-            // Only the worker that won QUEUED → RUNNING writes, and one attempt starts at a time
+            // Only the worker that won Queued → Running writes, and one attempt starts at a time
             // (the next is queued only after this one ended): no read-modify-write needed.
             let attempts = self.attempts.load(Ordering::Relaxed);
             self.attempts.store(attempts + 1, Ordering::Relaxed);
@@ -124,16 +161,16 @@ impl Header {
 
     /// Cancels a task that is not running: waiting on its key, queued, or waiting to retry.
     /// Returns the state it was cancelled from, or `None` if it runs or has ended.
-    pub(crate) fn cancel(&self) -> Option<u8> {
+    pub(crate) fn cancel(&self) -> Option<State> {
         // From the state it is in now, again if it moved meanwhile (its key letting it into the
         // queue, its back-off ending): trying fixed states in turn could miss a task passing
         // from one to the next.
         loop {
             let from = self.state();
-            if !matches!(from, QUEUED | WAITING | BACKOFF) {
+            if !from.is_cancellable() {
                 return None;
             }
-            if self.transition(from, CANCELLED) {
+            if self.transition(from, State::Cancelled) {
                 return Some(from);
             }
         }
@@ -157,7 +194,10 @@ impl Header {
     /// True once the task was told to stop: it timed out (and may wait to retry). (A cancelled
     /// task never runs, so its token is never read.)
     pub(crate) fn stop_requested(&self) -> bool {
-        matches!(self.state(), CANCELLED | TIMED_OUT | BACKOFF)
+        matches!(
+            self.state(),
+            State::Cancelled | State::TimedOut | State::Backoff
+        )
     }
 }
 
@@ -169,30 +209,63 @@ pub(crate) trait Control: Send + Sync {
     fn fail(&self, error: TaskError, way: Way<'_>) -> Delivered;
 }
 
-/// Where a task's result goes.
+/// Where a task's ending goes.
 pub(crate) enum Output<T> {
-    /// To the caller's `Task` handle.
+    /// To the caller's `Task` handle (which keeps the task's tag itself).
     Slot(Slot<T>),
-    /// To a channel the caller owns, tagged with the task's id (the Elixir mailbox).
-    Mailbox(Sender<(TaskId, Result<T, TaskError>)>),
-    /// To a task that keeps its input (a retry policy): the relay knows the input's type and
-    /// hands it back with a failure (see `retry.rs`). Here, where the input is not at hand
-    /// (cancelled by id), it goes without it.
-    Relay(Arc<dyn Relay<T>>),
+    /// To a channel the caller owns, as an untagged `Done` (the Elixir mailbox).
+    Mailbox(Sender<Done<T>>),
+    /// To a channel the caller owns, as a `Done` carrying the caller's tag.
+    Tagged(Box<dyn Tagged<T>>),
 }
 
-/// Where a kept task's ending goes when its input is not at hand.
-pub(crate) trait Relay<T>: Send + Sync {
-    fn deliver(
-        &self,
-        id: TaskId,
-        attempts: u32,
-        result: Result<T, TaskError>,
-        way: Way<'_>,
-    ) -> Delivered;
+/// A mailbox with the tag to send along; the tag type is erased here.
+pub(crate) trait Tagged<T>: Send + Sync {
+    /// Sends the ending with the tag. Called once.
+    fn deliver(&self, header: &Header, result: Result<T, TaskError>, way: Way<'_>) -> Delivered;
 }
 
-/// One task's shared state: header plus where its result goes.
+/// A tagged mailbox: the sender, and the tag, taken out by the one delivery.
+pub(crate) struct TaggedMailbox<T, Tag> {
+    pub(crate) tx: Sender<Done<T, Tag>>,
+    pub(crate) tag: Mutex<Option<Tag>>,
+}
+
+impl<T: Send + 'static, Tag: Send + 'static> Tagged<T> for TaggedMailbox<T, Tag> {
+    fn deliver(&self, header: &Header, result: Result<T, TaskError>, way: Way<'_>) -> Delivered {
+        match self.tag.lock().take() {
+            Some(tag) => delivery::send(&self.tx, done(header, tag, result), way),
+            None => {
+                drop_quietly(result);
+                Delivered::Done
+            }
+        }
+    }
+}
+
+impl<T, Tag> Drop for TaggedMailbox<T, Tag> {
+    fn drop(&mut self) {
+        // A tag never delivered (the add was refused: its caller has the input back) is the
+        // caller's value, whose `Drop` may panic.
+        drop_quietly(self.tag.get_mut().take());
+    }
+}
+
+/// The message a task's ending makes.
+pub(crate) fn done<T, Tag>(
+    header: &Header,
+    tag: Tag,
+    result: Result<T, TaskError>,
+) -> Done<T, Tag> {
+    Done {
+        id: header.id,
+        attempts: header.attempts(),
+        tag,
+        result,
+    }
+}
+
+/// One task's shared state: header plus where its ending goes.
 pub(crate) struct Cell<T> {
     pub(crate) header: Header,
     pub(crate) output: Output<T>,
@@ -203,23 +276,15 @@ impl<T: Send + 'static> Cell<T> {
         Cell { header, output }
     }
 
-    /// Marks a task whose add was refused: it never existed for the caller, so nothing is
-    /// delivered.
-    pub(crate) fn reject(&self) {
-        self.header.state.store(REJECTED, Ordering::Release);
-    }
-
     /// Hands the task's one result to its output. Called once, by the engine's ending path.
     pub(crate) fn deliver(&self, result: Result<T, TaskError>, way: Way<'_>) -> Delivered {
         match &self.output {
             Output::Slot(slot) => {
-                slot.put(result);
+                slot.put(&self.header, result);
                 Delivered::Done
             }
-            Output::Mailbox(tx) => delivery::send(tx, (self.header.id, result), way),
-            Output::Relay(relay) => {
-                relay.deliver(self.header.id, self.header.attempts(), result, way)
-            }
+            Output::Mailbox(tx) => delivery::send(tx, done(&self.header, (), result), way),
+            Output::Tagged(tagged) => tagged.deliver(&self.header, result, way),
         }
     }
 }
@@ -231,219 +296,5 @@ impl<T: Send + 'static> Control for Cell<T> {
 
     fn fail(&self, error: TaskError, way: Way<'_>) -> Delivered {
         self.deliver(Err(error), way)
-    }
-}
-
-/// A one-shot result slot, read by [`Task`](crate::Task): by a blocked thread (the condition
-/// variable) or by an async task (the waker).
-///
-/// The waker lives inside the state that waits for the result (`Empty`, or `Forwarding` before
-/// the value was sent), so it costs a slot no memory for the usual output types (a slot for a
-/// `u64` is 40 bytes, as it was without it) and is dropped when the result arrives. `put` takes it under the lock and wakes it after releasing the lock;
-/// a poll registers under the same lock, so a result never slips between a poll's check and its
-/// registration. Only the last poll's waker is kept: a future moved to another executor task
-/// replaces it.
-pub(crate) struct Slot<T> {
-    state: Mutex<SlotState<T>>,
-    ready: Condvar,
-}
-
-enum SlotState<T> {
-    /// No result yet; the waker of the last poll, if the task was awaited.
-    Empty(Option<Waker>),
-    /// The result, waiting to be read.
-    Full(Result<T, TaskError>),
-    /// `Task::receiver()` was called: the result goes (or went) through that channel. Boxed:
-    /// a rare state, kept from making every slot larger.
-    Forwarding(Box<Forward<T>>),
-    /// The result was read.
-    Taken,
-}
-
-/// Where a slot forwards its result, and who awaits it there.
-struct Forward<T> {
-    /// There until the result is sent, which happens under the slot's lock: once it is gone,
-    /// the value is in the channel or was taken from it.
-    tx: Option<Sender<Result<T, TaskError>>>,
-    waker: Option<Waker>,
-}
-
-/// What a read of the slot found.
-pub(crate) enum Read<T> {
-    Value(Result<T, TaskError>),
-    /// The deadline passed first.
-    Empty,
-    /// The result goes through the task's receiver: read it there.
-    Forwarded,
-}
-
-impl<T> Slot<T> {
-    pub(crate) fn new() -> Slot<T> {
-        Slot {
-            state: Mutex::new(SlotState::Empty(None)),
-            ready: Condvar::new(),
-        }
-    }
-
-    fn put(&self, result: Result<T, TaskError>) {
-        let mut state = self.state.lock();
-        let (waker, refused) = match &mut *state {
-            SlotState::Empty(waker) => {
-                let waker = waker.take();
-                *state = SlotState::Full(result);
-                (waker, None)
-            }
-            SlotState::Forwarding(forward) => {
-                // Sent under the lock (capacity 1 and one value: never blocks), so that a poll
-                // that finds the sender gone finds the value in the channel.
-                let refused = match forward.tx.take() {
-                    Some(tx) => tx.send(result).err().map(|refused| refused.into_inner()),
-                    None => Some(result),
-                };
-                (forward.waker.take(), refused)
-            }
-            // A cell delivers once (the state machine guarantees it); keep the first.
-            SlotState::Full(_) | SlotState::Taken => (None, Some(result)),
-        };
-        drop(state);
-        self.ready.notify_all();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        // A dropped receiver, or a second delivery: dropped outside the lock, quietly.
-        if let Some(refused) = refused {
-            drop_quietly(refused);
-        }
-    }
-
-    /// Waits until the result is there or `deadline` passes (`None`: for ever), and takes it.
-    pub(crate) fn take(&self, deadline: Option<Instant>) -> Read<T> {
-        let mut state = self.state.lock();
-        loop {
-            match &*state {
-                SlotState::Full(_) => return Read::Value(Self::take_full(&mut state)),
-                SlotState::Taken => return Read::Value(Err(TaskError::AlreadyReceived)),
-                SlotState::Forwarding(..) => return Read::Forwarded,
-                SlotState::Empty(_) => match deadline {
-                    None => self.ready.wait(&mut state),
-                    Some(deadline) => {
-                        if Instant::now() >= deadline {
-                            return Read::Empty;
-                        }
-                        self.ready.wait_until(&mut state, deadline);
-                    }
-                },
-            }
-        }
-    }
-
-    /// Takes the result if it is there; otherwise registers `cx`'s waker, to be woken when it
-    /// arrives.
-    pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Read<T>> {
-        let mut state = self.state.lock();
-        match &mut *state {
-            SlotState::Full(_) => Poll::Ready(Read::Value(Self::take_full(&mut state))),
-            SlotState::Taken => Poll::Ready(Read::Value(Err(TaskError::AlreadyReceived))),
-            SlotState::Forwarding(..) => Poll::Ready(Read::Forwarded),
-            SlotState::Empty(waker) => {
-                register(waker, cx);
-                Poll::Pending
-            }
-        }
-    }
-
-    /// Takes the result from `rx`, the receiver the slot forwards to, if it is there;
-    /// otherwise registers `cx`'s waker. `Err(AlreadyReceived)` if it was taken from `rx`.
-    pub(crate) fn poll_forwarded(
-        &self,
-        rx: &Receiver<Result<T, TaskError>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<T, TaskError>> {
-        // Under the lock, `put` cannot send between the look at the channel and the
-        // registration.
-        let mut state = self.state.lock();
-        match rx.try_recv() {
-            Ok(result) => return Poll::Ready(result),
-            Err(TryRecvError::Disconnected) => return Poll::Ready(Err(TaskError::AlreadyReceived)),
-            Err(TryRecvError::Empty) => {}
-        }
-        match &mut *state {
-            SlotState::Forwarding(forward) if forward.tx.is_some() => {
-                register(&mut forward.waker, cx);
-                Poll::Pending
-            }
-            // The sender is gone, so the value was sent, and someone else took it from `rx`.
-            _ => Poll::Ready(Err(TaskError::AlreadyReceived)),
-        }
-    }
-
-    /// The `Task` that reads this slot is gone. Forgets its registered waker, hands back a
-    /// result that already arrived (the handle's owner drops it), and refuses one delivered
-    /// later (`put` drops it, quietly, on the delivering worker).
-    ///
-    /// Invariant: once its `Task` is gone the slot never holds a result, so whoever drops the
-    /// cell's last `Arc` drops no result. That may be any thread: the registry upgrades its
-    /// `Weak` for a moment in `join`, an add, `cancel(id)` (see `engine/registry.rs`), and if
-    /// the worker lets go of the cell meanwhile, that thread holds the last `Arc` — it must not
-    /// run a result's `Drop` (which may panic, or call into the pool) under the registry's lock.
-    pub(crate) fn abandon(&self) -> Option<Result<T, TaskError>> {
-        let mut state = self.state.lock();
-        let (waker, result) = match &mut *state {
-            SlotState::Empty(waker) => {
-                let waker = waker.take();
-                *state = SlotState::Taken;
-                (waker, None)
-            }
-            SlotState::Full(_) => (None, Some(Self::take_full(&mut state))),
-            SlotState::Forwarding(forward) => (forward.waker.take(), None),
-            SlotState::Taken => (None, None),
-        };
-        drop(state);
-        drop(waker);
-        result
-    }
-
-    fn take_full(state: &mut SlotState<T>) -> Result<T, TaskError> {
-        match mem::replace(state, SlotState::Taken) {
-            SlotState::Full(result) => result,
-            _ => unreachable!("called on a full slot"),
-        }
-    }
-
-    /// Routes the result to `tx` from now on, sending it at once if it is already here. Called
-    /// once, by `Task::receiver()`. If the result was already read, `tx` is dropped, so the
-    /// receiver reports disconnection. A registered waker stays registered.
-    pub(crate) fn forward(&self, tx: Sender<Result<T, TaskError>>) {
-        let mut state = self.state.lock();
-        match mem::replace(&mut *state, SlotState::Taken) {
-            SlotState::Empty(waker) => {
-                let tx = Some(tx);
-                *state = SlotState::Forwarding(Box::new(Forward { tx, waker }));
-            }
-            SlotState::Full(result) => {
-                let forward = Forward {
-                    tx: None,
-                    waker: None,
-                };
-                *state = SlotState::Forwarding(Box::new(forward));
-                let _ = tx.send(result);
-                // Dropped under the lock: once the sender is gone from the state, an empty
-                // channel is a disconnected one.
-                drop(tx);
-            }
-            SlotState::Forwarding(..) | SlotState::Taken => drop(tx),
-        }
-        drop(state);
-        // A reader waiting on the slot must move to the channel.
-        self.ready.notify_all();
-    }
-}
-
-/// Keeps `cx`'s waker in `slot`, replacing a waker of another task (a future moved between
-/// executor tasks); the same task's waker is kept as it is, without a clone.
-fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
-    match slot {
-        Some(waker) if waker.will_wake(cx.waker()) => {}
-        _ => *slot = Some(cx.waker().clone()),
     }
 }

@@ -6,17 +6,17 @@ use std::fmt;
 /// Identifies a task within its pool.
 ///
 /// Ids are unique per pool and increase in the order tasks were added, so sorting by id sorts by
-/// submission. They tag mailbox results (`(TaskId, Result<O, TaskError>)`) and cancel queued
-/// tasks (`cancel(id)`).
+/// submission. Every ending carries its task's id ([`Done::id`](crate::Done::id)), and
+/// [`cancel`](crate::Pool::cancel) takes one.
 ///
 /// ```
-/// use slowpool::{AsyncPool, TaskError, TaskId};
+/// use slowpool::{AsyncPool, Mailbox, TaskId};
 /// use crossbeam_channel::unbounded;
 ///
 /// let pool = AsyncPool::new(2, |n: u32| n * 2)?;
-/// let (mailbox, results) = unbounded::<(TaskId, Result<u32, TaskError>)>();
+/// let (mailbox, results): (Mailbox<u32>, _) = unbounded();
 /// let ids: Vec<TaskId> = (1..=3).map(|n| pool.add_task_to(n, &mailbox)).collect::<Result<_, _>>()?;
-/// let mut received: Vec<(TaskId, Result<u32, TaskError>)> = results.iter().take(3).collect();
+/// let mut received: Vec<_> = results.iter().take(3).map(|done| (done.id, done.result)).collect();
 /// received.sort_by_key(|(id, _)| *id); // ids follow the order of the adds
 /// assert_eq!(received, [(ids[0], Ok(2)), (ids[1], Ok(4)), (ids[2], Ok(6))]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())

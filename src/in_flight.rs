@@ -16,17 +16,17 @@ use std::collections::HashMap;
 use crossbeam_channel::{unbounded, Receiver, Sender};
 
 use crate::cell::drop_quietly;
-use crate::error::TaskError;
+use crate::done::Done;
 use crate::id::TaskId;
 
-/// An ending a feeder's mailbox receives, tagged with its task's id.
+/// An ending a feeder's mailbox receives, with its task's id.
 pub(crate) trait Tagged {
     fn id(&self) -> TaskId;
 }
 
-impl<O> Tagged for (TaskId, Result<O, TaskError>) {
+impl<O, Tag> Tagged for Done<O, Tag> {
     fn id(&self) -> TaskId {
-        self.0
+        self.id
     }
 }
 
@@ -55,15 +55,19 @@ impl<Tag, M: Tagged> InFlight<Tag, M> {
     }
 
     /// Adds a task with `submit` (given the mailbox its ending must go to) and records it under
-    /// `tag`. The submission's error is returned as it is, and nothing is recorded.
+    /// `tag`. If the submission fails, nothing is recorded and `tag` comes back.
     pub(crate) fn add<R>(
         &mut self,
         tag: Tag,
         submit: impl FnOnce(&Sender<M>) -> Result<TaskId, R>,
-    ) -> Result<TaskId, R> {
-        let id = submit(&self.tx)?;
-        self.tags.insert(id, tag);
-        Ok(id)
+    ) -> Result<TaskId, Tag> {
+        match submit(&self.tx) {
+            Ok(id) => {
+                self.tags.insert(id, tag);
+                Ok(id)
+            }
+            Err(_) => Err(tag),
+        }
     }
 
     /// How many tasks are in flight.
@@ -148,7 +152,18 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
-    type Message = (TaskId, Result<&'static str, TaskError>);
+    use crate::done::TaskError;
+
+    type Message = Done<&'static str>;
+
+    fn ended(id: u64) -> Message {
+        Done {
+            id: TaskId(id),
+            attempts: 1,
+            tag: (),
+            result: Ok::<_, TaskError>("done"),
+        }
+    }
 
     fn recorder() -> (Arc<Mutex<Vec<TaskId>>>, InFlight<usize, Message>) {
         let forgotten = Arc::new(Mutex::new(Vec::new()));
@@ -173,10 +188,10 @@ mod tests {
         assert_eq!(in_flight.forget(TaskId(2)), None);
         assert_eq!(*forgotten.lock().unwrap(), [TaskId(2)]);
         for id in [2, 3, 1] {
-            mailboxes[0].send((TaskId(id), Ok("done"))).unwrap();
+            mailboxes[0].send(ended(id)).unwrap();
         }
-        assert_eq!(in_flight.try_take(), Some((30, (TaskId(3), Ok("done")))));
-        assert_eq!(in_flight.take(), Some((10, (TaskId(1), Ok("done")))));
+        assert_eq!(in_flight.try_take(), Some((30, ended(3))));
+        assert_eq!(in_flight.take(), Some((10, ended(1))));
         assert!(in_flight.is_empty());
         assert_eq!(in_flight.take(), None);
         assert_eq!(in_flight.try_take(), None);
@@ -185,7 +200,7 @@ mod tests {
     #[test]
     fn a_refused_add_records_nothing_and_a_drop_forgets_what_is_left() {
         let (forgotten, mut in_flight) = recorder();
-        assert_eq!(in_flight.add(1, |_| Err("shut down")), Err("shut down"));
+        assert_eq!(in_flight.add(1, |_| Err("shut down")), Err(1));
         assert!(in_flight.is_empty());
         in_flight.add(2, |_| Ok::<_, ()>(TaskId(7))).unwrap();
         drop(in_flight);

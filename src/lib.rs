@@ -12,8 +12,8 @@
 //!
 //! # Three ways to use it
 //!
-//! **A handle per task.** [`AsyncPool::add_task`] returns at once with a [`Task`]; read it when
-//! you need it.
+//! **A handle per task.** [`AsyncPool::add_task`](Pool::add_task) returns at once with a
+//! [`Task`]; read it when you need it.
 //!
 //! ```
 //! use slowpool::AsyncPool;
@@ -24,17 +24,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! **A mailbox, the Elixir way.** [`AsyncPool::add_task_to`] sends `(TaskId, result)` to a
-//! channel you own, in completion order; an event loop `select!`s over it together with its
-//! inputs and tickers.
+//! **A mailbox, the Elixir way.** [`AsyncPool::add_task_to`](Pool::add_task_to) sends a
+//! [`Done`] — the task's id and result, the original's `{ref, value}` — to a channel you own,
+//! in completion order; an event loop `select!`s over it together with its inputs and tickers.
 //!
 //! ```
-//! use slowpool::{AsyncPool, TaskError, TaskId};
+//! use slowpool::{AsyncPool, Mailbox};
 //! use crossbeam_channel::{select, tick, unbounded};
 //! use std::time::Duration;
 //!
 //! let pool = AsyncPool::new(4, |n: u64| n * n)?;
-//! let (mailbox, results) = unbounded::<(TaskId, Result<u64, TaskError>)>();
+//! let (mailbox, results): (Mailbox<u64>, _) = unbounded();
 //! for n in 1..=10 {
 //!     pool.add_task_to(n, &mailbox)?;
 //! }
@@ -42,9 +42,8 @@
 //! let (mut received, mut sum) = (0, 0);
 //! while received < 10 {
 //!     select! {
-//!         recv(results) -> msg => {
-//!             let (_id, result) = msg?;
-//!             sum += result?;
+//!         recv(results) -> done => {
+//!             sum += done?.result?;
 //!             received += 1;
 //!         }
 //!         recv(ticker) -> _ => println!("{received} results so far"),
@@ -54,7 +53,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! **Any closure.** [`ThreadPool::spawn`] runs a different closure per task, on the same engine.
+//! **Any closure.** [`ThreadPool::spawn`](Pool::spawn) runs a different closure per task, on
+//! the same engine.
 //!
 //! ```
 //! use slowpool::ThreadPool;
@@ -65,33 +65,44 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! For a stream of inputs with bounded memory, see [`AsyncPool::map_unordered`] and
-//! [`AsyncPool::map_ordered`]; for per-host limits and politeness,
-//! [`AsyncPool::add_task_keyed`] with [`Builder::max_per_key`] and
-//! [`Builder::min_interval_per_key`], and for streams of `(host, url)` that keep to them,
-//! [`AsyncPool::map_keyed_unordered`]. A callback returning `Result<T, E>` can be retried with
-//! back-off, holding no worker between attempts, and hands its input back when it fails for
-//! good: [`Submit::retry`], [`Retry`], [`AsyncPool::map_keyed_retry`].
+//! # One of each thing
 //!
-//! A [`Task`] is also a [`Future`](std::future::Future), with no runtime behind it: async code
-//! awaits pool work from any executor. For callbacks that return `Result<T, E>`,
-//! [`Task::recv_flat`] and [`Flat::flat`] give `Result<T, Failed<E>>` instead of nested results.
+//! - **Adding**: `pool.task(input)` starts a [`Submit`]; its options compose — `.key(host)`
+//!   (per-key limits and politeness: [`Builder::max_per_key`],
+//!   [`Builder::min_interval_per_key`]), `.timeout(d)`, `.retry(policy)` (a [`Retry`], for
+//!   callbacks returning `Result<T, E>`), `.tag(t)` — and one of `.add()`, `.try_add()`,
+//!   `.add_to(&mailbox)`, `.try_add_to(&mailbox)` ends it. `add_task`, `add_task_to` and
+//!   `spawn` are its short forms.
+//! - **Endings**: a [`Task`] handle per task (also a [`Future`](std::future::Future), with no
+//!   runtime behind it), or a [`Done`] message — id, attempts, tag, result — in a mailbox, a
+//!   [`TaskSet`] (many tasks, taken as they finish) or a [`Stream`]. For callbacks returning
+//!   `Result<T, E>`, [`Flat::flat`] gives `Result<T, Failed<E>>` instead of nested results.
+//!   Retrying changes none of these types.
+//! - **Streams**: `pool.stream(inputs)` pulls a (possibly endless) iterator through the pool
+//!   in bounded memory, `.ordered()`, `.key(f)`, `.retry(policy)`, `.keep_input()` in any
+//!   combination.
+//! - **Control**: `cancel`, `cancel_all`, `join`, `stats`, `set_max_workers`, `shutdown`,
+//!   `shutdown_now`, `shutdown_timeout` and [`handle`](Pool::handle), the same on both faces:
+//!   both are a [`Pool`].
+//! - **Building**: [`Builder`]; `build(callback)`, or
+//!   [`build_with(init, callback)`](Builder::build_with) for a callback that gets a [`Context`]:
+//!   its worker's own state, its task's [`CancelToken`] and a handle to its pool, together.
 //!
 //! # Guarantees
 //!
 //! - **Every accepted task ends exactly once**, in one of: `Ok(output)`,
-//!   `Err(TaskError::Panicked(message))`, `Err(TaskError::Cancelled)` (it never ran), or
-//!   `Err(TaskError::TimedOut)` (it was still running at its deadline). `shutdown_now` and
-//!   `cancel_all` also hand back the inputs of the tasks they cancelled. [`Pool
-//!   stats`](AsyncPool::stats) count each ending before the result is delivered.
+//!   `Err(TaskError::Panicked(message))`, `Err(TaskError::Cancelled)` (it never ran, or will
+//!   not run again), or `Err(TaskError::TimedOut)` (it was still running at its deadline).
+//!   `shutdown_now` and `cancel_all` also hand back the inputs of the tasks they cancelled.
+//!   [`stats`](Pool::stats) count each ending before it is delivered.
 //! - **A refused add hands the input back**: [`AddError::ShutDown`] once the pool is shut down,
-//!   [`AddError::Full`] from `try_add_task` on a full bounded queue.
+//!   [`AddError::Full`] from `try_add` on a full bounded queue.
 //! - **A panic stays in its task**: the caller gets `Panicked` with the message, the worker
 //!   lives on, the pool keeps its size.
 //! - **`add_task` never waits for a worker**, only for room in a bounded queue
 //!   ([`Builder::queue_capacity`]). Tasks start in the order they were added; results arrive
 //!   as tasks finish.
-//! - **Shutdown** (`shutdown`, or dropping the last [`AsyncPool`] clone) stops accepting work,
+//! - **Shutdown** (`shutdown`, or dropping the last owning clone of the pool) stops accepting work,
 //!   runs everything accepted and joins every thread. `shutdown_now` cancels what has not
 //!   started. `shutdown_timeout` bounds the wait. Called from inside one of the pool's own
 //!   tasks, none of them waits (the task would wait for itself): they return and the workers
@@ -108,7 +119,7 @@
 //!
 //! A fixed pool starts `max_workers` threads at build and keeps them; an elastic pool
 //! (`min_workers < max_workers`) starts threads as work arrives and retires them after
-//! `keep_alive` idle. [`AsyncPool::new`] and [`ThreadPool::new`] build fixed pools; a
+//! `keep_alive` idle. `AsyncPool::new` and `ThreadPool::new` build fixed pools; a
 //! [`Builder`] whose worker counts are left alone builds an elastic pool of up to 512 threads,
 //! none of them started before work arrives (see [`Builder::max_workers`] for why that
 //! default). A pool that uses timeouts or per-key intervals starts one timer thread; one that
@@ -127,33 +138,43 @@
 #![deny(unreachable_pub)]
 
 mod async_pool;
+mod backoff;
 mod builder;
 mod cell;
+mod context;
 mod delivery;
+mod done;
 mod engine;
 mod error;
 mod id;
 mod in_flight;
-mod map;
+mod pool;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
 mod retry;
+mod slot;
 mod stats;
+mod stream;
+mod submit;
 mod task;
+mod task_set;
 mod thread_pool;
 mod token;
-mod worker_state;
+mod work;
 
-pub use crate::async_pool::{AsyncPool, Mailbox, PoolHandle, Retrying, Submit};
 pub use crate::builder::Builder;
-pub use crate::error::{AddError, BuildError, Failed, Failure, Flat, TaskError};
+pub use crate::context::Context;
+pub use crate::done::{Done, Failed, Flat, Mailbox, TaskError};
+pub use crate::error::{AddError, BuildError};
 pub use crate::id::TaskId;
-pub use crate::map::{MapOrdered, MapRetried, MapUnordered, KEYED_BUFFER};
-pub use crate::retry::{Attempt, Decision, Retried, Retry, RetryMailbox, RetryTask};
+pub use crate::pool::{AsyncPool, Kind, Pool, ThreadPool};
+pub use crate::retry::{Attempt, Retry};
 pub use crate::stats::Stats;
+pub use crate::stream::Stream;
+pub use crate::submit::Submit;
 pub use crate::task::Task;
-pub use crate::thread_pool::{Spawn, ThreadPool};
+pub use crate::task_set::TaskSet;
 pub use crate::token::CancelToken;
 
 /// README.md's code, compiled and run by `cargo test --doc`: a snippet that stops compiling

@@ -9,20 +9,24 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TryRecvError};
 
-use crate::cell::{Cell, Output, Read, Slot, BACKOFF, CANCELLED, DONE, QUEUED, RUNNING, WAITING};
-use crate::error::{Failed, Flat, TaskError};
+use crate::cell::{drop_quietly, Cell, Control, Header, Output, State};
+use crate::done::TaskError;
 use crate::id::TaskId;
+use crate::slot::{ForwardFn, Read, Slot};
 
 /// Cancels a task on the pool that accepted it (the engine behind a [`Task`]).
 pub(crate) trait Canceller: Send + Sync {
-    fn cancel_task(&self, cell: &dyn crate::cell::Control) -> bool;
+    fn cancel_task(&self, cell: &dyn Control) -> bool;
 }
 
-/// The result of one task, delivered once, as soon as the task ends.
+/// The result of one task, delivered once, as soon as the task ends — however it was added
+/// (plain, keyed, with a deadline, retried, tagged).
 ///
-/// Returned by `add_task` and `spawn`. Read the result with [`recv`](Task::recv),
-/// [`try_recv`](Task::try_recv) or [`recv_timeout`](Task::recv_timeout), or wait on several
-/// tasks at once with `crossbeam_channel::select!` over [`receiver`](Task::receiver).
+/// Returned by [`Submit::add`](crate::Submit::add), `add_task` and `spawn`. Read the result
+/// with [`recv`](Task::recv), [`try_recv`](Task::try_recv) or
+/// [`recv_timeout`](Task::recv_timeout); wait on it beside other channels with
+/// `crossbeam_channel::select!` over its [`receiver`](Task::receiver); wait on many tasks at
+/// once, as they finish, with a [`TaskSet`](crate::TaskSet).
 ///
 /// Dropping a `Task` does not cancel it: the task still runs and its result is dropped
 /// (fire-and-forget). Use [`cancel`](Task::cancel) to stop a task that has not started.
@@ -37,26 +41,11 @@ pub(crate) trait Canceller: Send + Sync {
 ///   it is ready at once with `Err(TaskError::AlreadyReceived)` (a `Task` never panics when
 ///   polled after completion).
 /// - After [`receiver`](Task::receiver) was called, the result travels through that channel,
-///   and awaiting reads it from there: it is ready when the result arrives, with the result if
-///   it is still in the channel, or with `Err(TaskError::AlreadyReceived)` if it was taken out
-///   of the channel some other way.
+///   and awaiting reads it from there.
 /// - Dropping a `Task` that is being awaited (a `select`ed-away branch, a timeout) does not
 ///   cancel it either; it releases the waker it left.
 /// - `(&mut task).await` keeps the handle, to [`cancel`](Task::cancel) it after a timeout in
 ///   the caller's runtime, for example.
-///
-/// # Examples
-///
-/// ```
-/// use slowpool::AsyncPool;
-///
-/// let pool = AsyncPool::new(2, |s: String| s.len())?;
-/// let task = pool.add_task("abc".to_string())?;
-/// assert_eq!(task.recv(), Ok(3));
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-///
-/// Awaited, here from a minimal executor (any runtime's `block_on` or `spawn` does the same):
 ///
 /// ```
 /// use slowpool::{AsyncPool, TaskError};
@@ -65,6 +54,7 @@ pub(crate) trait Canceller: Send + Sync {
 /// use std::task::{Context, Poll, Wake, Waker};
 /// use std::thread::{self, Thread};
 ///
+/// // A minimal executor: any runtime's `block_on` does the same.
 /// struct Unpark(Thread);
 /// impl Wake for Unpark {
 ///     fn wake(self: Arc<Self>) { self.0.unpark() }
@@ -88,24 +78,27 @@ pub(crate) trait Canceller: Send + Sync {
 /// assert_eq!(block_on(c), Err(TaskError::Panicked("zero".into())));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub struct Task<T> {
-    cell: Arc<Cell<T>>,
+pub struct Task<O, Tag = ()> {
+    cell: Arc<Cell<O>>,
     pool: Arc<dyn Canceller>,
     /// Created on the first call to `receiver()`; from then on the result goes through it.
-    receiver: OnceLock<Receiver<Result<T, TaskError>>>,
+    receiver: OnceLock<Receiver<Result<O, TaskError>>>,
+    /// `None` only once a task set took it (with the task).
+    tag: Option<Tag>,
 }
 
-impl<T: Send + 'static> Task<T> {
-    pub(crate) fn new(cell: Arc<Cell<T>>, pool: Arc<dyn Canceller>) -> Task<T> {
+impl<O: Send + 'static, Tag> Task<O, Tag> {
+    pub(crate) fn new(cell: Arc<Cell<O>>, pool: Arc<dyn Canceller>, tag: Tag) -> Task<O, Tag> {
         Task {
             cell,
             pool,
             receiver: OnceLock::new(),
+            tag: Some(tag),
         }
     }
 
-    /// Returns this task's id: the one a mailbox result carries, and
-    /// [`cancel`](crate::AsyncPool::cancel) takes.
+    /// Returns this task's id: the one [`cancel`](crate::Pool::cancel) takes and a
+    /// [`Done`](crate::Done) carries.
     ///
     /// ```
     /// use slowpool::AsyncPool;
@@ -117,6 +110,41 @@ impl<T: Send + 'static> Task<T> {
     /// ```
     pub fn id(&self) -> TaskId {
         self.cell.header.id
+    }
+
+    /// Returns the tag the task was added with ([`Submit::tag`](crate::Submit::tag)); `()`
+    /// for an untagged task.
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u8| n)?;
+    /// let task = pool.task(1).tag("first").add()?;
+    /// assert_eq!(*task.tag(), "first");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn tag(&self) -> &Tag {
+        self.tag
+            .as_ref()
+            .expect("a task set takes the tag with the task")
+    }
+
+    /// Returns how many times the task's callback has started: 0 before it starts, 1 after a
+    /// plain run, more when a retry policy ran it again. Final once the task has ended.
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, Retry};
+    /// use std::time::Duration;
+    ///
+    /// let pool = AsyncPool::new(1, |n: u32| if n > 0 { Ok(n) } else { Err("zero") })?;
+    /// let ms = Duration::from_millis(1);
+    /// let task = pool.task(0).retry(Retry::attempts(2).backoff(ms, ms)).add()?;
+    /// assert_eq!(task.recv(), Ok(Err("zero")));
+    /// assert_eq!(task.attempts(), 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn attempts(&self) -> u32 {
+        self.cell.header.attempts()
     }
 
     /// Blocks until the task ends and returns its result.
@@ -132,112 +160,108 @@ impl<T: Send + 'static> Task<T> {
     /// assert_eq!(pool.add_task(-1)?.recv(), Err(TaskError::Panicked("negative".into())));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn recv(&self) -> Result<T, TaskError> {
+    pub fn recv(&self) -> Result<O, TaskError> {
         match self.read(None) {
-            Some(result) => result,
-            None => unreachable!("a read without deadline returns a value"),
+            Ok(result) => result,
+            Err(_) => Err(TaskError::AlreadyReceived),
         }
     }
 
-    /// Returns the result if the task has ended, `None` if it has not, without blocking.
+    /// Returns the result if the task has ended, without blocking: `Err(TryRecvError::Empty)`
+    /// if it has not ended yet, `Err(TryRecvError::Disconnected)` if its result was already
+    /// taken.
     ///
     /// ```
     /// use slowpool::AsyncPool;
-    /// use crossbeam_channel::bounded;
+    /// use crossbeam_channel::{bounded, TryRecvError};
     ///
     /// let (release, gate) = bounded::<()>(0);
     /// let pool = AsyncPool::new(1, move |n: u8| { let _ = gate.recv(); n })?;
     /// let task = pool.add_task(1)?;
-    /// assert_eq!(task.try_recv(), None); // still blocked on the gate
-    /// release.send(()).unwrap();
-    /// assert_eq!(task.recv(), Ok(1));
+    /// assert_eq!(task.try_recv(), Err(TryRecvError::Empty)); // still blocked on the gate
+    /// release.send(())?;
+    /// pool.join();
+    /// assert_eq!(task.try_recv(), Ok(Ok(1)));
+    /// assert_eq!(task.try_recv(), Err(TryRecvError::Disconnected)); // taken
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn try_recv(&self) -> Option<Result<T, TaskError>> {
-        if let Some(rx) = self.receiver.get() {
-            return match rx.try_recv() {
-                Ok(result) => Some(result),
-                Err(TryRecvError::Empty) => None,
-                Err(TryRecvError::Disconnected) => Some(Err(TaskError::AlreadyReceived)),
-            };
-        }
+    pub fn try_recv(&self) -> Result<Result<O, TaskError>, TryRecvError> {
         self.read(Some(Instant::now()))
+            .map_err(|error| match error {
+                RecvTimeoutError::Timeout => TryRecvError::Empty,
+                RecvTimeoutError::Disconnected => TryRecvError::Disconnected,
+            })
     }
 
-    /// Waits at most `timeout` for the task to end: its result, or `None` if time ran out.
-    /// The task goes on running either way.
+    /// Waits at most `timeout` for the task to end: its result, `Err(RecvTimeoutError::Timeout)`
+    /// if time ran out (the task goes on running), or `Err(RecvTimeoutError::Disconnected)` if
+    /// its result was already taken.
     ///
     /// ```
     /// use slowpool::AsyncPool;
-    /// use crossbeam_channel::bounded;
+    /// use crossbeam_channel::{bounded, RecvTimeoutError};
     /// use std::time::Duration;
     ///
     /// let (release, gate) = bounded::<()>(0);
     /// let pool = AsyncPool::new(1, move |n: u8| { let _ = gate.recv(); n })?;
     /// let task = pool.add_task(1)?;
-    /// assert_eq!(task.recv_timeout(Duration::from_millis(10)), None); // still blocked
+    /// assert_eq!(task.recv_timeout(Duration::from_millis(10)), Err(RecvTimeoutError::Timeout));
     /// release.send(())?;
-    /// assert_eq!(task.recv_timeout(Duration::from_secs(60)), Some(Ok(1)));
+    /// assert_eq!(task.recv_timeout(Duration::from_secs(60)), Ok(Ok(1)));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn recv_timeout(&self, timeout: Duration) -> Option<Result<T, TaskError>> {
-        match Instant::now().checked_add(timeout) {
-            Some(deadline) => self.read(Some(deadline)),
-            None => self.read(None),
-        }
+    pub fn recv_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<Result<O, TaskError>, RecvTimeoutError> {
+        self.read(Instant::now().checked_add(timeout))
     }
 
     /// Returns a channel receiver that yields this task's result once, for
-    /// `crossbeam_channel::select!` over several tasks, tickers and other channels.
+    /// `crossbeam_channel::select!` beside tickers and other channels.
     ///
     /// The channel is created on the first call; from then on the result goes through it, and
     /// `recv`/`try_recv` read it from there. After the result was received, the receiver is
     /// disconnected — and a disconnected receiver is always ready: a finished task left in a
-    /// `select!` loop fires again at once, every time, with `Err(RecvError)`. Take each task
-    /// out of the select set once it has delivered (below), or, for many tasks, send their
-    /// results to one mailbox ([`AsyncPool::add_task_to`](crate::AsyncPool::add_task_to)).
+    /// `select!` loop fires again at once, every time. To wait on many tasks as they finish,
+    /// put them in a [`TaskSet`](crate::TaskSet) instead.
     ///
     /// ```
     /// use slowpool::AsyncPool;
-    /// use crossbeam_channel::{select, Select};
+    /// use crossbeam_channel::{select, tick};
+    /// use std::time::Duration;
     ///
     /// let pool = AsyncPool::new(2, |n: u64| n * 10)?;
-    ///
-    /// // Two tasks: whichever ends first.
-    /// let (a, b) = (pool.add_task(1)?, pool.add_task(2)?);
-    /// let first = select! {
-    ///     recv(a.receiver()) -> r => r?,
-    ///     recv(b.receiver()) -> r => r?,
-    /// };
-    /// assert!(first == Ok(10) || first == Ok(20));
-    ///
-    /// // Any number of tasks, in completion order: drop each one once it has delivered.
-    /// let mut pending: Vec<_> = (1..=5).map(|n| pool.add_task(n)).collect::<Result<_, _>>()?;
-    /// let mut sum = 0;
-    /// while !pending.is_empty() {
-    ///     let mut select = Select::new();
-    ///     for task in &pending {
-    ///         select.recv(task.receiver());
+    /// let task = pool.add_task(4)?;
+    /// let ticker = tick(Duration::from_secs(1));
+    /// let result = loop {
+    ///     select! {
+    ///         recv(task.receiver()) -> result => break result?,
+    ///         recv(ticker) -> _ => println!("still waiting"),
     ///     }
-    ///     let ready = select.select();
-    ///     let index = ready.index();
-    ///     sum += ready.recv(pending[index].receiver())??;
-    ///     pending.swap_remove(index);
-    /// }
-    /// assert_eq!(sum, 150);
+    /// };
+    /// assert_eq!(result, Ok(40));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn receiver(&self) -> &Receiver<Result<T, TaskError>> {
+    pub fn receiver(&self) -> &Receiver<Result<O, TaskError>> {
         self.receiver.get_or_init(|| {
             let (tx, rx) = bounded(1);
-            self.slot().forward(tx);
+            let send: ForwardFn<O> = Box::new(move |_: &Header, result| {
+                // Capacity 1 and one value: never blocks. A receiver gone: dropped quietly.
+                if let Err(refused) = tx.send(result) {
+                    drop_quietly(refused.into_inner());
+                }
+            });
+            // Refused when the result was already read: `tx` is dropped with `send`, and the
+            // receiver reports disconnection.
+            drop(self.slot().forward(&self.cell.header, send));
             rx
         })
     }
 
-    /// Cancels the task if it has not started: it will never run, its result is
-    /// `Err(TaskError::Cancelled)`, and `true` is returned. Returns `false` if it is running or
-    /// has ended.
+    /// Cancels the task if it has not started, or waits to retry: it will never run (again),
+    /// its result is `Err(TaskError::Cancelled)`, and `true` is returned. Returns `false` if it
+    /// is running or has ended.
     ///
     /// ```
     /// use slowpool::{AsyncPool, TaskError};
@@ -249,7 +273,7 @@ impl<T: Send + 'static> Task<T> {
     /// let queued = pool.add_task(2)?;
     /// assert!(queued.cancel());
     /// assert_eq!(queued.recv(), Err(TaskError::Cancelled));
-    /// release.send(()).unwrap();
+    /// release.send(())?;
     /// assert_eq!(running.recv(), Ok(1));
     /// assert!(!running.cancel());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -271,13 +295,10 @@ impl<T: Send + 'static> Task<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_finished(&self) -> bool {
-        !matches!(
-            self.cell.header.state(),
-            WAITING | QUEUED | RUNNING | BACKOFF
-        )
+        !self.cell.header.state().is_live()
     }
 
-    /// Returns `true` if the task is running now.
+    /// Returns `true` if the task's callback is running now.
     ///
     /// ```
     /// use slowpool::AsyncPool;
@@ -294,124 +315,70 @@ impl<T: Send + 'static> Task<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_running(&self) -> bool {
-        self.cell.header.state() == RUNNING
+        self.cell.header.state() == State::Running
     }
 
     /// Reads the result, waiting until `deadline` (`None`: for ever).
-    fn read(&self, deadline: Option<Instant>) -> Option<Result<T, TaskError>> {
+    fn read(&self, deadline: Option<Instant>) -> Result<Result<O, TaskError>, RecvTimeoutError> {
         if self.receiver.get().is_none() {
             match self.slot().take(deadline) {
-                Read::Value(result) => return Some(result),
-                Read::Empty => return None,
+                Read::Value(result) => return Ok(result),
+                Read::Empty => return Err(RecvTimeoutError::Timeout),
+                Read::Taken => return Err(RecvTimeoutError::Disconnected),
                 // Another thread called `receiver()`: the value travels there now.
                 Read::Forwarded => {}
             }
         }
         let rx = self.receiver();
-        let received = match deadline {
+        match deadline {
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
             Some(deadline) => rx.recv_deadline(deadline),
+        }
+    }
+
+    /// Hands the result to `send` instead of this handle, with the task's tag: at once if it
+    /// is already here, else when the task ends; `Err(AlreadyReceived)` at once if it was
+    /// already read. For [`TaskSet::push`](crate::TaskSet::push).
+    pub(crate) fn forward_with_tag(
+        mut self,
+        send: impl FnOnce(&Header, Tag, Result<O, TaskError>) + Send + 'static,
+    ) where
+        Tag: Send + 'static,
+    {
+        let tag = self.tag.take().expect("a task's tag is taken once");
+        let send: ForwardFn<O> = Box::new(move |header, result| send(header, tag, result));
+        let header = &self.cell.header;
+        let forwarded = match self.receiver.get() {
+            None => self.slot().forward(header, send),
+            Some(rx) => self.slot().reforward(header, rx, send),
         };
-        match received {
-            Ok(result) => Some(result),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => Some(Err(TaskError::AlreadyReceived)),
+        if let Err(send) = forwarded {
+            send(header, Err(TaskError::AlreadyReceived));
         }
     }
 }
 
-impl<T> Task<T> {
-    fn slot(&self) -> &Slot<T> {
+impl<O, Tag> Task<O, Tag> {
+    fn slot(&self) -> &Slot<O> {
         match &self.cell.output {
             Output::Slot(slot) => slot,
-            Output::Mailbox(_) | Output::Relay(_) => {
+            Output::Mailbox(_) | Output::Tagged(_) => {
                 unreachable!("a Task is only made for a slot cell")
             }
         }
     }
 }
 
-/// Flat reads, for callbacks that return `Result<T, E>`: one `Result` whose error is
-/// [`Failed<E>`] instead of `Result<Result<T, E>, TaskError>`. Each is its plain form followed
-/// by [`Flat::flat`]; for an awaited task, write `task.await.flat()`.
-impl<T: Send + 'static, E: Send + 'static> Task<Result<T, E>> {
-    /// Blocks until the task ends and returns the callback's value, or why there is none: the
-    /// callback's own error ([`Failed::Callback`]) or the task's ([`Failed::Task`]).
-    ///
-    /// As with [`recv`](Task::recv), a second read returns
-    /// `Err(Failed::Task(TaskError::AlreadyReceived))`.
-    ///
-    /// ```
-    /// use slowpool::{AsyncPool, Failed, TaskError};
-    ///
-    /// let pool = AsyncPool::new(2, |s: String| match s.as_str() {
-    ///     "boom" => panic!("boom"),
-    ///     s => s.parse::<u32>(),
-    /// })?;
-    /// assert_eq!(pool.add_task("42".into())?.recv_flat(), Ok(42));
-    ///
-    /// let bad = pool.add_task("x".into())?.recv_flat();
-    /// assert!(matches!(bad, Err(Failed::Callback(_))));
-    /// assert_eq!(bad.unwrap_err().to_string(), "invalid digit found in string");
-    ///
-    /// let panicked = pool.add_task("boom".into())?.recv_flat();
-    /// assert_eq!(panicked, Err(Failed::Task(TaskError::Panicked("boom".into()))));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn recv_flat(&self) -> Result<T, Failed<E>> {
-        self.recv().flat()
-    }
-
-    /// Returns the flat result if the task has ended, `None` if it has not, without blocking;
-    /// [`try_recv`](Task::try_recv), flattened.
-    ///
-    /// ```
-    /// use slowpool::{AsyncPool, Failed};
-    ///
-    /// let pool = AsyncPool::new(1, |n: i32| if n < 0 { Err("negative") } else { Ok(n) })?;
-    /// let task = pool.add_task(-1)?;
-    /// pool.join();
-    /// assert_eq!(task.try_recv_flat(), Some(Err(Failed::Callback("negative"))));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn try_recv_flat(&self) -> Option<Result<T, Failed<E>>> {
-        self.try_recv().map(Flat::flat)
-    }
-
-    /// Waits at most `timeout` for the task to end: its flat result, or `None` if time ran out;
-    /// [`recv_timeout`](Task::recv_timeout), flattened. The task goes on running either way.
-    ///
-    /// ```
-    /// use slowpool::{AsyncPool, Failed};
-    /// use crossbeam_channel::bounded;
-    /// use std::time::Duration;
-    ///
-    /// let (release, gate) = bounded::<()>(0);
-    /// let pool = AsyncPool::new(1, move |n: i32| {
-    ///     let _ = gate.recv();
-    ///     if n < 0 { Err("negative") } else { Ok(n) }
-    /// })?;
-    /// let task = pool.add_task(-1)?;
-    /// assert_eq!(task.recv_timeout_flat(Duration::from_millis(10)), None); // still blocked
-    /// release.send(())?;
-    /// let ended = task.recv_timeout_flat(Duration::from_secs(60));
-    /// assert_eq!(ended, Some(Err(Failed::Callback("negative"))));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn recv_timeout_flat(&self, timeout: Duration) -> Option<Result<T, Failed<E>>> {
-        self.recv_timeout(timeout).map(Flat::flat)
-    }
-}
-
 /// Awaits the task's result; see [Awaiting](Task#awaiting).
-impl<T: Send + 'static> Future for Task<T> {
-    type Output = Result<T, TaskError>;
+impl<O: Send + 'static, Tag> Future for Task<O, Tag> {
+    type Output = Result<O, TaskError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let task = self.get_mut();
         if task.receiver.get().is_none() {
             match task.slot().poll_take(cx) {
                 Poll::Ready(Read::Value(result)) => return Poll::Ready(result),
+                Poll::Ready(Read::Taken) => return Poll::Ready(Err(TaskError::AlreadyReceived)),
                 Poll::Pending => return Poll::Pending,
                 // `receiver()` is the only way to forward, and it sets `task.receiver`.
                 Poll::Ready(Read::Forwarded) => {}
@@ -424,33 +391,36 @@ impl<T: Send + 'static> Future for Task<T> {
 }
 
 // A `Task` never pins its fields in place (the result lives behind an `Arc`), so it can move
-// between polls whatever `T` is; without this, `T`'s channel types would make it `!Unpin`.
-impl<T> Unpin for Task<T> {}
+// between polls whatever `O` is; without this, `O`'s channel types would make it `!Unpin`.
+impl<O, Tag> Unpin for Task<O, Tag> {}
 
-impl<T> Drop for Task<T> {
+impl<O, Tag> Drop for Task<O, Tag> {
     fn drop(&mut self) {
         // A task dropped while awaited must not keep its executor's task alive (a waker can
         // own it) until the pool's task ends. A result that already arrived is dropped here, by
         // the handle's owner; a later one by the worker that delivers it, never by a thread
-        // that happens to hold the cell's last `Arc` (see `Slot::abandon`).
+        // that happens to hold the cell's last `Arc` (see `Slot::abandon`). A task set that
+        // took the task forwards the result: nothing is abandoned then.
         drop(self.slot().abandon());
     }
 }
 
-impl<T> fmt::Debug for Task<T> {
+impl<O, Tag> fmt::Debug for Task<O, Tag> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match self.cell.header.state() {
-            WAITING => "waiting on its key",
-            QUEUED => "queued",
-            RUNNING => "running",
-            DONE => "done",
-            CANCELLED => "cancelled",
-            BACKOFF => "waiting to retry",
-            _ => "timed out",
+            State::Waiting => "waiting on its key",
+            State::Queued => "queued",
+            State::Running => "running",
+            State::Backoff => "waiting to retry",
+            State::Done => "done",
+            State::Cancelled => "cancelled",
+            State::TimedOut => "timed out",
+            State::Rejected => "rejected",
         };
         f.debug_struct("Task")
             .field("id", &self.cell.header.id)
             .field("state", &state)
+            .field("attempts", &self.cell.header.attempts())
             .finish()
     }
 }

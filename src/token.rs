@@ -9,8 +9,8 @@ use crate::cell::Control;
 /// Tells a running callback that nobody waits for its result any more, so a loop inside it can
 /// stop early.
 ///
-/// Given to callbacks built with
-/// [`build_with_token`](crate::Builder::build_with_token). It is raised when the task timed out
+/// A callback built with [`build_with`](crate::Builder::build_with) reads its task's token with
+/// [`Context::token`](crate::Context::token). It is raised when the task timed out
 /// (its caller already got `TimedOut`), and when the pool is shut down with `shutdown_now`, or
 /// by `shutdown_timeout` once its time ran out. Nothing forces the callback to look: a thread
 /// cannot be killed.
@@ -24,16 +24,16 @@ use crate::cell::Control;
 /// let pool = AsyncPool::builder()
 ///     .max_workers(1)
 ///     .task_timeout(Duration::from_millis(20))
-///     .build_with_token(|pages: u32, token| {
+///     .build_with(|| (), |cx, pages: u32| {
 ///         let mut fetched = 0;
-///         while fetched < pages && !token.is_cancelled() {
-///             std::thread::sleep(Duration::from_millis(5)); // one page
+///         while fetched < pages && !cx.token().is_cancelled() {
+///             std::thread::sleep(Duration::from_millis(1)); // one page
 ///             fetched += 1;
 ///         }
 ///         fetched
 ///     })?;
-/// assert_eq!(pool.add_task(2)?.recv(), Ok(2));
-/// assert_eq!(pool.add_task(u32::MAX)?.recv(), Err(TaskError::TimedOut));
+/// assert_eq!(pool.add_task(0)?.recv(), Ok(0));
+/// assert_eq!(pool.add_task(u32::MAX)?.recv(), Err(TaskError::TimedOut)); // and it stops
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
@@ -61,8 +61,8 @@ impl CancelToken {
     /// ```
     /// use slowpool::AsyncPool;
     ///
-    /// let pool = AsyncPool::builder().max_workers(1).build_with_token(|_: (), token| {
-    ///     while !token.is_cancelled() {
+    /// let pool = AsyncPool::builder().max_workers(1).build_with(|| (), |cx, _: ()| {
+    ///     while !cx.token().is_cancelled() {
     ///         std::thread::yield_now(); // one more page, one more row ...
     ///     }
     ///     "stopped"

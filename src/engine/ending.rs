@@ -1,7 +1,7 @@
 //! How a task ends: one path for every ending.
 //!
-//! Whoever wins a task's final state change — the worker (`RUNNING → DONE`), a canceller
-//! (`WAITING/QUEUED → CANCELLED`), the timer or a shutdown (`RUNNING → TIMED_OUT`) — calls
+//! Whoever wins a task's final state change — the worker (`Running → Done`), a canceller
+//! (`Waiting/Queued/Backoff → Cancelled`), the timer or a shutdown (`Running → TimedOut`) — calls
 //! [`Engine::end`], which always does the same things in the same order:
 //!
 //! 1. **count** the ending (`stats()` shows it before anyone can receive it);
@@ -19,24 +19,26 @@
 //! 5. **settle**: count it delivered, nudge `join`/shutdown waiters, and disconnect the queue if
 //!    the pool is closed and nothing is left.
 
+use std::sync::atomic::Ordering::SeqCst;
 use std::thread;
+use std::time::Duration;
 
-use super::retry::Spare;
 use super::scheduler::Seat;
+use super::spare::Spare;
 use super::{Engine, Job};
-use crate::cell::{drop_quietly, Cell, Header, BACKOFF, DONE, QUEUED, RUNNING, WAITING};
+use crate::cell::{drop_quietly, Cell, Header, State};
 use crate::delivery::{Delivered, Way};
-use crate::error::TaskError;
+use crate::done::TaskError;
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Ending {
     Completed,
     Panicked,
-    /// Cancelled from state `from` (WAITING, QUEUED, or BACKOFF between attempts): it never
+    /// Cancelled from state `from` (Waiting, Queued, or Backoff between attempts): it never
     /// ran, or will not run again.
     Cancelled {
-        from: u8,
+        from: State,
     },
     /// Still running at its deadline (or at the end of `shutdown_timeout`). `thread_left`: its
     /// thread was abandoned (see `Workers::time_out`) and gets a replacement.
@@ -77,70 +79,45 @@ impl<J: Job> RunContext<'_, J> {
         &self.engine.stopping
     }
 
-    /// Ends the task with the callback's outcome, unless the timer ended it first.
+    /// Ends the task's attempt with the callback's outcome, unless the timer ended it first.
+    ///
+    /// With `retry` (a task with a retry policy, whose run has a spare, see `retry.rs`):
+    /// `retry` decides whether the result calls for another attempt, and the task either backs
+    /// off or ends. The decision and the state change happen under the spare's lock, which the
+    /// timer takes too when it ends the attempt at its deadline.
     pub(crate) fn finish<T: Send + 'static>(
         &self,
         cell: &Cell<T>,
         outcome: thread::Result<T>,
-    ) -> Ran {
-        self.finish_result(cell, caught(outcome))
-    }
-
-    fn finish_result<T: Send + 'static>(
-        &self,
-        cell: &Cell<T>,
-        result: Result<T, TaskError>,
-    ) -> Ran {
-        if !cell.header.transition(RUNNING, DONE) {
-            // Timed out while it ran: the caller already has `TimedOut`.
-            drop_quietly(result);
-            return Ran::Lost;
-        }
-        let ending = if result.is_ok() {
-            Ending::Completed
-        } else {
-            Ending::Panicked
-        };
-        self.engine
-            .end(&cell.header, ending, Some(self.runner()), |way| {
-                cell.deliver(result, way)
-            });
-        Ran::Ended
-    }
-
-    /// Ends an attempt of a task with a retry policy (it has a spare): asks `again_after`
-    /// whether the result calls for another attempt, and either backs the task off or ends it,
-    /// `deliver_last` handing the spare's input back with a failure. Unless the timer ended
-    /// this attempt first. See `retry.rs`.
-    pub(crate) fn finish_kept<T: Send + 'static>(
-        &self,
-        cell: &Cell<T>,
-        outcome: thread::Result<T>,
-        again_after: impl FnOnce(&J, Result<&T, &TaskError>) -> Option<std::time::Duration>,
-        deliver_last: impl FnOnce(J, Result<T, TaskError>, Way<'_>) -> Delivered,
+        retry: Option<impl FnOnce(Result<&T, &TaskError>) -> Option<Duration>>,
     ) -> Ran {
         let result = caught(outcome);
-        let Some(spare) = self.spare else {
-            return self.finish_result(cell, result);
+        let (Some(spare), Some(again_after)) = (self.spare, retry) else {
+            if !cell.header.transition(State::Running, State::Done) {
+                // Timed out while it ran: the caller already has `TimedOut`.
+                drop_quietly(result);
+                return Ran::Lost;
+            }
+            return self.completed(cell, result);
         };
         let mut held = spare.lock();
-        let Some(next) = held.as_ref() else {
+        if held.is_none() {
             // The timer ended this attempt (and took the spare): a late result.
             drop(held);
             drop_quietly(result);
             return Ran::Lost;
-        };
-        let stopping = self
-            .engine
-            .stopping
-            .load(std::sync::atomic::Ordering::SeqCst);
-        let delay = if stopping {
+        }
+        let delay = if self.engine.stopping.load(SeqCst) {
             None
         } else {
-            again_after(next, result.as_ref())
+            again_after(result.as_ref())
         };
-        let to = if delay.is_some() { BACKOFF } else { DONE };
-        if !cell.header.transition(RUNNING, to) {
+        let to = if delay.is_some() {
+            State::Backoff
+        } else {
+            State::Done
+        };
+        if !cell.header.transition(State::Running, to) {
             drop(held);
             drop_quietly(result);
             return Ran::Lost;
@@ -154,19 +131,26 @@ impl<J: Job> RunContext<'_, J> {
                 drop_quietly(result);
                 self.engine
                     .back_off(&cell.header, next, delay, Some(self.runner()), false);
+                Ran::Ended
             }
             None => {
-                let ending = if result.is_ok() {
-                    Ending::Completed
-                } else {
-                    Ending::Panicked
-                };
-                self.engine
-                    .end(&cell.header, ending, Some(self.runner()), |way| {
-                        deliver_last(next, result, way)
-                    });
+                drop_quietly(next);
+                self.completed(cell, result)
             }
         }
+    }
+
+    /// Ends a task that this thread moved out of Running with the callback's `result`.
+    fn completed<T: Send + 'static>(&self, cell: &Cell<T>, result: Result<T, TaskError>) -> Ran {
+        let ending = if result.is_ok() {
+            Ending::Completed
+        } else {
+            Ending::Panicked
+        };
+        self.engine
+            .end(&cell.header, ending, Some(self.runner()), |way| {
+                cell.deliver(result, way)
+            });
         Ran::Ended
     }
 
@@ -203,9 +187,9 @@ impl<J: Job> Engine<J> {
             Ending::Completed => self.counters.completed(),
             Ending::Panicked => self.counters.panicked(),
             Ending::Cancelled { from } => {
-                if from == WAITING {
+                if from == State::Waiting {
                     self.counters.left_key();
-                } else if from == BACKOFF {
+                } else if from == State::Backoff {
                     self.counters.left_backoff();
                 }
                 self.counters.cancelled();
@@ -223,7 +207,7 @@ impl<J: Job> Engine<J> {
                 }
             }
             Ending::Cancelled { from } => {
-                if from == QUEUED {
+                if from == State::Queued {
                     self.admission().release();
                     if let Some(key) = header.key {
                         self.release_key(key, true);

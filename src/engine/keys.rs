@@ -21,7 +21,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::cell::{CANCELLED, QUEUED, WAITING};
+use crate::cell::State;
 
 use super::Job;
 
@@ -59,7 +59,7 @@ impl<J> Default for Key<J> {
 
 /// What the engine must do after a change to the table.
 pub(crate) struct Step<J> {
-    /// A job that may go into the queue now (already moved WAITING → QUEUED).
+    /// A job that may go into the queue now (already moved State::Waiting → State::Queued).
     pub(crate) run: Option<J>,
     /// Schedule a wake-up of this key at this instant.
     pub(crate) wake_at: Option<Instant>,
@@ -87,7 +87,7 @@ impl<J: Job> KeyTable<J> {
         }
     }
 
-    /// A new keyed job (in state WAITING) arrives: it goes at once if its key has room, else it
+    /// A new keyed job (in state State::Waiting) arrives: it goes at once if its key has room, else it
     /// waits at the back of its key's deque.
     pub(crate) fn admit(&mut self, key: u64, job: J, now: Instant) -> Step<J> {
         if self.keys.len() >= self.swept_at.saturating_mul(2) {
@@ -146,7 +146,7 @@ impl<J: Job> KeyTable<J> {
         };
         // Jobs cancelled while waiting stay in the deque until they reach its front.
         while let Some(job) = entry.waiting.front() {
-            if job.control().header().state() != CANCELLED {
+            if job.control().header().state() != State::Cancelled {
                 break;
             }
             step.dead.extend(entry.waiting.pop_front());
@@ -162,7 +162,11 @@ impl<J: Job> KeyTable<J> {
                 }
                 _ => {
                     let job = entry.waiting.pop_front().expect("checked non-empty");
-                    if job.control().header().transition(WAITING, QUEUED) {
+                    if job
+                        .control()
+                        .header()
+                        .transition(State::Waiting, State::Queued)
+                    {
                         entry.active += 1;
                         entry.unstarted = self.interval.is_some();
                         step.run = Some(job);
@@ -207,7 +211,9 @@ impl<J: Job> KeyTable<J> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cell::{Cell, Control, Header, Output, Slot};
+    use crate::cell::{Cell, Control, Header, Output};
+    use crate::done::TaskError;
+    use crate::slot::Slot;
     use crate::engine::{Ran, RunContext};
     use crate::id::TaskId;
     use std::sync::Arc;
@@ -230,6 +236,12 @@ mod tests {
             Ran::Ended
         }
         fn into_input(self) {}
+        fn spare(&self) -> Option<Self> {
+            None
+        }
+        fn again_after(&self, _: &TaskError) -> Option<std::time::Duration> {
+            None
+        }
     }
 
     fn job(id: u64, key: u64) -> TestJob {
@@ -252,7 +264,7 @@ mod tests {
             .run
             .expect("key 7 has room again");
         assert_eq!(next.control().header().id, TaskId(2));
-        assert_eq!(next.control().header().state(), QUEUED);
+        assert_eq!(next.control().header().state(), State::Queued);
     }
 
     #[test]
@@ -279,7 +291,7 @@ mod tests {
         let mut dead = table.admit(1, third, now).dead.len();
         // The third is cancelled while it waits; the fourth waits behind it.
         let cancelled = table.keys[&1].waiting[0].control().header().cancel();
-        assert_eq!(cancelled, Some(WAITING));
+        assert_eq!(cancelled, Some(State::Waiting));
         let step = table.admit(1, job(4, 1), now);
         dead += step.dead.len();
         assert!(step.run.is_none(), "key 1 is still full");

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{Engine, Job, CURRENT_TASK};
-use crate::cell::{BACKOFF, QUEUED, RUNNING, WAITING};
+use crate::cell::State;
 
 /// Owns a pool: dropping the last owner shuts the pool down.
 pub(crate) struct Owner<J: Job>(pub(crate) Arc<Engine<J>>);
@@ -87,12 +87,14 @@ impl<J: Job> Engine<J> {
                 // queue (so `stop_now` missed it) nor running: cancel it, or — if the worker
                 // started it meanwhile — time it out.
                 let header = control.header();
-                if matches!(header.state(), QUEUED | WAITING | BACKOFF)
-                    && self.cancel_task(&*control)
+                if matches!(
+                    header.state(),
+                    State::Queued | State::Waiting | State::Backoff
+                ) && self.cancel_task(&*control)
                 {
                     continue;
                 }
-                if header.state() == RUNNING {
+                if header.state() == State::Running {
                     let spare = self.spares.lock().get(&header.id).cloned();
                     self.time_out(&*control, true, spare.as_deref());
                 }
@@ -146,7 +148,7 @@ impl<J: Job> Engine<J> {
             self.joiners.register((id, attempt));
             let running = self.registry.get(id).is_some_and(|task| {
                 let header = task.header();
-                header.state() == RUNNING && header.attempts() == attempt
+                header.state() == State::Running && header.attempts() == attempt
             });
             if running && self.joiners.confirm((id, attempt)) {
                 // Another joiner may be waiting for exactly this task to be excused.

@@ -31,6 +31,7 @@ mod limits;
 mod registry;
 mod retry;
 mod scheduler;
+mod spare;
 mod spawn;
 mod timer;
 mod worker;
@@ -47,9 +48,9 @@ use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 
 use crate::builder::Config;
-use crate::cell::{drop_quietly, Control, BACKOFF, CANCELLED, QUEUED, RUNNING, TIMED_OUT, WAITING};
-use crate::delivery::{Delivered, Way};
-use crate::error::{BuildError, TaskError};
+use crate::cell::{drop_quietly, Control, State};
+use crate::done::TaskError;
+use crate::error::BuildError;
 use crate::id::TaskId;
 use crate::stats::{Counters, Stats};
 use crate::task::Canceller;
@@ -65,8 +66,8 @@ use courier::Courier;
 use ending::Ending;
 use keys::{KeyTable, Step};
 use registry::Registry;
-use retry::Spare;
 use scheduler::{Scheduler, Seat};
+use spare::Spare;
 use timer::{Event, EventId, Timer};
 use workers::{Abandon, Workers};
 
@@ -80,7 +81,7 @@ pub(crate) trait Job: Send + Sized + 'static {
     fn control(&self) -> &dyn Control;
     fn control_arc(&self) -> Arc<dyn Control>;
     fn control_weak(&self) -> Weak<dyn Control>;
-    /// Runs the job (already RUNNING) under `catch_unwind` and ends it with `cx.finish`.
+    /// Runs the job (already Running) under `catch_unwind` and ends it with `cx.finish`.
     fn run(self, runner: &Self::Runner, cx: &RunContext<'_, Self>) -> Ran;
     /// Takes the input back out of a job that will not run.
     fn into_input(self) -> Self::Input;
@@ -88,23 +89,11 @@ pub(crate) trait Job: Send + Sized + 'static {
     /// For a task with a retry policy: the job of its next attempt (a copy of the input, the
     /// same cell), made before this attempt runs. `None` for every other task, and when making
     /// the copy panicked (the attempt then runs without one). See `retry.rs`. Must not panic.
-    fn spare(&self) -> Option<Self> {
-        None
-    }
+    fn spare(&self) -> Option<Self>;
 
     /// Asked of a spare when the timer ends its task's attempt with `error`: how long to back
     /// off before the next attempt, or `None` to give up.
-    fn again_after(&self, error: &TaskError) -> Option<Duration> {
-        let _ = error;
-        None
-    }
-
-    /// Delivers a spare's task's final failure, handing its input back with it.
-    fn fail_kept(self, error: TaskError, way: Way<'_>) -> Delivered {
-        let delivered = self.control().fail(error, way);
-        drop_quietly(self);
-        delivered
-    }
+    fn again_after(&self, error: &TaskError) -> Option<Duration>;
 }
 
 thread_local! {
@@ -328,6 +317,12 @@ impl<J: Job> Engine<J> {
         self.settings.keyed.then(|| self.hasher.hash_one(key))
     }
 
+    /// How keys are hashed, for a caller that hashes many (a keyed stream); `None` when the
+    /// pool has no per-key limits.
+    pub(crate) fn key_hasher(&self) -> Option<std::collections::hash_map::RandomState> {
+        self.settings.keyed.then(|| self.hasher.clone())
+    }
+
     /// See `Settings::per_key`.
     pub(crate) fn per_key_limit(&self) -> Option<usize> {
         self.settings.per_key
@@ -530,8 +525,12 @@ impl<J: Job> Engine<J> {
                     }
                     // Unreachable while the task is outstanding; never strand it regardless.
                     None => {
-                        if job.control().header().transition(QUEUED, CANCELLED) {
-                            self.end_cancelled(job.control(), QUEUED);
+                        if job
+                            .control()
+                            .header()
+                            .transition(State::Queued, State::Cancelled)
+                        {
+                            self.end_cancelled(job.control(), State::Queued);
                         }
                         drop_quietly(job);
                     }
@@ -570,74 +569,69 @@ impl<J: Job> Engine<J> {
         }
     }
 
-    /// Cancels one task that is not running. The one path for `Task::cancel`,
-    /// `RetryTask::cancel` and `cancel(id)`. A task waiting to retry gets its input back in its
-    /// ending: its next attempt's job is taken out of the timer (unless the timer is moving it
-    /// right now, or `back_off` has not put it there yet; either then finds the task cancelled
-    /// and drops it).
+    /// Cancels one task that is not running. The one path for `Task::cancel` and `cancel(id)`.
+    /// A task waiting to retry has its next attempt's job taken out of the timer and dropped
+    /// (unless the timer is moving it right now, or `back_off` has not put it there yet; either
+    /// then finds the task cancelled and drops it).
     fn cancel_task(&self, control: &dyn Control) -> bool {
         let header = control.header();
-        match header.cancel() {
-            Some(BACKOFF) => {
-                let id = header.id;
-                match self.timer.take_retry(|job| job.control().header().id == id) {
-                    Some(next) => {
-                        self.end(header, Ending::Cancelled { from: BACKOFF }, None, |way| {
-                            next.fail_kept(TaskError::Cancelled, way)
-                        })
-                    }
-                    None => self.end_cancelled(control, BACKOFF),
-                }
-                true
-            }
-            Some(from) => {
-                self.end_cancelled(control, from);
-                true
-            }
-            None => false,
-        }
+        let Some(from) = header.cancel() else {
+            return false;
+        };
+        let next = if from == State::Backoff {
+            let id = header.id;
+            self.timer.take_retry(|job| job.control().header().id == id)
+        } else {
+            None
+        };
+        self.end_cancelled(control, from);
+        drop_quietly(next);
+        true
     }
 
-    /// Ends a task this thread cancelled from state `from` (WAITING or QUEUED).
-    fn end_cancelled(&self, control: &dyn Control, from: u8) {
+    /// Ends a task this thread cancelled from state `from`.
+    fn end_cancelled(&self, control: &dyn Control, from: State) {
         self.end(control.header(), Ending::Cancelled { from }, None, |way| {
             control.fail(TaskError::Cancelled, way)
         });
     }
 
     /// Cancels everything waiting to retry, waiting on a key or in the queue. With `hand_back`,
-    /// returns the inputs by task id; without, a task that keeps its input (a retry policy)
-    /// gets it back in its `Cancelled` ending, and other inputs are dropped.
+    /// returns the inputs by task id; without, the inputs are dropped.
     ///
     /// Drains the timer's retries first, then the key table, then the queue: a job moves from
     /// the table to the queue under the table lock, so none is missed in between. (A retry the
     /// timer is moving right now may reach the queue behind the drain: it runs, as an add racing
     /// `cancel_all` would.)
     fn cancel_queued(&self, hand_back: bool) -> Vec<J::Input> {
-        let mut jobs: Vec<(u8, J)> = Vec::new();
+        let mut jobs: Vec<(State, J)> = Vec::new();
         jobs.extend(
             self.timer
                 .take_retries()
                 .into_iter()
-                .map(|job| (BACKOFF, job)),
+                .map(|job| (State::Backoff, job)),
         );
         if let Some(keys) = &self.keys {
-            jobs.extend(keys.lock().drain().into_iter().map(|job| (WAITING, job)));
+            jobs.extend(
+                keys.lock()
+                    .drain()
+                    .into_iter()
+                    .map(|job| (State::Waiting, job)),
+            );
         }
-        jobs.extend(self.receiver.try_iter().map(|job| (QUEUED, job)));
+        jobs.extend(self.receiver.try_iter().map(|job| (State::Queued, job)));
         let mut cancelled = Vec::new();
         for (from, job) in jobs {
-            if !job.control().header().transition(from, CANCELLED) {
+            if !job.control().header().transition(from, State::Cancelled) {
                 // Cancelled one by one earlier, or taken by a worker: not ours.
                 drop_quietly(job);
-            } else if hand_back {
-                self.end_cancelled(job.control(), from);
-                cancelled.push((job.control().header().id, job.into_input()));
             } else {
-                let control = job.control_arc();
-                self.end(control.header(), Ending::Cancelled { from }, None, |way| {
-                    job.fail_kept(TaskError::Cancelled, way)
-                });
+                self.end_cancelled(job.control(), from);
+                if hand_back {
+                    cancelled.push((job.control().header().id, job.into_input()));
+                } else {
+                    drop_quietly(job);
+                }
             }
         }
         cancelled.sort_by_key(|(id, _)| *id);
@@ -690,8 +684,7 @@ impl<J: Job> Engine<J> {
     /// running the task can look at it (`Workers::fate_of`).
     ///
     /// With a `spare` (a retry policy), the policy may send the task to back off instead, unless
-    /// `force` (a shutdown) or the pool is stopping; otherwise the spare's input goes back with
-    /// the `TimedOut`. The decision and the state change happen under the spare's lock, which
+    /// `force` (a shutdown) or the pool is stopping. The decision and the state change happen under the spare's lock, which
     /// the worker's own ending takes too (see `retry.rs`).
     fn time_out(&self, control: &dyn Control, force: bool, spare: Option<&Spare<J>>) -> bool {
         let header = control.header();
@@ -704,11 +697,15 @@ impl<J: Job> Engine<J> {
             }
             _ => None,
         };
-        let to = if delay.is_some() { BACKOFF } else { TIMED_OUT };
+        let to = if delay.is_some() {
+            State::Backoff
+        } else {
+            State::TimedOut
+        };
         let abandoned =
             self.workers
                 .time_out(header.worker(), force, self.settings.max_abandoned, || {
-                    header.transition(RUNNING, to)
+                    header.transition(State::Running, to)
                 });
         let Some(abandoned) = abandoned else {
             return false;
@@ -718,12 +715,12 @@ impl<J: Job> Engine<J> {
         let thread_left = abandoned == Abandon::Now;
         match (delay, next) {
             (Some(delay), Some(next)) => self.back_off(header, next, delay, None, thread_left),
-            (_, Some(next)) => self.end(header, Ending::TimedOut { thread_left }, None, |way| {
-                next.fail_kept(TaskError::TimedOut, way)
-            }),
-            (_, None) => self.end(header, Ending::TimedOut { thread_left }, None, |way| {
-                control.fail(TaskError::TimedOut, way)
-            }),
+            (_, next) => {
+                self.end(header, Ending::TimedOut { thread_left }, None, |way| {
+                    control.fail(TaskError::TimedOut, way)
+                });
+                drop_quietly(next);
+            }
         }
         true
     }

@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::cell::{Control, BACKOFF, QUEUED, RUNNING, WAITING};
+use crate::cell::{Control, State};
 use crate::id::TaskId;
 
 const SHARDS: usize = 16;
@@ -38,7 +38,7 @@ fn outstanding(entry: &Weak<dyn Control>) -> Option<Arc<dyn Control>> {
     entry.upgrade().filter(|control| {
         matches!(
             control.header().state(),
-            WAITING | QUEUED | RUNNING | BACKOFF
+            State::Waiting | State::Queued | State::Running | State::Backoff
         )
     })
 }

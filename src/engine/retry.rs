@@ -16,12 +16,12 @@
 //! loser finds the spare gone (or the state changed) and drops its late result, as a late
 //! result of a timed-out task always is.
 //!
-//! The decision is *back off* (`RUNNING → BACKOFF`, [`Engine::back_off`]) or *give up*
-//! (`RUNNING → DONE` or `TIMED_OUT`, through the one ending path, the spare's input handed
+//! The decision is *back off* (`State::Running → State::Backoff`, [`Engine::back_off`]) or *give up*
+//! (`State::Running → State::Done` or `State::TimedOut`, through the one ending path, the spare's input handed
 //! back with the failure). A backing-off task holds no worker and no key; its spare waits in
 //! the timer as `Event::Retry` and re-enters through its key's table (so `max_per_key` and
 //! `min_interval_per_key` hold for retries too) or straight into the queue
-//! ([`Engine::readmit`]). Cancelling it (`BACKOFF → CANCELLED`) ends it at once; the timer
+//! ([`Engine::readmit`]). Cancelling it (`State::Backoff → State::Cancelled`) ends it at once; the timer
 //! later finds the state changed and drops the spare. `cancel_all` and shutdown take the
 //! spares out of the timer and hand their inputs back.
 //!
@@ -32,32 +32,15 @@
 
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, MutexGuard};
-
 use std::sync::atomic::Ordering::SeqCst;
 
-use super::ending::{Ending, Runner};
+use super::ending::Runner;
 use super::{Engine, Job};
-use crate::cell::{drop_quietly, Header, BACKOFF, CANCELLED, QUEUED, WAITING};
-use crate::error::TaskError;
-
-/// The next attempt's job, beside the attempt that runs now. Empty once taken by whoever
-/// ended the attempt.
-pub(crate) struct Spare<J>(Mutex<Option<J>>);
-
-impl<J> Spare<J> {
-    pub(super) fn new(job: J) -> Spare<J> {
-        Spare(Mutex::new(Some(job)))
-    }
-
-    pub(super) fn lock(&self) -> MutexGuard<'_, Option<J>> {
-        self.0.lock()
-    }
-}
+use crate::cell::{drop_quietly, Header, State};
 
 impl<J: Job> Engine<J> {
     /// An attempt failed and its policy wants another after `delay`; the caller won
-    /// `RUNNING → BACKOFF` and holds `next`, the next attempt's job. The same steps as
+    /// `State::Running → State::Backoff` and holds `next`, the next attempt's job. The same steps as
     /// `Engine::end`, but nothing is delivered and nothing settles: the task goes on.
     ///
     /// `runner`: set when the worker that ran the attempt backs it off (its callback returned,
@@ -102,7 +85,9 @@ impl<J: Job> Engine<J> {
         // there is one that `cancel_all` and `shutdown_now` find and hand back.
         let wanted = |next: &J| {
             let header = next.control().header();
-            header.state() == BACKOFF && !header.is_last_attempt() && !self.stopping.load(SeqCst)
+            header.state() == State::Backoff
+                && !header.is_last_attempt()
+                && !self.stopping.load(SeqCst)
         };
         match self.timer.schedule_retry(at, next, wanted) {
             Ok((_, start)) => self.start_timer(start),
@@ -110,18 +95,17 @@ impl<J: Job> Engine<J> {
         }
     }
 
-    /// Ends a task waiting to retry that must not run again: `Cancelled`, with its input
-    /// (unless it was cancelled already: its canceller ended it).
+    /// Ends a task waiting to retry that must not run again: `Cancelled` (unless it was
+    /// cancelled already: its canceller ended it).
     fn stop_retry(&self, next: J) {
-        let control = next.control_arc();
-        let header = control.header();
-        if header.transition(BACKOFF, CANCELLED) {
-            self.end(header, Ending::Cancelled { from: BACKOFF }, None, |way| {
-                next.fail_kept(TaskError::Cancelled, way)
-            });
-        } else {
-            drop_quietly(next);
+        let control = next.control();
+        if control
+            .header()
+            .transition(State::Backoff, State::Cancelled)
+        {
+            self.end_cancelled(control, State::Backoff);
         }
+        drop_quietly(next);
     }
 
     /// The timer's side: a back-off has passed. The task enters its key's table or the queue,
@@ -138,8 +122,12 @@ impl<J: Job> Engine<J> {
             (Some(key), Some(keys)) => Some((key, keys)),
             _ => None,
         };
-        let to = if keyed.is_some() { WAITING } else { QUEUED };
-        if !header.transition(BACKOFF, to) {
+        let to = if keyed.is_some() {
+            State::Waiting
+        } else {
+            State::Queued
+        };
+        if !header.transition(State::Backoff, to) {
             // Cancelled while it waited: its canceller ended it.
             drop_quietly(job);
             return;
@@ -170,9 +158,13 @@ impl<J: Job> Engine<J> {
             // Unreachable while the task is outstanding (the queue disconnects only when none
             // is); never strand it regardless.
             Err(job) => {
-                if job.control().header().transition(QUEUED, CANCELLED) {
+                if job
+                    .control()
+                    .header()
+                    .transition(State::Queued, State::Cancelled)
+                {
                     // Gives the place back too.
-                    self.end_cancelled(job.control(), QUEUED);
+                    self.end_cancelled(job.control(), State::Queued);
                 }
                 drop_quietly(job);
             }

@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
 
-use super::retry::Spare;
+use super::spare::Spare;
 use crate::cell::Control;
 
 /// Something to do at an instant.

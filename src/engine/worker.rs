@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use crossbeam_channel::TryRecvError;
 
-use super::retry::Spare;
 use super::scheduler::{Seat, Woke};
+use super::spare::Spare;
 use super::timer::Event;
 use super::workers::Exit;
 use super::{Engine, Job, Ran, RunContext, CURRENT, CURRENT_TASK};
@@ -28,6 +28,9 @@ pub(super) fn main_loop<J: Job>(engine: Arc<Engine<J>>, seat: Arc<Seat>) {
     CURRENT.with(|current| *current.borrow_mut() = Some((engine.id, seat.clone())));
     let exit = engine.work(&seat);
     CURRENT.with(|current| *current.borrow_mut() = None);
+    // A per-worker state's `Drop` runs here, where its panic is caught, and before the pool
+    // hears that this thread left: not in the thread-local destructor after it.
+    crate::context::release();
     engine.workers.exited(seat.index, exit);
 }
 

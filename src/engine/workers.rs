@@ -173,7 +173,7 @@ impl Workers {
     }
 
     /// Times out the task that worker `index` runs, if `transition` (its state change
-    /// RUNNING → TIMED_OUT) wins, and decides the thread's fate: it leaves the pool (is
+    /// State::Running → State::TimedOut) wins, and decides the thread's fate: it leaves the pool (is
     /// abandoned) if `force` (shutdown_timeout) or while fewer than `max_abandoned` threads are
     /// abandoned. `None` if the task was no longer running.
     ///

@@ -7,7 +7,7 @@
 //! whose fate is unknown are safe to send again because every settling command is fenced
 //! (see `scripts.rs`).
 
-use std::hash::{BuildHasher, Hasher};
+use crate::backoff::Backoff;
 use std::time::{Duration, Instant};
 
 use redis::{Client, Connection, RedisError};
@@ -51,35 +51,6 @@ pub(crate) fn is_transient(error: &RedisError) -> bool {
     ]
     .iter()
     .any(|code| error.code() == Some(code) || text.contains(code))
-}
-
-/// Capped exponential backoff with jitter: attempt `n` (from 1) waits a random time in
-/// `[d/2, d]` where `d = min(cap, base × 2^(n-1))`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Backoff {
-    pub(crate) base: Duration,
-    pub(crate) cap: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn delay(&self, attempt: u64) -> Duration {
-        let shift = attempt.saturating_sub(1).min(32) as u32;
-        let full = self
-            .base
-            .checked_mul(1u32 << shift.min(31))
-            .unwrap_or(self.cap)
-            .min(self.cap);
-        let half = full / 2;
-        half + half.mul_f64(jitter())
-    }
-}
-
-/// A number in `[0, 1)`, different on every call (std's hasher keys are random per process
-/// and per `RandomState`).
-fn jitter() -> f64 {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(Instant::now().elapsed().as_nanos());
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Timeouts and reconnect policy of a [`Link`].
@@ -232,43 +203,10 @@ impl Link {
                         });
                     }
                 }
-                self.next_attempt = Instant::now() + self.settings.reconnect.delay(attempts);
+                self.next_attempt = Instant::now() + self.settings.reconnect.after(attempts);
                 self.down = Some((since, attempts, e));
                 Ok(false)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Backoff;
-    use std::time::Duration;
-
-    #[test]
-    fn backoff_doubles_from_base_up_to_cap_with_jitter_in_the_upper_half() {
-        let b = Backoff {
-            base: Duration::from_millis(100),
-            cap: Duration::from_secs(1),
-        };
-        for (attempt, full) in [
-            (1, 100),
-            (2, 200),
-            (3, 400),
-            (4, 800),
-            (5, 1000),
-            (60, 1000),
-        ] {
-            let full = Duration::from_millis(full);
-            for _ in 0..50 {
-                let d = b.delay(attempt);
-                assert!(
-                    d >= full / 2 && d <= full,
-                    "attempt {attempt}: {d:?} for {full:?}"
-                );
-            }
-        }
-        let spread: std::collections::HashSet<_> = (0..50).map(|_| b.delay(3)).collect();
-        assert!(spread.len() > 1, "jittered");
     }
 }

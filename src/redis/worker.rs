@@ -30,11 +30,12 @@ use parking_lot::Mutex;
 use redis::streams::StreamReadReply;
 
 use super::entry::{Entry, EntryError};
-use super::link::{Backoff, Fault, Link, LinkSettings};
+use super::link::{Fault, Link, LinkSettings};
 use super::scripts::{Keys, Scripts, Verdict};
 use super::{StreamError, PAYLOAD};
+use crate::backoff::Backoff;
 use crate::in_flight::InFlight;
-use crate::{AsyncPool, TaskError, TaskId};
+use crate::{AsyncPool, Done, TaskError, TaskId};
 
 /// What a [`StreamWorker`] has done.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -134,16 +135,18 @@ impl StreamWorkerBuilder {
             dead_max_len: 0,
             delete_acked: true,
             retry: Backoff {
-                base: Duration::from_secs(1),
+                first: Duration::from_secs(1),
                 cap: Duration::from_secs(300),
+                jitter: true,
             },
             stop_timeout: None,
             link: LinkSettings {
                 connect_timeout: Duration::from_secs(5),
                 response_timeout: Duration::from_secs(5),
                 reconnect: Backoff {
-                    base: Duration::from_millis(100),
+                    first: Duration::from_millis(100),
                     cap: Duration::from_secs(5),
+                    jitter: true,
                 },
                 reconnect_limit: None,
             },
@@ -201,8 +204,9 @@ impl StreamWorkerBuilder {
     /// 1 s, capped at 5 min.
     pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.retry = Backoff {
-            base,
+            first: base,
             cap: cap.max(base),
+            jitter: true,
         };
         self
     }
@@ -272,8 +276,9 @@ impl StreamWorkerBuilder {
     /// failed attempts. Default: 100 ms, capped at 5 s.
     pub fn reconnect_backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.link.reconnect = Backoff {
-            base,
+            first: base,
             cap: cap.max(base),
+            jitter: true,
         };
         self
     }
@@ -441,7 +446,7 @@ impl fmt::Debug for StreamWorker {
     }
 }
 
-type Settled<O, E> = (TaskId, Result<Result<O, E>, TaskError>);
+type Settled<O, E> = Done<Result<O, E>>;
 
 /// Where a held entry is.
 enum State {
@@ -751,7 +756,7 @@ impl StreamWorker {
     }
 
     /// The task of entry `id` ended: record its verdict.
-    fn finished<O, E>(&self, run: &mut Run<'_, O, E>, id: String, (_, result): Settled<O, E>)
+    fn finished<O, E>(&self, run: &mut Run<'_, O, E>, id: String, ended: Settled<O, E>)
     where
         O: AsRef<[u8]> + Send + 'static,
         E: EntryError + Send + 'static,
@@ -759,7 +764,7 @@ impl StreamWorker {
         let Some(held) = run.held.get_mut(&id) else {
             return;
         };
-        let verdict = match result {
+        let verdict = match ended.result {
             Ok(Ok(output)) => Verdict::Ok(output.as_ref().to_vec()),
             Ok(Err(e)) if e.is_permanent() => Verdict::Dead(e.to_string()),
             Ok(Err(e)) => Verdict::Retry(e.to_string()),
@@ -857,7 +862,7 @@ impl StreamWorker {
                     held.state = if run.stopping {
                         State::HandBack { ran: true }
                     } else {
-                        let delay = self.settings.retry.delay(held.deliveries);
+                        let delay = self.settings.retry.after(held.deliveries);
                         State::Waiting(Instant::now() + delay)
                     };
                     run.held.insert(id.clone(), held);

@@ -1,0 +1,77 @@
+//! [`Work`]: one task on its way through a pool — what runs (an input for the callback, or a
+//! closure), the task's cell, and, with a retry policy, how to make its next attempt. Both
+//! faces queue it: an `AsyncPool` as it is (no box per task), a `ThreadPool` boxed, so that one
+//! queue carries closures of any output type.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cell::{drop_quietly, Cell, Control};
+use crate::done::TaskError;
+use crate::engine::{Ran, RunContext};
+use crate::retry::PolicyFn;
+
+pub(crate) struct Work<X, O> {
+    pub(crate) cell: Arc<Cell<O>>,
+    pub(crate) item: X,
+    pub(crate) again: Option<Box<Again<X, O>>>,
+}
+
+/// What a task with a retry policy carries from attempt to attempt.
+pub(crate) struct Again<X, O> {
+    /// `X::clone`, taken where `X: Clone` is known.
+    pub(crate) clone: fn(&X) -> X,
+    pub(crate) policy: Arc<PolicyFn<O>>,
+}
+
+impl<X, O> Clone for Again<X, O> {
+    fn clone(&self) -> Self {
+        Again {
+            clone: self.clone,
+            policy: self.policy.clone(),
+        }
+    }
+}
+
+impl<X: Send + 'static, O: Send + 'static> Work<X, O> {
+    pub(crate) fn control(&self) -> &dyn Control {
+        &*self.cell
+    }
+
+    /// For a task with a retry policy: the work of its next attempt (a copy of the item, the
+    /// same cell), made before this attempt runs. `None` otherwise, and when the copy panicked
+    /// (the attempt then runs without one).
+    pub(crate) fn spare(&self) -> Option<Work<X, O>> {
+        let again = self.again.as_ref()?;
+        let item = panic::catch_unwind(AssertUnwindSafe(|| (again.clone)(&self.item)))
+            .map_err(drop_quietly)
+            .ok()?;
+        Some(Work {
+            cell: self.cell.clone(),
+            item,
+            again: Some(again.clone()),
+        })
+    }
+
+    /// Asked of a spare when the timer ends its task's attempt with `error`: how long to back
+    /// off before the next attempt, or `None` to give up.
+    pub(crate) fn again_after(&self, error: &TaskError) -> Option<Duration> {
+        let again = self.again.as_ref()?;
+        (again.policy)(self.cell.header.attempts(), Err(error))
+    }
+
+    /// Runs `call` on the item under `catch_unwind` and ends the attempt with its outcome.
+    pub(crate) fn run<J>(self, cx: &RunContext<'_, J>, call: impl FnOnce(X) -> O) -> Ran
+    where
+        J: crate::engine::Job,
+    {
+        let Work { cell, item, again } = self;
+        let outcome = panic::catch_unwind(AssertUnwindSafe(|| call(item)));
+        let attempts = cell.header.attempts();
+        let retry = again
+            .as_ref()
+            .map(|again| move |result: Result<&O, &TaskError>| (again.policy)(attempts, result));
+        cx.finish(&cell, outcome, retry)
+    }
+}
