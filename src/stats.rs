@@ -65,10 +65,11 @@ pub struct Stats {
 ///   (`engine/ending.rs`), called by whoever won the task's final state change;
 /// - `waiting_on_key`: up when a keyed task is accepted (or a retry re-enters its key), down
 ///   when it leaves WAITING;
-/// - `retried`/`backing_off`: the ending path's back-off (`engine/retry.rs`), when an attempt
-///   fails and the task goes to BACKOFF; `backing_off` goes down when it leaves BACKOFF. The
-///   public `waiting_retry` is not this count but the timer's (`Timer::retries`): a task
-///   counts there only once its retry is in the timer, where `cancel_all` finds it.
+/// - `retried`: the ending path's back-off (`engine/retry.rs`), when an attempt fails and the
+///   task goes to Backoff. How many tasks wait to retry is not counted here but by the timer
+///   (`Timer::retries`, the one count of them): a task counts there only once its retry is in
+///   the timer, where `cancel_all` finds it. `snapshot` takes that count once and uses it both
+///   as `waiting_retry` and to tell retries from queued tasks, so no task is counted in both.
 ///
 /// A retried task starts more than once: each back-off counts as the end of one attempt (for
 /// `busy`) and as one more entry into the queue (for `queued`).
@@ -82,8 +83,6 @@ pub(crate) struct Counters {
     started: CachePadded<AtomicU64>,
     ended: CachePadded<Ended>,
     waiting_on_key: AtomicUsize,
-    /// Tasks in BACKOFF, on the timer or on their way to it (for `queued`).
-    backing_off: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -104,7 +103,6 @@ impl Counters {
             started: CachePadded::new(AtomicU64::new(0)),
             ended: CachePadded::new(Ended::default()),
             waiting_on_key: AtomicUsize::new(0),
-            backing_off: AtomicUsize::new(0),
         }
     }
 
@@ -126,13 +124,7 @@ impl Counters {
 
     /// An attempt failed and the task waits to retry.
     pub(crate) fn backed_off(&self) {
-        self.backing_off.fetch_add(1, SeqCst);
         self.ended.retried.fetch_add(1, SeqCst);
-    }
-
-    /// A task left BACKOFF (to run again, or cancelled).
-    pub(crate) fn left_backoff(&self) {
-        self.backing_off.fetch_sub(1, SeqCst);
     }
 
     /// A keyed task left WAITING (into the queue, or cancelled).
@@ -168,45 +160,60 @@ impl Counters {
         self.submitted.load(SeqCst).saturating_sub(settled)
     }
 
-    /// `waiting_retry`: the retries in the pool's timer.
-    pub(crate) fn snapshot(&self, workers: usize, abandoned: usize, waiting_retry: usize) -> Stats {
+    /// `waiting_retry` reads the retries in the pool's timer.
+    pub(crate) fn snapshot(
+        &self,
+        workers: usize,
+        abandoned: usize,
+        waiting_retry: impl Fn() -> usize,
+    ) -> Stats {
         // Read in the order things happen to a task, latest first, so that each derived gauge
         // is computed from counts that were at least as large as the ones subtracted. A task
-        // that ends and another that starts between the reads would still make `busy` one too
-        // high: read again (a few times at most) until the ended counts did not move.
+        // that moves between the reads (ends, starts, leaves the timer) could still be counted
+        // twice: read again (a few times at most) until nothing moved.
         let e = &self.ended;
-        let read_ended = || {
+        let read = || {
             (
+                waiting_retry(),
                 e.completed.load(SeqCst),
                 e.panicked.load(SeqCst),
                 e.timed_out.load(SeqCst),
                 e.cancelled.load(SeqCst),
                 e.retried.load(SeqCst),
+                self.started.load(SeqCst),
             )
         };
-        let mut ended = read_ended();
-        let mut started = self.started.load(SeqCst);
+        let mut counts = read();
         for _ in 0..8 {
-            let again = read_ended();
-            if again == ended {
+            let again = read();
+            if again == counts {
                 break;
             }
-            ended = again;
-            started = self.started.load(SeqCst);
+            counts = again;
         }
-        let (completed, panicked, timed_out, cancelled, retried) = ended;
+        let (waiting_retry, completed, panicked, timed_out, cancelled, retried, started) = counts;
         let waiting_on_key = self.waiting_on_key.load(SeqCst);
-        let backing_off = self.backing_off.load(SeqCst);
         let submitted = self.submitted.load(SeqCst);
         let busy = started.saturating_sub(completed + panicked + timed_out + retried);
         let queued = (submitted + retried)
             .saturating_sub(started + cancelled)
-            .saturating_sub(waiting_on_key as u64 + backing_off as u64);
+            .saturating_sub(waiting_on_key as u64 + waiting_retry as u64);
+        let mut gauges = [waiting_retry as u64, queued, waiting_on_key as u64, busy];
+        // Under churn the reads may still disagree by a task in flight: the gauges together
+        // never count more tasks than are accepted and not ended (the earliest read gives way).
+        let live = submitted.saturating_sub(completed + panicked + timed_out + cancelled);
+        let mut over = gauges.iter().sum::<u64>().saturating_sub(live);
+        for gauge in &mut gauges {
+            let cut = over.min(*gauge);
+            *gauge -= cut;
+            over -= cut;
+        }
+        let [waiting_retry, queued, waiting_on_key, busy] = gauges;
         Stats {
             workers,
             busy: busy as usize,
             queued: queued as usize,
-            waiting_on_key,
+            waiting_on_key: waiting_on_key as usize,
             abandoned,
             submitted,
             completed,
@@ -214,7 +221,7 @@ impl Counters {
             cancelled,
             timed_out,
             retried,
-            waiting_retry,
+            waiting_retry: waiting_retry as usize,
         }
     }
 }

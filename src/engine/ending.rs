@@ -189,8 +189,6 @@ impl<J: Job> Engine<J> {
             Ending::Cancelled { from } => {
                 if from == State::Waiting {
                     self.counters.left_key();
-                } else if from == State::Backoff {
-                    self.counters.left_backoff();
                 }
                 self.counters.cancelled();
             }
@@ -221,7 +219,7 @@ impl<J: Job> Engine<J> {
             }
         }
         // 3. A joiner that ended excuses nobody any more.
-        self.joiners.remove((header.id, header.attempts()));
+        self.quiet.joiners.remove((header.id, header.attempts()));
         // 4. Deliver, then 5. settle (the courier settles what it delivers).
         let way = match runner {
             Some(_) => Way::Wait {
@@ -238,7 +236,7 @@ impl<J: Job> Engine<J> {
     /// A task's ending was delivered (or dropped for good): `join` and shutdown may go on.
     pub(super) fn settle(&self) {
         self.counters.settled();
-        self.quiet.nudge();
+        self.nudge();
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) && self.counters.outstanding() == 0
         {
             self.disconnect();

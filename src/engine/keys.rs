@@ -187,6 +187,20 @@ impl<J: Job> KeyTable<J> {
         step
     }
 
+    /// The jobs of `key` waiting behind `joiners` tasks blocked in `join()`: all of its live
+    /// waiting jobs when the joiners fill every slot of the key (none can start before a
+    /// joiner ends), else none.
+    pub(crate) fn held_back_by_joiners(&self, key: u64, joiners: usize) -> usize {
+        match self.keys.get(&key) {
+            Some(entry) if joiners >= self.max_per_key => entry
+                .waiting
+                .iter()
+                .filter(|job| job.control().header().state() == State::Waiting)
+                .count(),
+            _ => 0,
+        }
+    }
+
     /// Removes every job still waiting, in key order then arrival order.
     pub(crate) fn drain(&mut self) -> Vec<J> {
         let mut jobs = Vec::new();
@@ -213,9 +227,9 @@ mod tests {
     use super::*;
     use crate::cell::{Cell, Control, Header, Output};
     use crate::done::TaskError;
-    use crate::slot::Slot;
     use crate::engine::{Ran, RunContext};
     use crate::id::TaskId;
+    use crate::slot::Slot;
     use std::sync::Arc;
 
     struct TestJob(Arc<Cell<()>>);

@@ -55,7 +55,7 @@ impl<J: Job> Engine<J> {
     pub(crate) fn shutdown(&self) {
         self.close();
         self.disconnect_if_done();
-        self.wait_for_exit();
+        self.wait_for_exit(None);
     }
 
     /// Closes, cancels everything not started (returned by task id), waits for the running
@@ -64,7 +64,7 @@ impl<J: Job> Engine<J> {
         self.close();
         let inputs = self.stop_now(true);
         self.disconnect_if_done();
-        self.wait_for_exit();
+        self.wait_for_exit(None);
         inputs
     }
 
@@ -102,7 +102,7 @@ impl<J: Job> Engine<J> {
             // Deliveries still waiting for room in a mailbox nobody reads give up.
             drop(self.give_up_tx.lock().take());
         }
-        self.wait_for_exit();
+        self.wait_for_exit(deadline);
         finished
     }
 
@@ -132,11 +132,7 @@ impl<J: Job> Engine<J> {
         }
     }
 
-    /// Waits until quiet or `deadline`; true if quiet.
-    ///
-    /// The condition is checked under `quiet.lock` right before every wait, and everything that
-    /// can change it (a task settling, a job queued for a helper) takes that lock before it
-    /// notifies: no wake-up falls between the check and the wait.
+    /// Waits until quiet or `deadline`; true if quiet (see `quiet.rs`).
     fn wait_quiet(&self, deadline: Option<Instant>) -> bool {
         let worker = self.current_worker();
         // On a worker, the joining task is excused (and excuses the others) while it runs.
@@ -145,62 +141,62 @@ impl<J: Job> Engine<J> {
             .and_then(|_| CURRENT_TASK.with(|task| task.get()));
         if let Some((id, attempt)) = joining {
             // A task that already ended (it timed out) excuses nobody: see `Joiners`.
-            self.joiners.register((id, attempt));
-            let running = self.registry.get(id).is_some_and(|task| {
+            let task = self.registry.get(id);
+            let key = task.as_ref().and_then(|task| task.header().key);
+            self.quiet.joiners.register((id, attempt), key);
+            let running = task.is_some_and(|task| {
                 let header = task.header();
                 header.state() == State::Running && header.attempts() == attempt
             });
-            if running && self.joiners.confirm((id, attempt)) {
+            if running && self.quiet.joiners.confirm((id, attempt)) {
                 // Another joiner may be waiting for exactly this task to be excused.
-                self.quiet.nudge();
+                self.nudge();
             } else {
-                self.joiners.remove((id, attempt));
+                self.quiet.joiners.remove((id, attempt));
             }
         }
-        self.quiet.waiters.fetch_add(1, SeqCst);
-        let mut guard = self.quiet.lock.lock();
-        let quiet = loop {
-            let excused = if worker.is_some() {
-                self.joiners.excused()
-            } else {
-                0
-            };
-            if self.counters.outstanding() <= excused {
-                break true;
-            }
-            // Help: run a queued task on this thread rather than wait for a free worker. An
-            // abandoned thread no longer runs the pool's work.
-            if let Some(seat) = worker.as_ref().filter(|seat| !seat.is_abandoned()) {
-                if !self.receiver.is_empty() {
-                    drop(guard);
+        // An abandoned thread no longer runs the pool's work.
+        let helper = worker.as_ref().filter(|seat| !seat.is_abandoned());
+        let quiet = self.quiet.wait(
+            deadline,
+            worker.is_none(),
+            || self.counters.outstanding() <= self.excused(worker.is_some()),
+            || helper.is_some() && !self.receiver.is_empty(),
+            || {
+                // Run a queued task on this thread rather than wait for a free worker.
+                if let Some(seat) = helper {
                     if let Some(job) = self.take_queued(seat) {
                         self.execute(job, seat, false);
                     }
-                    guard = self.quiet.lock.lock();
-                    continue;
                 }
-            }
-            match deadline {
-                None => self.quiet.changed.wait(&mut guard),
-                Some(deadline) => {
-                    if Instant::now() >= deadline {
-                        break false;
-                    }
-                    self.quiet.changed.wait_until(&mut guard, deadline);
-                }
-            }
-        };
-        drop(guard);
-        self.quiet.waiters.fetch_sub(1, SeqCst);
+            },
+        );
         if let Some(attempt) = joining {
-            self.joiners.remove(attempt);
+            self.quiet.joiners.remove(attempt);
         }
         quiet
     }
 
+    /// How many outstanding tasks a `join` need not wait for: none from outside the pool; from
+    /// one of its tasks, the joiners, and the tasks joiners' keys hold back.
+    fn excused(&self, inside: bool) -> u64 {
+        if !inside {
+            return 0;
+        }
+        let mut excused = self.quiet.joiners.excused();
+        let held = self.quiet.joiners.keys_held();
+        if let (Some(keys), false) = (&self.keys, held.is_empty()) {
+            let table = keys.lock();
+            for (key, joiners) in held {
+                excused += table.held_back_by_joiners(key, joiners) as u64;
+            }
+        }
+        excused
+    }
+
     /// Disconnects the queue if the pool is closed and no accepted task is left.
     pub(super) fn disconnect_if_done(&self) {
-        self.quiet.nudge();
+        self.nudge();
         if self.closed.load(SeqCst) && self.counters.outstanding() == 0 {
             self.disconnect();
         }
@@ -217,15 +213,16 @@ impl<J: Job> Engine<J> {
     }
 
     /// Waits for every task to end, then joins every worker and the timer — unless called
-    /// from one of the pool's own workers, which must not wait for itself.
-    fn wait_for_exit(&self) {
+    /// from one of the pool's own workers, which must not wait for itself. Workers still
+    /// exiting at `deadline` are left to finish on their own.
+    fn wait_for_exit(&self, deadline: Option<Instant>) {
         if self.current_worker().is_some() {
             return;
         }
         self.wait_quiet(None);
         // Every task has ended (waited for above): no worker is needed again, and none may
         // start behind this join.
-        self.workers.join_all();
+        self.workers.join_all(deadline);
         if let Some(timer) = self.timer.take_thread() {
             let _ = timer.join();
         }
@@ -238,6 +235,6 @@ impl<J: Job> Engine<J> {
     pub(super) fn abort_build(&self) {
         self.close();
         self.disconnect();
-        self.wait_for_exit();
+        self.wait_for_exit(None);
     }
 }

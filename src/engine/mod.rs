@@ -28,6 +28,7 @@ mod ending;
 mod keys;
 mod lifecycle;
 mod limits;
+mod quiet;
 mod registry;
 mod retry;
 mod scheduler;
@@ -45,7 +46,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 use crate::builder::Config;
 use crate::cell::{drop_quietly, Control, State};
@@ -65,6 +66,7 @@ use admission::Admission;
 use courier::Courier;
 use ending::Ending;
 use keys::{KeyTable, Step};
+use quiet::Quiet;
 use registry::Registry;
 use scheduler::{Scheduler, Seat};
 use spare::Spare;
@@ -145,84 +147,8 @@ pub(crate) struct Engine<J: Job> {
     timer: Timer<J>,
     courier: Courier,
     quiet: Quiet,
-    joiners: Joiners,
     /// The spares of running attempts of tasks with a retry policy, by task (see `retry.rs`).
     spares: Mutex<std::collections::HashMap<TaskId, Arc<Spare<J>>>>,
-}
-
-/// Wakes threads waiting for the pool to become quiet (`join`, `shutdown_timeout`).
-struct Quiet {
-    waiters: AtomicUsize,
-    lock: Mutex<()>,
-    changed: Condvar,
-}
-
-impl Quiet {
-    /// Something changed that a waiter may care about (a task settled, a job was queued).
-    /// Taking the lock orders this after a waiter's check-then-wait.
-    fn nudge(&self) {
-        if self.waiters.load(SeqCst) > 0 {
-            let _guard = self.lock.lock();
-            self.changed.notify_all();
-        }
-    }
-}
-
-/// Tasks blocked in `join()` on one of the pool's workers: `join` there waits for every task
-/// except these (each would wait for the others). A joining task that ends (it timed out) is
-/// removed by the ending path, so it no longer excuses anyone.
-///
-/// A joiner registers in two steps: first *pending* (seen by the ending path, not yet excusing
-/// anyone), then, once it has checked that its task still runs, *confirmed*. Either the check
-/// sees the task ended, or the ending path (which runs after the state change) sees the entry
-/// and removes it; and no other `join` is ever excused by a task that already ended.
-struct Joiners {
-    /// Entries, pending or confirmed: the ending path's fast check.
-    registered: AtomicUsize,
-    /// Confirmed entries: how many tasks `join` excuses.
-    confirmed: AtomicUsize,
-    /// `(attempt, confirmed)`: by attempt, so that a timed-out attempt of a retried task that
-    /// returns from its `join` late never removes the entry of the attempt running now.
-    ids: Mutex<Vec<(AttemptId, bool)>>,
-}
-
-impl Joiners {
-    fn register(&self, id: AttemptId) {
-        let mut ids = self.ids.lock();
-        ids.push((id, false));
-        self.registered.store(ids.len(), SeqCst);
-    }
-
-    /// Confirms a pending entry; false if the ending path removed it meanwhile.
-    fn confirm(&self, id: AttemptId) -> bool {
-        let mut ids = self.ids.lock();
-        match ids.iter_mut().find(|(j, _)| *j == id) {
-            Some(entry) => {
-                entry.1 = true;
-                self.confirmed.fetch_add(1, SeqCst);
-                true
-            }
-            None => false,
-        }
-    }
-
-    fn remove(&self, id: AttemptId) {
-        if self.registered.load(SeqCst) == 0 {
-            return;
-        }
-        let mut ids = self.ids.lock();
-        if let Some(at) = ids.iter().position(|(j, _)| *j == id) {
-            let (_, confirmed) = ids.swap_remove(at);
-            if confirmed {
-                self.confirmed.fetch_sub(1, SeqCst);
-            }
-            self.registered.store(ids.len(), SeqCst);
-        }
-    }
-
-    fn excused(&self) -> u64 {
-        self.confirmed.load(SeqCst) as u64
-    }
 }
 
 impl<J: Job> Engine<J> {
@@ -282,16 +208,7 @@ impl<J: Job> Engine<J> {
             hasher: Default::default(),
             timer: Timer::new(),
             courier: Courier::new(),
-            quiet: Quiet {
-                waiters: AtomicUsize::new(0),
-                lock: Mutex::new(()),
-                changed: Condvar::new(),
-            },
-            joiners: Joiners {
-                registered: AtomicUsize::new(0),
-                confirmed: AtomicUsize::new(0),
-                ids: Mutex::new(Vec::new()),
-            },
+            quiet: Quiet::new(),
             spares: Mutex::new(std::collections::HashMap::new()),
         });
         for _ in 0..min {
@@ -406,7 +323,12 @@ impl<J: Job> Engine<J> {
             self.grow();
         }
         // A task blocked in `join()` on a worker may run it.
-        self.quiet.nudge();
+        self.nudge();
+    }
+
+    /// Tells `join` and shutdown waiters that something changed.
+    fn nudge(&self) {
+        self.quiet.nudge(|| self.counters.outstanding() == 0);
     }
 
     /// Cancels the unstarted task with this id.
@@ -433,11 +355,10 @@ impl<J: Job> Engine<J> {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters.snapshot(
-            self.workers.live(),
-            self.workers.abandoned(),
-            self.timer.retries(),
-        )
+        self.counters
+            .snapshot(self.workers.live(), self.workers.abandoned(), || {
+                self.timer.retries()
+            })
     }
 
     /// Changes the number of workers. Growing starts threads at once (a fixed pool) or allows
@@ -512,6 +433,7 @@ impl<J: Job> Engine<J> {
     ) {
         let Step { run, wake_at, dead } = step;
         let mut queued = None;
+        let mut stranded = None;
         match run {
             Some(job) => {
                 self.counters.left_key();
@@ -523,17 +445,9 @@ impl<J: Job> Engine<J> {
                         let _ = tx.send(job);
                         queued = Some(left);
                     }
-                    // Unreachable while the task is outstanding; never strand it regardless.
-                    None => {
-                        if job
-                            .control()
-                            .header()
-                            .transition(State::Queued, State::Cancelled)
-                        {
-                            self.end_cancelled(job.control(), State::Queued);
-                        }
-                        drop_quietly(job);
-                    }
+                    // Unreachable while the task is outstanding; never strand it regardless
+                    // (ended below, once the table's lock is released: the ending takes it).
+                    None => stranded = Some(job),
                 }
             }
             // The key filled up between the add's look and now: the place goes back.
@@ -541,6 +455,13 @@ impl<J: Job> Engine<J> {
             None => {}
         }
         drop(table);
+        if let Some(job) = stranded {
+            let header = job.control().header();
+            if header.transition(State::Queued, State::Cancelled) {
+                self.end_cancelled(job.control(), State::Queued);
+            }
+            drop_quietly(job);
+        }
         if let Some(at) = wake_at {
             self.schedule(at, Event::WakeKey(key));
         }

@@ -71,7 +71,7 @@ impl<J: Job> Engine<J> {
             self.replace_abandoned(true);
         }
         // 3. Not running: it excuses no joiner.
-        self.joiners.remove((header.id, header.attempts()));
+        self.quiet.joiners.remove((header.id, header.attempts()));
         // 4. Wait on the timer. A delay past the clock's range waits as long as it can.
         let now = Instant::now();
         let at = now
@@ -132,7 +132,6 @@ impl<J: Job> Engine<J> {
             drop_quietly(job);
             return;
         }
-        self.counters.left_backoff();
         match keyed {
             Some((key, keys)) => {
                 self.counters.entered_key();

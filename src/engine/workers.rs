@@ -17,13 +17,14 @@
 //! Every worker handle is kept until the thread leaves: a shutdown joins every worker, then
 //! seals the pool so that no thread can start behind that join.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use super::limits;
 use super::scheduler::Seat;
@@ -39,6 +40,8 @@ pub(crate) struct Workers {
     live: AtomicUsize,
     abandoned: AtomicUsize,
     threads: Mutex<Threads>,
+    /// Signalled when a worker in `running` is about to exit (`exited`).
+    exits: Condvar,
     /// Held by the shutdown that joins the threads.
     exit_lock: Mutex<()>,
 }
@@ -46,6 +49,9 @@ pub(crate) struct Workers {
 struct Threads {
     /// Every worker thread not yet joined or detached, by index.
     running: HashMap<usize, (Arc<Seat>, JoinHandle<()>)>,
+    /// The workers of `running` that are about to exit: their own work is over (their
+    /// per-worker state dropped), so joining them does not wait on the pool's work.
+    exiting: HashSet<usize>,
     next_index: usize,
     /// Set once a shutdown has joined every worker: no thread may start after that.
     sealed: bool,
@@ -84,9 +90,11 @@ impl Workers {
             abandoned: AtomicUsize::new(0),
             threads: Mutex::new(Threads {
                 running: HashMap::new(),
+                exiting: HashSet::new(),
                 next_index: 0,
                 sealed: false,
             }),
+            exits: Condvar::new(),
             exit_lock: Mutex::new(()),
         }
     }
@@ -223,6 +231,12 @@ impl Workers {
                 drop(entry);
             }
             Exit::ShutDown => {
+                let mut threads = self.threads.lock();
+                if threads.running.contains_key(&index) {
+                    threads.exiting.insert(index);
+                    self.exits.notify_all();
+                }
+                drop(threads);
                 self.live.fetch_sub(1, SeqCst);
             }
             Exit::Abandoned => {
@@ -235,19 +249,41 @@ impl Workers {
     /// Joins every worker thread (the caller made sure they are leaving), then seals the pool
     /// against new threads. One joiner at a time: a second caller must not return while the
     /// first is still joining.
-    pub(crate) fn join_all(&self) {
+    ///
+    /// With a `deadline`, a worker still busy then (a per-worker state's slow `Drop`, a callback
+    /// of an abandoned task) is not waited for: it is detached and finishes on its own.
+    pub(crate) fn join_all(&self, deadline: Option<Instant>) {
         let _joining = self.exit_lock.lock();
         loop {
-            let handles: Vec<_> = {
-                let mut threads = self.threads.lock();
-                if threads.running.is_empty() {
-                    threads.sealed = true;
-                    return;
+            let mut threads = self.threads.lock();
+            let mut late = false;
+            if let Some(deadline) = deadline {
+                while threads
+                    .running
+                    .keys()
+                    .any(|index| !threads.exiting.contains(index))
+                {
+                    if self.exits.wait_until(&mut threads, deadline).timed_out() {
+                        late = true;
+                        break;
+                    }
                 }
-                threads.running.drain().map(|(_, (_, h))| h).collect()
-            };
-            for handle in handles {
-                let _ = handle.join();
+            }
+            if threads.running.is_empty() || late {
+                threads.sealed = true;
+            }
+            let sealed = threads.sealed;
+            let exiting = std::mem::take(&mut threads.exiting);
+            let handles: Vec<_> = threads.running.drain().collect();
+            drop(threads);
+            for (index, (_, handle)) in handles {
+                if !late || exiting.contains(&index) {
+                    let _ = handle.join();
+                }
+                // Else dropped: detached.
+            }
+            if sealed {
+                return;
             }
         }
     }
