@@ -1,10 +1,11 @@
 //! A small polite crawler: a generated site of 500 pages across 5 local "hosts" (127.0.0.1 to
 //! 127.0.0.5), crawled by following links from the first page, as one keyed stream.
 //!
-//! - `build_with_init`: every worker makes its own HTTP agent (its own connection state), on
-//!   its own thread, once.
-//! - `map_keyed_retry`: the URLs stream through the pool keyed by host. The stream's input is
-//!   the crawl frontier, which the loop below fills with the links each page yields.
+//! - One HTTP agent shared by every worker: one connection pool for the crawl (an agent per
+//!   worker would keep one per thread).
+//! - `pool.stream(urls).key(host).retry(policy).keep_input()`: the URLs stream through the pool
+//!   keyed by host. The stream's input is the crawl frontier, which the loop below fills with
+//!   the links each page yields.
 //! - `max_per_key(4)`, `min_interval_per_key(10 ms)`: at most 4 requests to one host at once,
 //!   starting at least 10 ms apart. Pages of a busy host wait on their host, not on a worker.
 //! - `task_timeout(1 s)`: a few pages never answer in time; their attempts end `TimedOut` and a
@@ -12,7 +13,7 @@
 //! - Retries: some pages answer `503` with `Retry-After: 1` the first time; the policy waits
 //!   exactly that long (holding no worker) and asks again. Missing pages (`404`) are not
 //!   retried; a page that times out gets one more try.
-//! - Failures come back from the pool with their URL: no map of URLs by task id.
+//! - Every ending comes back with its URL (`keep_input`): no map of URLs by task id.
 //!
 //! `cargo run --release --example crawl`
 
@@ -28,7 +29,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use server::{Reply, Rng, Server};
-use slowpool::{AsyncPool, Decision, Failed, Retry, TaskError};
+use slowpool::{AsyncPool, Failed, Flat, Retry, TaskError};
 
 const HOSTS: usize = 5;
 const PAGES_PER_HOST: u64 = 100;
@@ -103,7 +104,7 @@ fn reply(status: u16, links: String, delay_ms: u64, retry_after: Option<u32>) ->
     }
 }
 
-/// Each worker's own HTTP agent.
+/// The crawler's HTTP agent, shared by every worker.
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         // Per-phase timeouts: a global one would make ureq resolve every address on a thread
@@ -195,16 +196,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .max_per_key(4)
         .min_interval_per_key(Duration::from_millis(10))
         .task_timeout(Duration::from_secs(1))
-        .build_with_init(agent, |agent: &mut ureq::Agent, url: String| {
-            fetch(agent, url)
+        .build({
+            let agent = agent();
+            move |url: String| fetch(&agent, url)
         })?;
     let policy = Retry::<FetchError>::attempts(3)
         .backoff(Duration::from_millis(50), Duration::from_secs(2))
         .when(|attempt| match attempt.error() {
-            Failed::Callback(FetchError::Busy(wait)) => Decision::RetryAfter(*wait),
-            Failed::Callback(FetchError::Status(404)) => Decision::GiveUp,
-            Failed::Task(TaskError::TimedOut) if attempt.number() >= 2 => Decision::GiveUp,
-            _ => Decision::Retry,
+            Failed::Callback(FetchError::Busy(wait)) => Some(*wait),
+            Failed::Callback(FetchError::Status(404)) => None,
+            Failed::Task(TaskError::TimedOut) if attempt.number() >= 2 => None,
+            _ => Some(attempt.backoff()),
         });
 
     // The frontier: URLs found but not yet handed to the pool. The stream pulls from it as
@@ -213,16 +215,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let frontier = Rc::new(RefCell::new(VecDeque::from([start.clone()])));
     let mut seen: HashSet<String> = HashSet::from([start]);
     let feed = frontier.clone();
-    let urls = std::iter::from_fn(move || feed.borrow_mut().pop_front())
-        .map(|url| (host_of(&url).to_string(), url));
+    let urls = std::iter::from_fn(move || feed.borrow_mut().pop_front());
 
     let began = Instant::now();
     let mut summary: BTreeMap<String, HostSummary> = BTreeMap::new();
     let mut failures = Vec::new();
     let mut done = 0;
-    for ending in pool.map_keyed_retry(urls, policy) {
+    let crawl = pool
+        .stream(urls)
+        .key(|url: &String| host_of(url).to_string())
+        .retry(policy)
+        .keep_input();
+    for ending in crawl {
         done += 1;
-        match ending.result {
+        match ending.result.flat() {
             Ok(page) => {
                 let host = summary.entry(host_of(&page.url).to_string()).or_default();
                 host.ok += 1;
@@ -234,13 +240,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }
                 }
             }
-            Err(failure) => {
-                // The URL comes back from the pool with the failure.
-                let url = failure.input.unwrap_or_default();
+            Err(error) => {
+                // The URL comes back from the pool with its ending.
+                let url = ending.tag;
                 summary.entry(host_of(&url).to_string()).or_default().failed += 1;
                 failures.push(format!(
-                    "{url}: {} (after {} attempt{})",
-                    failure.error,
+                    "{url}: {error} (after {} attempt{})",
                     ending.attempts,
                     if ending.attempts == 1 { "" } else { "s" }
                 ));

@@ -1,18 +1,18 @@
 //! The Elixir original's GenServer example, in Rust: an event loop that owns a pool and
 //! `select!`s over its mailbox (results tagged with their id), a ticker and an input channel.
 //!
-//! A producer thread feeds numbers into the loop; the loop adds each to the pool, handles each
-//! `(id, result)` as it arrives (the `handle_info({ref, value}, state)` of the original), reports
+//! A producer thread feeds numbers into the loop; the loop adds each to the pool, tagged with its
+//! input, handles each ending as it arrives (the `handle_info({ref, value}, state)` of the
+//! original: the message carries the input back, so the loop keeps no map of ids), reports
 //! progress on every tick, and shuts the pool down when the input ends and every task is back.
 //!
 //! `cargo run --example genserver`
 
-use std::collections::HashMap;
 use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::{select, tick, unbounded, Receiver};
-use slowpool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, Mailbox};
 
 /// The work: stands in for a slow network call.
 fn process(data: u64) -> u64 {
@@ -23,13 +23,15 @@ fn process(data: u64) -> u64 {
 /// The "GenServer": its state and its loop.
 struct Producer {
     pool: AsyncPool<u64, u64>,
-    pending: HashMap<TaskId, u64>,
+    /// Tasks added and not back yet.
+    pending: usize,
     sum: u64,
 }
 
 impl Producer {
     fn run(mut self, inputs: Receiver<u64>) -> u64 {
-        let (mailbox, results) = unbounded::<(TaskId, Result<u64, TaskError>)>();
+        // Each message: the task's id, its input (the tag), its result.
+        let (mailbox, results): (Mailbox<u64, u64>, _) = unbounded();
         let ticker = tick(Duration::from_millis(20));
         let mut inputs = Some(inputs);
         loop {
@@ -38,26 +40,26 @@ impl Producer {
                 // handle_cast(:produce, state)
                 recv(input_rx) -> data => match data {
                     Ok(data) => {
-                        let id = self.pool.add_task_to(data, &mailbox).expect("pool is running");
-                        self.pending.insert(id, data);
+                        self.pool.task(data).tag(data).add_to(&mailbox).expect("pool is running");
+                        self.pending += 1;
                     }
                     Err(_) => inputs = None, // the producer is done
                 },
                 // handle_info({ref, return_value}, state)
-                recv(results) -> message => {
-                    let (id, value) = message.expect("we hold a sender");
-                    let data = self.pending.remove(&id).expect("a reply we asked for");
-                    match value {
+                recv(results) -> done => {
+                    let done = done.expect("we hold a sender");
+                    self.pending -= 1;
+                    match done.result {
                         Ok(square) => self.sum += square,
-                        Err(error) => eprintln!("{id} ({data}) failed: {error}"),
+                        Err(error) => eprintln!("{} ({}) failed: {error}", done.id, done.tag),
                     }
                 }
                 recv(ticker) -> _ => {
                     let stats = self.pool.stats();
-                    println!("tick: {} waiting for a reply, {} done", self.pending.len(), stats.completed);
+                    println!("tick: {} waiting for a reply, {} done", self.pending, stats.completed);
                 }
             }
-            if inputs.is_none() && self.pending.is_empty() {
+            if inputs.is_none() && self.pending == 0 {
                 self.pool.shutdown();
                 return self.sum;
             }
@@ -81,7 +83,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
     let producer = Producer {
         pool,
-        pending: HashMap::new(),
+        pending: 0,
         sum: 0,
     };
     let sum = producer.run(input_rx);

@@ -7,7 +7,7 @@ use std::thread;
 use std::time::Duration;
 
 use crossbeam_channel::unbounded;
-use slowpool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, Mailbox};
 
 /// Do your work here; the return value is sent back to the loop's mailbox.
 fn process(data: u32) -> String {
@@ -17,7 +17,7 @@ fn process(data: u32) -> String {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = AsyncPool::new(3, process)?;
-    let (mailbox, replies) = unbounded::<(TaskId, Result<String, TaskError>)>();
+    let (mailbox, replies): (Mailbox<String>, _) = unbounded();
     let mut data_source = 1..21;
     let mut received = 0;
     loop {
@@ -26,18 +26,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             pool.add_task_to(data, &mailbox)?;
         }
         // Check for pending replies without blocking (Elixir: `receive ... after 0`).
-        while let Ok((id, reply)) = replies.try_recv() {
+        while let Ok(done) = replies.try_recv() {
             received += 1;
-            println!("{id}: {}", reply.unwrap_or_else(|e| e.to_string()));
+            println!("{}: {}", done.id, done.result.unwrap_or_else(|e| e.to_string()));
         }
         if received == 20 {
             break;
         }
         if data_source.is_empty() {
             // Nothing left to produce: wait for the rest instead of spinning.
-            let (id, reply) = replies.recv()?;
+            let done = replies.recv()?;
             received += 1;
-            println!("{id}: {}", reply.unwrap_or_else(|e| e.to_string()));
+            println!("{}: {}", done.id, done.result.unwrap_or_else(|e| e.to_string()));
         }
     }
     println!("all {received} replies received");

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, tick, unbounded};
 use server::{query, Reply, Rng, Server};
-use slowpool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, Mailbox};
 
 const PAGES: u64 = 200;
 const WORKERS: usize = 32;
@@ -74,7 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let mut rng = Rng::new(2024);
     let mut total_delay = Duration::ZERO;
-    let (mailbox, results) = unbounded::<(TaskId, Result<Result<Page, String>, TaskError>)>();
+    let (mailbox, results): (Mailbox<Result<Page, String>>, _) = unbounded();
     let started = Instant::now();
     for n in 0..PAGES {
         let delay = rng.range(10..500);
@@ -87,10 +87,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut ok, mut failed, mut bytes, mut received) = (0, 0, 0, 0);
     while received < PAGES {
         select! {
-            recv(results) -> message => {
-                let (id, result) = message?;
+            recv(results) -> done => {
+                let done = done?;
+                let id = done.id;
                 received += 1;
-                match result {
+                match done.result {
                     Ok(Ok(page)) => {
                         ok += 1;
                         bytes += page.bytes;
