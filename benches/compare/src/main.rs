@@ -492,10 +492,13 @@ fn keyed_stream(quick: bool) -> KeyedRun {
         let pool = slowpool::AsyncPool::builder()
             .max_workers(20)
             .max_per_key(2)
-            .build(move |i: u64| std::thread::sleep(work(i)))
+            .build(move |(_, i): (u64, u64)| std::thread::sleep(work(i)))
             .expect("pool");
         let start = Instant::now();
-        let done = pool.map_keyed_unordered(items.iter().copied()).count();
+        let done = pool
+            .stream(items.iter().copied())
+            .key(|&(key, _)| key)
+            .count();
         assert_eq!(done as u64, n);
         start.elapsed().as_secs_f64()
     };

@@ -331,7 +331,7 @@ pub fn keyed_section(keyed: &KeyedRun) -> String {
     );
     let _ = writeln!(
         out,
-        "`map_keyed_unordered` over {} inputs across 10 keys, each a sleep of 1–3 ms, \
+        "`stream(..).key(..)` over {} inputs across 10 keys, each a sleep of 1–3 ms, \
          `max_per_key(2)`, 20 workers; sorted and shuffled runs alternate ({}; {}).\n",
         keyed.inputs,
         machine(),

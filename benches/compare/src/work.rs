@@ -175,7 +175,7 @@ pub fn run(
                 pool.add_task_to((job, Instant::now()), &tx).unwrap();
             }
             (
-                (0..n).map(|_| rx.recv().unwrap().1.unwrap()).collect(),
+                (0..n).map(|_| rx.recv().unwrap().result.unwrap()).collect(),
                 first,
                 collected(),
             )

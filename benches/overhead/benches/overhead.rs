@@ -11,7 +11,7 @@ use std::thread;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use slowpool::{AsyncPool, TaskError, TaskId};
+use slowpool::{AsyncPool, Mailbox};
 
 const TASKS: usize = 200_000;
 
@@ -125,7 +125,7 @@ fn overhead(c: &mut Criterion) {
             &workers,
             |b, _| {
                 b.iter(|| {
-                    let (tx, rx) = unbounded::<(TaskId, Result<u64, TaskError>)>();
+                    let (tx, rx): (Mailbox<u64>, _) = unbounded();
                     for i in 0..TASKS as u64 {
                         pool.add_task_to(i, &tx).unwrap();
                     }
