@@ -32,7 +32,7 @@ enum Inbox {
 }
 
 /// What the courier thread does next.
-enum Step {
+enum Turn {
     Arrived(Box<dyn Pending>),
     Sent(usize),
     GiveUp,
@@ -106,40 +106,40 @@ impl<J: Job> Engine<J> {
                 let index = oper.index();
                 if Some(index) == arrive {
                     match oper.recv(&inbox) {
-                        Ok(pending) => Step::Arrived(pending),
-                        Err(_) => Step::Stop,
+                        Ok(pending) => Turn::Arrived(pending),
+                        Err(_) => Turn::Stop,
                     }
                 } else if Some(index) == give_up {
                     let _ = oper.recv(&self.give_up);
-                    Step::GiveUp
+                    Turn::GiveUp
                 } else {
                     let queue = ops
                         .iter()
                         .position(|&op| op == index)
                         .expect("an op of ours");
                     queues[queue][0].complete(oper);
-                    Step::Sent(queue)
+                    Turn::Sent(queue)
                 }
             };
             match step {
-                Step::Arrived(pending) if gave_up => {
+                Turn::Arrived(pending) if gave_up => {
                     crate::delivery::drop_quietly(pending);
                     self.settle();
                 }
-                Step::Arrived(pending) => {
+                Turn::Arrived(pending) => {
                     match queues.iter_mut().find(|q| q[0].same_mailbox(&*pending)) {
                         Some(queue) => queue.push_back(pending),
                         None => queues.push(VecDeque::from([pending])),
                     }
                 }
-                Step::Sent(queue) => {
+                Turn::Sent(queue) => {
                     drop(queues[queue].pop_front());
                     if queues[queue].is_empty() {
                         queues.swap_remove(queue);
                     }
                     self.settle();
                 }
-                Step::GiveUp => {
+                Turn::GiveUp => {
                     // `shutdown_timeout` ran out: nothing more is delivered.
                     gave_up = true;
                     for pending in queues.drain(..).flatten() {
@@ -147,7 +147,7 @@ impl<J: Job> Engine<J> {
                         self.settle();
                     }
                 }
-                Step::Stop => inbox_open = false,
+                Turn::Stop => inbox_open = false,
             }
         }
     }

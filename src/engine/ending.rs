@@ -58,7 +58,7 @@ pub(crate) enum Ran {
 
 /// Who ends a task.
 #[derive(Clone, Copy)]
-pub(super) struct Runner {
+pub(super) struct OnWorker {
     /// The worker is free again once this ending is counted (its own loop, not abandoned).
     pub(super) frees_worker: bool,
 }
@@ -130,7 +130,7 @@ impl<J: Job> RunContext<'_, J> {
             Some(delay) => {
                 drop_quietly(result);
                 self.engine
-                    .back_off(&cell.header, next, delay, Some(self.runner()), false);
+                    .back_off(&cell.header, next, delay, Some(self.on_worker()), false);
                 Ran::Ended
             }
             None => {
@@ -148,14 +148,14 @@ impl<J: Job> RunContext<'_, J> {
             Ending::Panicked
         };
         self.engine
-            .end(&cell.header, ending, Some(self.runner()), |way| {
+            .end(&cell.header, ending, Some(self.on_worker()), |way| {
                 cell.deliver(result, way)
             });
         Ran::Ended
     }
 
-    fn runner(&self) -> Runner {
-        Runner {
+    fn on_worker(&self) -> OnWorker {
+        OnWorker {
             // Stable here: only a running task of this thread can get it abandoned, and this
             // one just ended.
             frees_worker: self.own_loop && !self.seat.is_abandoned(),
@@ -174,12 +174,12 @@ fn caught<T>(outcome: thread::Result<T>) -> Result<T, TaskError> {
 
 impl<J: Job> Engine<J> {
     /// The one ending path; see the module docs. The caller won the task's final state change.
-    /// `runner`: set when the thread that ran the task ends it.
+    /// `on_worker`: set when the worker that ran the task ends it.
     pub(super) fn end(
         &self,
         header: &Header,
         ending: Ending,
-        runner: Option<Runner>,
+        on_worker: Option<OnWorker>,
         deliver: impl FnOnce(Way<'_>) -> Delivered,
     ) {
         // 1. Count.
@@ -195,7 +195,7 @@ impl<J: Job> Engine<J> {
             Ending::TimedOut { .. } => self.counters.timed_out(),
         }
         // 2. Release.
-        if runner.is_some_and(|r| r.frees_worker) {
+        if on_worker.is_some_and(|w| w.frees_worker) {
             self.admission().enter_idle();
         }
         match ending {
@@ -221,7 +221,7 @@ impl<J: Job> Engine<J> {
         // 3. A joiner that ended excuses nobody any more.
         self.quiet.joiners.remove((header.id, header.attempts()));
         // 4. Deliver, then 5. settle (the courier settles what it delivers).
-        let way = match runner {
+        let way = match on_worker {
             Some(_) => Way::Wait {
                 give_up: &self.give_up,
             },

@@ -76,8 +76,7 @@ impl<J: Job> Engine<J> {
         let deadline = Instant::now().checked_add(timeout);
         let finished = self.wait_quiet(deadline);
         if !finished {
-            // Inputs are not returned here: a task that keeps its input (a retry policy) gets it
-            // back in its ending; other inputs are dropped.
+            // Inputs are not returned here (a tagged task's tag still comes with its ending).
             self.stop_now(false);
             for control in self.registry.all() {
                 if self.is_own_task(&*control) {
@@ -86,14 +85,10 @@ impl<J: Job> Engine<J> {
                 // A job a worker took off the queue but has not started yet is neither in the
                 // queue (so `stop_now` missed it) nor running: cancel it, or — if the worker
                 // started it meanwhile — time it out.
-                let header = control.header();
-                if matches!(
-                    header.state(),
-                    State::Queued | State::Waiting | State::Backoff
-                ) && self.cancel_task(&*control)
-                {
+                if self.cancel_task(&*control) {
                     continue;
                 }
+                let header = control.header();
                 if header.state() == State::Running {
                     let spare = self.spares.lock().get(&header.id).cloned();
                     self.time_out(&*control, true, spare.as_deref());

@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use crossbeam_utils::CachePadded;
 use parking_lot::Mutex;
 
-use crate::cell::{Control, State};
+use crate::cell::Control;
 use crate::id::TaskId;
 
 const SHARDS: usize = 16;
@@ -35,12 +35,9 @@ struct Shard {
 }
 
 fn outstanding(entry: &Weak<dyn Control>) -> Option<Arc<dyn Control>> {
-    entry.upgrade().filter(|control| {
-        matches!(
-            control.header().state(),
-            State::Waiting | State::Queued | State::Running | State::Backoff
-        )
-    })
+    entry
+        .upgrade()
+        .filter(|control| control.header().state().is_live())
 }
 
 impl Registry {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::atomic::Ordering::SeqCst;
 
-use super::ending::Runner;
+use super::ending::OnWorker;
 use super::{Engine, Job};
 use crate::cell::{drop_quietly, Header, State};
 
@@ -43,7 +43,7 @@ impl<J: Job> Engine<J> {
     /// `State::Running → State::Backoff` and holds `next`, the next attempt's job. The same steps as
     /// `Engine::end`, but nothing is delivered and nothing settles: the task goes on.
     ///
-    /// `runner`: set when the worker that ran the attempt backs it off (its callback returned,
+    /// `on_worker`: set when the worker that ran the attempt backs it off (its callback returned,
     /// so the key is free); `None` from the timer, whose attempt's callback still runs (it
     /// keeps the key until it returns, see `execute`). `thread_left`: the timer abandoned the
     /// attempt's thread, which gets a replacement.
@@ -52,14 +52,14 @@ impl<J: Job> Engine<J> {
         header: &Header,
         next: J,
         delay: Duration,
-        runner: Option<Runner>,
+        on_worker: Option<OnWorker>,
         thread_left: bool,
     ) {
         // 1. Count.
         self.counters.backed_off();
         // 2. Release.
-        if let Some(runner) = runner {
-            if runner.frees_worker {
+        if let Some(on_worker) = on_worker {
+            if on_worker.frees_worker {
                 self.admission().enter_idle();
             }
             if let Some(key) = header.key {

@@ -30,7 +30,7 @@ pub(crate) enum Event<J> {
 pub(crate) type EventId = (Instant, u64);
 
 pub(crate) struct Timer<J> {
-    state: Mutex<State<J>>,
+    state: Mutex<Schedule<J>>,
     /// How many `Event::Retry` the map holds: `Stats::waiting_retry`. Changed only under the
     /// `state` lock, with the map itself, so that it never counts a retry that `take_retries`
     /// (`cancel_all`, `shutdown_now`) would not find, nor misses one it would.
@@ -39,7 +39,7 @@ pub(crate) struct Timer<J> {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-struct State<J> {
+struct Schedule<J> {
     events: BTreeMap<EventId, Event<J>>,
     next_seq: u64,
     started: bool,
@@ -55,7 +55,7 @@ pub(crate) enum Next<J> {
 impl<J> Timer<J> {
     pub(crate) fn new() -> Timer<J> {
         Timer {
-            state: Mutex::new(State {
+            state: Mutex::new(Schedule {
                 events: BTreeMap::new(),
                 next_seq: 0,
                 started: false,
@@ -95,7 +95,7 @@ impl<J> Timer<J> {
 
     fn insert(
         &self,
-        mut state: MutexGuard<'_, State<J>>,
+        mut state: MutexGuard<'_, Schedule<J>>,
         at: Instant,
         event: Event<J>,
     ) -> (EventId, bool) {
@@ -126,7 +126,7 @@ impl<J> Timer<J> {
     }
 
     /// Takes an event out of the map, counting a retry that leaves; under the `state` lock.
-    fn take(&self, state: &mut State<J>, id: EventId) -> Option<Event<J>> {
+    fn take(&self, state: &mut Schedule<J>, id: EventId) -> Option<Event<J>> {
         let event = state.events.remove(&id);
         if matches!(event, Some(Event::Retry(_))) {
             self.retries.fetch_sub(1, SeqCst);

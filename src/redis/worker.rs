@@ -449,7 +449,7 @@ impl fmt::Debug for StreamWorker {
 type Settled<O, E> = Done<Result<O, E>>;
 
 /// Where a held entry is.
-enum State {
+enum Hold {
     /// Handed to the pool as this task: queued or running.
     Queued(TaskId),
     /// Finished; to be settled in Redis. `sent` once a settle was sent whose reply was lost.
@@ -464,7 +464,7 @@ enum State {
 struct Held {
     payload: Vec<u8>,
     deliveries: u64,
-    state: State,
+    state: Hold,
 }
 
 /// One run's state: the pool, the tasks in it, and every entry held.
@@ -645,7 +645,7 @@ impl StreamWorker {
                 let running = run
                     .held
                     .values()
-                    .any(|h| matches!(h.state, State::Queued(_)));
+                    .any(|h| matches!(h.state, Hold::Queued(_)));
                 if run.held.is_empty() || (!running && !self.link.is_up()) {
                     return Ok(());
                 }
@@ -724,12 +724,12 @@ impl StreamWorker {
             if run
                 .held
                 .values()
-                .any(|h| matches!(h.state, State::Done { .. } | State::HandBack { .. }))
+                .any(|h| matches!(h.state, Hold::Done { .. } | Hold::HandBack { .. }))
             {
                 return; // settle at once
             }
             for h in run.held.values() {
-                if let State::Waiting(at) = h.state {
+                if let Hold::Waiting(at) = h.state {
                     until = until.min(at);
                 }
             }
@@ -769,7 +769,7 @@ impl StreamWorker {
             Ok(Err(e)) if e.is_permanent() => Verdict::Dead(e.to_string()),
             Ok(Err(e)) => Verdict::Retry(e.to_string()),
             Err(TaskError::Cancelled) => {
-                held.state = State::HandBack { ran: false };
+                held.state = Hold::HandBack { ran: false };
                 return;
             }
             Err(e) => Verdict::Retry(e.to_string()),
@@ -780,7 +780,7 @@ impl StreamWorker {
             }
             v => v,
         };
-        held.state = State::Done {
+        held.state = Hold::Done {
             verdict,
             sent: false,
         };
@@ -793,10 +793,10 @@ impl StreamWorker {
         for held in run.held.values_mut() {
             match held.state {
                 // A cancelled task reports `Cancelled` through the mailbox → HandBack.
-                State::Queued(task) => {
+                Hold::Queued(task) => {
                     run.pool.cancel(task);
                 }
-                State::Waiting(_) => held.state = State::HandBack { ran: true },
+                Hold::Waiting(_) => held.state = Hold::HandBack { ran: true },
                 _ => {}
             }
         }
@@ -805,9 +805,9 @@ impl StreamWorker {
     /// The stop deadline passed: hand back what still runs; its results will be dropped.
     fn abandon_running<O: Send + 'static, E: Send + 'static>(&self, run: &mut Run<'_, O, E>) {
         for held in run.held.values_mut() {
-            if let State::Queued(task) = held.state {
+            if let Hold::Queued(task) = held.state {
                 run.tasks.forget(task);
-                held.state = State::HandBack { ran: true };
+                held.state = Hold::HandBack { ran: true };
             }
         }
     }
@@ -819,7 +819,7 @@ impl StreamWorker {
     ) -> Result<(), Fault> {
         let mut ids: Vec<String> = Vec::new();
         for (id, held) in run.held.iter_mut() {
-            if let State::Done { sent, .. } = &mut held.state {
+            if let Hold::Done { sent, .. } = &mut held.state {
                 ids.push(id.clone());
                 *sent = true; // until the reply says otherwise: its fate is unknown
             }
@@ -831,7 +831,7 @@ impl StreamWorker {
             .iter()
             .map(|id| {
                 let h = &run.held[id];
-                let State::Done { verdict, .. } = &h.state else {
+                let Hold::Done { verdict, .. } = &h.state else {
                     unreachable!()
                 };
                 (id.as_str(), verdict, h.deliveries)
@@ -845,7 +845,7 @@ impl StreamWorker {
         let mut stats = StreamStats::default();
         for (id, reply) in ids.iter().zip(replies) {
             let mut held = run.held.remove(id).expect("held");
-            let State::Done { verdict, sent } = held.state else {
+            let Hold::Done { verdict, sent } = held.state else {
                 unreachable!()
             };
             // A settle sent before a lost reply may have done it: then "not pending" is its
@@ -860,10 +860,10 @@ impl StreamWorker {
                 (Verdict::Retry(_), true) => {
                     stats.retried += 1;
                     held.state = if run.stopping {
-                        State::HandBack { ran: true }
+                        Hold::HandBack { ran: true }
                     } else {
                         let delay = self.settings.retry.after(held.deliveries);
-                        State::Waiting(Instant::now() + delay)
+                        Hold::Waiting(Instant::now() + delay)
                     };
                     run.held.insert(id.clone(), held);
                 }
@@ -898,7 +898,7 @@ impl StreamWorker {
             .held
             .iter()
             .filter_map(|(id, h)| match h.state {
-                State::HandBack { ran } => Some((id.clone(), h.deliveries - u64::from(!ran))),
+                Hold::HandBack { ran } => Some((id.clone(), h.deliveries - u64::from(!ran))),
                 _ => None,
             })
             .collect();
@@ -943,12 +943,12 @@ impl StreamWorker {
             }
             // A Done entry is left to its settle, which sorts out what happened.
             if let Some(held) = run.held.get(id) {
-                if matches!(held.state, State::Done { .. }) {
+                if matches!(held.state, Hold::Done { .. }) {
                     continue;
                 }
             }
             if let Some(held) = run.held.remove(id) {
-                if let State::Queued(task) = held.state {
+                if let Hold::Queued(task) = held.state {
                     run.tasks.forget(task);
                 }
                 lost += 1;
@@ -968,7 +968,7 @@ impl StreamWorker {
         let due: Vec<(String, u64)> = run
             .held
             .iter()
-            .filter(|(_, h)| matches!(h.state, State::Waiting(at) if at <= now))
+            .filter(|(_, h)| matches!(h.state, Hold::Waiting(at) if at <= now))
             .map(|(id, h)| (id.clone(), h.deliveries + 1))
             .collect();
         if due.is_empty() {
@@ -998,10 +998,10 @@ impl StreamWorker {
                 .tasks
                 .add(id.clone(), |mailbox| pool.add_task_to(entry, mailbox))
             {
-                Ok(task) => State::Queued(task),
+                Ok(task) => Hold::Queued(task),
                 Err(_) => {
                     run.stopping = true;
-                    State::HandBack { ran: true }
+                    Hold::HandBack { ran: true }
                 }
             };
             run.held.insert(id, held);
@@ -1025,7 +1025,7 @@ impl StreamWorker {
         let (payload, state) = match payload {
             None => (
                 Vec::new(),
-                State::Done {
+                Hold::Done {
                     verdict: Verdict::Dead(format!("malformed entry: no `{PAYLOAD}` field")),
                     sent: false,
                 },
@@ -1042,11 +1042,11 @@ impl StreamWorker {
                     .tasks
                     .add(id.clone(), |mailbox| pool.add_task_to(entry, mailbox))
                 {
-                    Ok(task) => State::Queued(task),
+                    Ok(task) => Hold::Queued(task),
                     // The pool shut down: give the entry back at once.
                     Err(_) => {
                         run.stopping = true;
-                        State::HandBack { ran: false }
+                        Hold::HandBack { ran: false }
                     }
                 };
                 (payload, state)
