@@ -101,7 +101,7 @@ impl<J: Job> Engine<J> {
                 let mut select = Select::new();
                 let ops: Vec<usize> = queues.iter().map(|q| q[0].register(&mut select)).collect();
                 let arrive = inbox_open.then(|| select.recv(&inbox));
-                let give_up = (!gave_up).then(|| select.recv(&self.give_up));
+                let give_up = (!gave_up).then(|| select.recv(self.stopping.give_up_signal()));
                 let oper = select.select();
                 let index = oper.index();
                 if Some(index) == arrive {
@@ -110,7 +110,7 @@ impl<J: Job> Engine<J> {
                         Err(_) => Turn::Stop,
                     }
                 } else if Some(index) == give_up {
-                    let _ = oper.recv(&self.give_up);
+                    let _ = oper.recv(self.stopping.give_up_signal());
                     Turn::GiveUp
                 } else {
                     let queue = ops

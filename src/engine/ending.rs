@@ -19,7 +19,6 @@
 //! 5. **settle**: count it delivered, nudge `join`/shutdown waiters, and disconnect the queue if
 //!    the pool is closed and nothing is left.
 
-use std::sync::atomic::Ordering::SeqCst;
 use std::thread;
 use std::time::Duration;
 
@@ -76,7 +75,7 @@ pub(crate) struct RunContext<'a, J: Job> {
 impl<J: Job> RunContext<'_, J> {
     /// The flag cancel tokens read: raised by `shutdown_now` and `shutdown_timeout`.
     pub(crate) fn stopping(&self) -> &std::sync::Arc<std::sync::atomic::AtomicBool> {
-        &self.engine.stopping
+        self.engine.stopping.flag()
     }
 
     /// Ends the task's attempt with the callback's outcome, unless the timer ended it first.
@@ -107,7 +106,7 @@ impl<J: Job> RunContext<'_, J> {
             drop_quietly(result);
             return Ran::Lost;
         }
-        let delay = if self.engine.stopping.load(SeqCst) {
+        let delay = if self.engine.stopping.is_raised() {
             None
         } else {
             again_after(result.as_ref())
@@ -223,7 +222,7 @@ impl<J: Job> Engine<J> {
         // 4. Deliver, then 5. settle (the courier settles what it delivers).
         let way = match on_worker {
             Some(_) => Way::Wait {
-                give_up: &self.give_up,
+                give_up: self.stopping.give_up_signal(),
             },
             None => Way::NoWait,
         };
@@ -237,8 +236,7 @@ impl<J: Job> Engine<J> {
     pub(super) fn settle(&self) {
         self.counters.settled();
         self.nudge();
-        if self.closed.load(std::sync::atomic::Ordering::SeqCst) && self.counters.outstanding() == 0
-        {
+        if self.intake.is_closed() && self.counters.outstanding() == 0 {
             self.disconnect();
         }
     }

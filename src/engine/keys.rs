@@ -18,12 +18,59 @@
 //! entry is removed once it is idle and its interval has passed, so a crawl over millions of
 //! hosts does not grow the table for ever.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash};
 use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::cell::State;
 
 use super::Job;
+
+/// A pool's per-key limits: the table, and how keys are hashed. A pool without per-key settings
+/// has none, and its keys have no effect.
+pub(crate) struct Keys<J> {
+    table: Mutex<KeyTable<J>>,
+    hasher: RandomState,
+    /// How many tasks of one key may run at once (for keyed streams): `max_per_key`, or 1 with
+    /// only an interval set.
+    per_key: usize,
+}
+
+impl<J: Job> Keys<J> {
+    /// Keys for a pool built with these settings; `None` without either.
+    pub(crate) fn new(max_per_key: Option<usize>, interval: Option<Duration>) -> Option<Keys<J>> {
+        if max_per_key.is_none() && interval.is_none() {
+            return None;
+        }
+        Some(Keys {
+            table: Mutex::new(KeyTable::new(max_per_key, interval)),
+            hasher: RandomState::new(),
+            per_key: max_per_key.unwrap_or(1).max(1),
+        })
+    }
+
+    /// The hash a task of this key is filed under.
+    pub(crate) fn hash<K: Hash>(&self, key: &K) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// How keys are hashed, for a caller that hashes many (a keyed stream).
+    pub(crate) fn hasher(&self) -> RandomState {
+        self.hasher.clone()
+    }
+
+    pub(crate) fn per_key(&self) -> usize {
+        self.per_key
+    }
+
+    /// The table; the engine moves the jobs it lets through while still holding it.
+    pub(crate) fn lock(&self) -> MutexGuard<'_, KeyTable<J>> {
+        self.table.lock()
+    }
+}
 
 pub(crate) struct KeyTable<J> {
     max_per_key: usize,

@@ -23,12 +23,60 @@
 //! its own pool, or drops its last handle): joining itself would deadlock, so it returns and the
 //! workers finish on their own.
 
-use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::Mutex;
+
 use super::{Engine, Job, CURRENT_TASK};
 use crate::cell::State;
+
+/// The signals of a shutdown that stops waiting: `shutdown_now`, or `shutdown_timeout` once its
+/// time ran out.
+pub(super) struct Stopping {
+    /// Raised by both: cancel tokens read it, and no attempt backs off once it is up.
+    flag: Arc<AtomicBool>,
+    /// Dropped when `shutdown_timeout` runs out: deliveries waiting for room in a full mailbox
+    /// (a worker's, the courier's) give up.
+    give_up_tx: Mutex<Option<Sender<()>>>,
+    give_up: Receiver<()>,
+}
+
+impl Stopping {
+    pub(super) fn new() -> Stopping {
+        let (give_up_tx, give_up) = bounded(0);
+        Stopping {
+            flag: Arc::new(AtomicBool::new(false)),
+            give_up_tx: Mutex::new(Some(give_up_tx)),
+            give_up,
+        }
+    }
+
+    pub(super) fn raise(&self) {
+        self.flag.store(true, SeqCst);
+    }
+
+    pub(super) fn is_raised(&self) -> bool {
+        self.flag.load(SeqCst)
+    }
+
+    /// The flag itself, for cancel tokens.
+    pub(super) fn flag(&self) -> &Arc<AtomicBool> {
+        &self.flag
+    }
+
+    /// Deliveries still waiting for room give up.
+    fn give_up(&self) {
+        drop(self.give_up_tx.lock().take());
+    }
+
+    /// Ready (disconnected) once deliveries must give up.
+    pub(super) fn give_up_signal(&self) -> &Receiver<()> {
+        &self.give_up
+    }
+}
 
 /// Owns a pool: dropping the last owner shuts the pool down.
 pub(crate) struct Owner<J: Job>(pub(crate) Arc<Engine<J>>);
@@ -42,13 +90,12 @@ impl<J: Job> Drop for Owner<J> {
 impl<J: Job> Engine<J> {
     /// Stops accepting work. Returns once every add that saw the pool open has enqueued.
     fn close(&self) {
-        self.closed.store(true, SeqCst);
+        self.intake.close();
         self.admission().close();
-        drop(self.sender.write());
     }
 
     pub(crate) fn is_closed(&self) -> bool {
-        self.closed.load(SeqCst)
+        self.intake.is_closed()
     }
 
     /// Closes, lets everything accepted run, joins the workers.
@@ -90,12 +137,12 @@ impl<J: Job> Engine<J> {
                 }
                 let header = control.header();
                 if header.state() == State::Running {
-                    let spare = self.spares.lock().get(&header.id).cloned();
+                    let spare = self.spares.get(header.id);
                     self.time_out(&*control, true, spare.as_deref());
                 }
             }
             // Deliveries still waiting for room in a mailbox nobody reads give up.
-            drop(self.give_up_tx.lock().take());
+            self.stopping.give_up();
         }
         self.wait_for_exit(deadline);
         finished
@@ -104,7 +151,7 @@ impl<J: Job> Engine<J> {
     /// Raises the stop flag (cancel tokens, retries), then cancels what has not started; see
     /// `cancel_queued` for `hand_back`.
     fn stop_now(&self, hand_back: bool) -> Vec<J::Input> {
-        self.stopping.store(true, SeqCst);
+        self.stopping.raise();
         self.cancel_queued(hand_back)
     }
 
@@ -156,7 +203,7 @@ impl<J: Job> Engine<J> {
             deadline,
             worker.is_none(),
             || self.counters.outstanding() <= self.excused(worker.is_some()),
-            || helper.is_some() && !self.receiver.is_empty(),
+            || helper.is_some() && !self.intake.receiver().is_empty(),
             || {
                 // Run a queued task on this thread rather than wait for a free worker.
                 if let Some(seat) = helper {
@@ -192,15 +239,14 @@ impl<J: Job> Engine<J> {
     /// Disconnects the queue if the pool is closed and no accepted task is left.
     pub(super) fn disconnect_if_done(&self) {
         self.nudge();
-        if self.closed.load(SeqCst) && self.counters.outstanding() == 0 {
+        if self.intake.is_closed() && self.counters.outstanding() == 0 {
             self.disconnect();
         }
     }
 
     /// Drops the queue's sender: idle workers see the disconnection and leave.
     pub(super) fn disconnect(&self) {
-        let sender = self.sender.write().take();
-        drop(sender);
+        self.intake.disconnect();
         // After the sender is gone: a worker parking from now on sees the queue closed.
         self.scheduler.close();
         self.timer.stop();

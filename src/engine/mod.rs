@@ -9,15 +9,11 @@
 //! and why is [`workers`]'; how a task ends — by whichever thread wins its state change — is
 //! [`ending`]'s, one path for every ending. The channel is never the bound: `queue_capacity` is
 //! enforced in front of it by [`admission`], so jobs the pool moves itself (a keyed job its key
-//! lets through) never block. The single `Sender` lives in `sender: RwLock<Option<Sender>>`:
+//! lets through) never block. How an add gets in while a shutdown closes the pool, without a
+//! job ever stranded, is [`intake`]'s; who waits for the pool to be quiet, [`quiet`]'s.
 //!
-//! - an add holds the read lock while it checks `closed` and sends;
-//! - `close` sets `closed`, then takes the write lock once: every add that saw the pool open
-//!   has finished enqueueing when `close` returns — no add can pass the check, miss the
-//!   shutdown, and strand its job;
-//! - the sender is dropped (`disconnect`) only when the pool is closed *and* no accepted task
-//!   is left unsettled (`Counters::outstanding() == 0`); workers then see the channel
-//!   disconnected and leave. Until then keyed jobs and timer wake-ups can still reach the queue.
+//! Each part owns its fields and is used through its methods; the engine's own functions
+//! (adding, cancelling, the key table's steps, timing out) coordinate the parts.
 //!
 //! Shutdown is idempotent and shared by `shutdown`, `shutdown_now`, `shutdown_timeout` and the
 //! owner's `Drop` (see `lifecycle.rs`); it never joins the calling thread.
@@ -25,6 +21,7 @@
 mod admission;
 mod courier;
 mod ending;
+mod intake;
 mod keys;
 mod lifecycle;
 mod limits;
@@ -39,14 +36,13 @@ mod worker;
 mod workers;
 
 use std::cell::RefCell;
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use parking_lot::{Mutex, MutexGuard, RwLock};
+use parking_lot::MutexGuard;
 
 use crate::builder::Config;
 use crate::cell::{drop_quietly, Control, State};
@@ -59,17 +55,19 @@ use crate::task::Canceller;
 pub(crate) use admission::Refused;
 pub(crate) use ending::{Ran, RunContext};
 pub(crate) use lifecycle::Owner;
+use lifecycle::Stopping;
 #[cfg(test)]
 use spawn::fault;
 
 use admission::Admission;
 use courier::Courier;
 use ending::Ending;
-use keys::{KeyTable, Step};
+use intake::Intake;
+use keys::{KeyTable, Keys, Step};
 use quiet::Quiet;
 use registry::Registry;
 use scheduler::{Scheduler, Seat};
-use spare::Spare;
+use spare::{Spare, Spares};
 use timer::{Event, EventId, Timer};
 use workers::{Abandon, Workers};
 
@@ -118,10 +116,6 @@ struct Settings {
     keep_alive: Option<Duration>,
     task_timeout: Option<Duration>,
     max_abandoned: usize,
-    keyed: bool,
-    /// How many tasks of one key may run at once, for keyed streams: `max_per_key`, or 1 with
-    /// only an interval set. `None` without per-key settings.
-    per_key: Option<usize>,
 }
 
 pub(crate) struct Engine<J: Job> {
@@ -131,24 +125,17 @@ pub(crate) struct Engine<J: Job> {
     settings: Settings,
     workers: Workers,
     scheduler: Scheduler,
-    sender: RwLock<Option<Sender<J>>>,
-    receiver: Receiver<J>,
-    closed: AtomicBool,
+    intake: Intake<J>,
     /// Set by `shutdown_now` and at the end of `shutdown_timeout`: cancel tokens read it.
-    stopping: Arc<AtomicBool>,
-    /// Dropped when `shutdown_timeout` runs out: deliveries waiting for room give up.
-    give_up_tx: Mutex<Option<Sender<()>>>,
-    give_up: Receiver<()>,
-    next_task: AtomicU64,
+    stopping: Stopping,
     counters: Counters,
     registry: Registry,
-    keys: Option<Mutex<KeyTable<J>>>,
-    hasher: std::collections::hash_map::RandomState,
+    keys: Option<Keys<J>>,
     timer: Timer<J>,
     courier: Courier,
     quiet: Quiet,
     /// The spares of running attempts of tasks with a retry policy, by task (see `retry.rs`).
-    spares: Mutex<std::collections::HashMap<TaskId, Arc<Spare<J>>>>,
+    spares: Spares<J>,
 }
 
 impl<J: Job> Engine<J> {
@@ -173,9 +160,6 @@ impl<J: Job> Engine<J> {
                 available: room.threads,
             });
         }
-        let keyed = config.max_per_key.is_some() || config.min_interval_per_key.is_some();
-        let (tx, rx) = unbounded();
-        let (give_up_tx, give_up) = bounded(0);
         let engine = Arc::new_cyclic(|me| Engine {
             id: NEXT_POOL.fetch_add(1, SeqCst),
             me: me.clone(),
@@ -185,31 +169,18 @@ impl<J: Job> Engine<J> {
                 keep_alive: elastic.then_some(config.keep_alive),
                 task_timeout: config.task_timeout,
                 max_abandoned: config.max_abandoned.unwrap_or(max),
-                keyed,
-                per_key: keyed.then(|| config.max_per_key.unwrap_or(1).max(1)),
             },
             workers: Workers::new(config.thread_name.clone(), config.stack_size, min, max),
             scheduler: Scheduler::new(Admission::new(config.queue_capacity, elastic)),
-            sender: RwLock::new(Some(tx)),
-            receiver: rx,
-            closed: AtomicBool::new(false),
-            stopping: Arc::new(AtomicBool::new(false)),
-            give_up_tx: Mutex::new(Some(give_up_tx)),
-            give_up,
-            next_task: AtomicU64::new(1),
+            intake: Intake::new(),
+            stopping: Stopping::new(),
             counters: Counters::new(),
             registry: Registry::new(),
-            keys: keyed.then(|| {
-                Mutex::new(KeyTable::new(
-                    config.max_per_key,
-                    config.min_interval_per_key,
-                ))
-            }),
-            hasher: Default::default(),
+            keys: Keys::new(config.max_per_key, config.min_interval_per_key),
             timer: Timer::new(),
             courier: Courier::new(),
             quiet: Quiet::new(),
-            spares: Mutex::new(std::collections::HashMap::new()),
+            spares: Spares::new(),
         });
         for _ in 0..min {
             let reserved = engine.workers.reserve();
@@ -225,24 +196,24 @@ impl<J: Job> Engine<J> {
 
     /// A fresh id for a task about to be added.
     pub(crate) fn next_id(&self) -> TaskId {
-        TaskId(self.next_task.fetch_add(1, SeqCst))
+        self.intake.next_id()
     }
 
     /// The key a keyed task is filed under, or `None` when the pool has no per-key limits (the
     /// key then has no effect).
     pub(crate) fn key_of<K: Hash>(&self, key: &K) -> Option<u64> {
-        self.settings.keyed.then(|| self.hasher.hash_one(key))
+        self.keys.as_ref().map(|keys| keys.hash(key))
     }
 
     /// How keys are hashed, for a caller that hashes many (a keyed stream); `None` when the
     /// pool has no per-key limits.
     pub(crate) fn key_hasher(&self) -> Option<std::collections::hash_map::RandomState> {
-        self.settings.keyed.then(|| self.hasher.clone())
+        self.keys.as_ref().map(Keys::hasher)
     }
 
-    /// See `Settings::per_key`.
+    /// How many tasks of one key may run at once (`None` without per-key settings).
     pub(crate) fn per_key_limit(&self) -> Option<usize> {
-        self.settings.per_key
+        self.keys.as_ref().map(Keys::per_key)
     }
 
     pub(crate) fn max_workers(&self) -> usize {
@@ -263,7 +234,7 @@ impl<J: Job> Engine<J> {
     /// A keyed job that its key holds back takes no place in the queue, so it never waits for
     /// room: only a job its key lets through now does (and takes that place).
     pub(crate) fn add(&self, job: J, wait: bool) -> Result<(), (Refused, J)> {
-        if self.closed.load(SeqCst) {
+        if self.intake.is_closed() {
             return Err((Refused::ShutDown, job));
         }
         let key = job.control().header().key;
@@ -273,43 +244,44 @@ impl<J: Job> Engine<J> {
         };
         let left = if needs_place {
             let can_grow = || self.elastic() && self.workers.live() < self.workers.max();
-            match self.admission().acquire(wait, &self.closed, can_grow) {
+            match self
+                .admission()
+                .acquire(wait, self.intake.closed_flag(), can_grow)
+            {
                 Ok(left) => Some(left),
                 Err(refused) => return Err((refused, job)),
             }
         } else {
             None
         };
-        let sender = self.sender.read();
-        // Checked under the read lock: `close` sets `closed` and then takes the write lock, so
-        // an add that gets past this line finishes enqueueing before `close` returns.
-        let tx = match sender.as_ref() {
-            Some(tx) if !self.closed.load(SeqCst) => tx,
-            _ => {
-                drop(sender);
+        let entered = self.intake.enter(job, |job, tx| {
+            // Counted before any worker can see the job, so it cannot end before it began.
+            self.counters.submitted(key.is_some());
+            self.registry
+                .insert(job.control().header().id, job.control_weak(), || {
+                    self.counters.outstanding()
+                });
+            match (key, &self.keys) {
+                (Some(key), Some(keys)) => {
+                    let mut table = keys.lock();
+                    let step = table.admit(key, job, Instant::now());
+                    self.apply(key, step, table, left);
+                    None
+                }
+                _ => {
+                    let _ = tx.send(job);
+                    Some(left.unwrap_or(0))
+                }
+            }
+        });
+        match entered {
+            Ok(Some(left)) => self.enqueued(left),
+            Ok(None) => {}
+            Err(job) => {
                 if left.is_some() {
                     self.admission().release();
                 }
                 return Err((Refused::ShutDown, job));
-            }
-        };
-        // Counted before any worker can see the job, so it cannot end before it began.
-        self.counters.submitted(key.is_some());
-        self.registry
-            .insert(job.control().header().id, job.control_weak(), || {
-                self.counters.outstanding()
-            });
-        match (key, &self.keys) {
-            (Some(key), Some(keys)) => {
-                let mut table = keys.lock();
-                let step = table.admit(key, job, Instant::now());
-                self.apply(key, step, table, left);
-                drop(sender);
-            }
-            _ => {
-                let _ = tx.send(job);
-                drop(sender);
-                self.enqueued(left.unwrap_or(0));
             }
         }
         Ok(())
@@ -317,7 +289,7 @@ impl<J: Job> Engine<J> {
 
     /// After a job entered the queue. `left`: the admission slack after it.
     fn enqueued(&self, left: isize) {
-        self.scheduler.job_added(&self.receiver);
+        self.scheduler.job_added(self.intake.receiver());
         if left < 0 && self.elastic() {
             // No idle worker will take this job.
             self.grow();
@@ -366,7 +338,7 @@ impl<J: Job> Engine<J> {
     /// cut it); shrinking retires workers as they finish their current task. Refuses 0, values
     /// above `MAX_WORKERS`, and a closed pool.
     pub(crate) fn set_max_workers(&self, max: usize) -> bool {
-        if max == 0 || max > crate::MAX_WORKERS || self.closed.load(SeqCst) {
+        if max == 0 || max > crate::MAX_WORKERS || self.intake.is_closed() {
             return false;
         }
         self.workers.set_max(max);
@@ -438,16 +410,10 @@ impl<J: Job> Engine<J> {
             Some(job) => {
                 self.counters.left_key();
                 let left = place.unwrap_or_else(|| self.admission().force());
-                // `read_recursive`: an add may hold the read lock while it waits for the table,
-                // and a writer waiting for that add must not block this read.
-                match self.sender.read_recursive().as_ref() {
-                    Some(tx) => {
-                        let _ = tx.send(job);
-                        queued = Some(left);
-                    }
-                    // Unreachable while the task is outstanding; never strand it regardless
-                    // (ended below, once the table's lock is released: the ending takes it).
-                    None => stranded = Some(job),
+                match self.intake.send_inside(job) {
+                    Ok(()) => queued = Some(left),
+                    // Ended below, once the table's lock is released (the ending takes it).
+                    Err(job) => stranded = Some(job),
                 }
             }
             // The key filled up between the add's look and now: the place goes back.
@@ -456,11 +422,7 @@ impl<J: Job> Engine<J> {
         }
         drop(table);
         if let Some(job) = stranded {
-            let header = job.control().header();
-            if header.transition(State::Queued, State::Cancelled) {
-                self.end_cancelled(job.control(), State::Queued);
-            }
-            drop_quietly(job);
+            self.strand(job);
         }
         if let Some(at) = wake_at {
             self.schedule(at, Event::WakeKey(key));
@@ -540,7 +502,12 @@ impl<J: Job> Engine<J> {
                     .map(|job| (State::Waiting, job)),
             );
         }
-        jobs.extend(self.receiver.try_iter().map(|job| (State::Queued, job)));
+        jobs.extend(
+            self.intake
+                .receiver()
+                .try_iter()
+                .map(|job| (State::Queued, job)),
+        );
         let mut cancelled = Vec::new();
         for (from, job) in jobs {
             if !job.control().header().transition(from, State::Cancelled) {
@@ -612,7 +579,7 @@ impl<J: Job> Engine<J> {
         let mut held = spare.map(Spare::lock);
         let delay = match held.as_deref() {
             Some(Some(next))
-                if !force && !self.stopping.load(SeqCst) && !header.is_last_attempt() =>
+                if !force && !self.stopping.is_raised() && !header.is_last_attempt() =>
             {
                 next.again_after(&TaskError::TimedOut)
             }
@@ -650,7 +617,7 @@ impl<J: Job> Engine<J> {
     /// keeps its capacity — unless the pool is closing and no task is left for it. `again`: the
     /// timed-out task itself will run again (it backs off), so a replacement is always needed.
     fn replace_abandoned(&self, again: bool) {
-        let needed = again || !(self.closed.load(SeqCst) && self.counters.outstanding() <= 1);
+        let needed = again || !(self.intake.is_closed() && self.counters.outstanding() <= 1);
         if !needed || self.start_worker().is_err() {
             self.workers.give_up_place();
         }

@@ -32,8 +32,6 @@
 
 use std::time::{Duration, Instant};
 
-use std::sync::atomic::Ordering::SeqCst;
-
 use super::ending::OnWorker;
 use super::{Engine, Job};
 use crate::cell::{drop_quietly, Header, State};
@@ -87,7 +85,7 @@ impl<J: Job> Engine<J> {
             let header = next.control().header();
             header.state() == State::Backoff
                 && !header.is_last_attempt()
-                && !self.stopping.load(SeqCst)
+                && !self.stopping.is_raised()
         };
         match self.timer.schedule_retry(at, next, wanted) {
             Ok((_, start)) => self.start_timer(start),
@@ -111,7 +109,7 @@ impl<J: Job> Engine<J> {
     /// The timer's side: a back-off has passed. The task enters its key's table or the queue,
     /// unless it was cancelled meanwhile.
     pub(super) fn readmit(&self, job: J) {
-        if self.stopping.load(SeqCst) || job.control().header().is_last_attempt() {
+        if self.stopping.is_raised() || job.control().header().is_last_attempt() {
             // Due just as `shutdown_now` began, or cancelled while its last attempt ran: it
             // does not run again.
             self.stop_retry(job);
@@ -147,26 +145,23 @@ impl<J: Job> Engine<J> {
     /// strand an accepted task (as a job its key lets through does, see `apply`).
     pub(super) fn push_forced(&self, job: J) {
         let left = self.admission().force();
-        // `read_recursive`: see `apply`.
-        let sent = match self.sender.read_recursive().as_ref() {
-            Some(tx) => tx.send(job).map_err(|refused| refused.into_inner()),
-            None => Err(job),
-        };
-        match sent {
+        match self.intake.send_inside(job) {
             Ok(()) => self.enqueued(left),
-            // Unreachable while the task is outstanding (the queue disconnects only when none
-            // is); never strand it regardless.
-            Err(job) => {
-                if job
-                    .control()
-                    .header()
-                    .transition(State::Queued, State::Cancelled)
-                {
-                    // Gives the place back too.
-                    self.end_cancelled(job.control(), State::Queued);
-                }
-                drop_quietly(job);
-            }
+            Err(job) => self.strand(job),
         }
+    }
+
+    /// A job the queue refused: unreachable while its task is outstanding (the queue
+    /// disconnects only when none is); never strand an accepted task regardless.
+    pub(super) fn strand(&self, job: J) {
+        if job
+            .control()
+            .header()
+            .transition(State::Queued, State::Cancelled)
+        {
+            // Gives the place back too.
+            self.end_cancelled(job.control(), State::Queued);
+        }
+        drop_quietly(job);
     }
 }

@@ -62,14 +62,14 @@ impl<J: Job> Engine<J> {
         let mut searching = false;
         let mut last_look = false;
         loop {
-            match self.receiver.try_recv() {
+            match self.intake.receiver().try_recv() {
                 Ok(job) => {
                     if searching {
                         searching = false;
-                        self.scheduler.found_work(&self.receiver);
+                        self.scheduler.found_work(self.intake.receiver());
                     } else if last_look {
                         last_look = false;
-                        self.scheduler.took_last_look_work(&self.receiver);
+                        self.scheduler.took_last_look_work(self.intake.receiver());
                     }
                     if job.control().header().start(seat.index) {
                         self.on_start(&job);
@@ -88,14 +88,14 @@ impl<J: Job> Engine<J> {
                 }
                 Err(TryRecvError::Empty) => last_look = false,
             }
-            if self.scheduler.search(&self.receiver, searching) {
+            if self.scheduler.search(self.intake.receiver(), searching) {
                 searching = true;
                 continue;
             }
             searching = false;
             match self
                 .scheduler
-                .park(seat, &self.receiver, self.settings.keep_alive)
+                .park(seat, self.intake.receiver(), self.settings.keep_alive)
             {
                 Woke::Work => last_look = true,
                 Woke::Searching => searching = true,
@@ -124,7 +124,7 @@ impl<J: Job> Engine<J> {
         let spare = job.spare().map(|next| Arc::new(Spare::new(next)));
         if let Some(spare) = &spare {
             // Where `shutdown_timeout` finds it, to hand the input back with `TimedOut`.
-            self.spares.lock().insert(id, spare.clone());
+            self.spares.insert(id, spare.clone());
         }
         let deadline = header
             .timeout
@@ -147,7 +147,7 @@ impl<J: Job> Engine<J> {
             self.timer.cancel(deadline);
         }
         if spare.is_some() {
-            self.spares.lock().remove(&id);
+            self.spares.remove(id);
         }
         if ran == Ran::Lost {
             // It timed out while it ran; its callback has returned only now, and it held its
@@ -170,7 +170,7 @@ impl<J: Job> Engine<J> {
 
     /// Takes a queued job without waiting (for a worker that helps inside `join()`).
     pub(super) fn take_queued(&self, seat: &Seat) -> Option<J> {
-        while let Ok(job) = self.receiver.try_recv() {
+        while let Ok(job) = self.intake.receiver().try_recv() {
             if job.control().header().start(seat.index) {
                 // It left the queue without an idle worker claiming it.
                 self.admission().release();
