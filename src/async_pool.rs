@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::builder::Builder;
 use crate::cell::Control;
-use crate::context::{with_context, Context};
+use crate::context::{self, with_context, Context};
 use crate::done::{Mailbox, TaskError};
 use crate::engine::{Engine, Job, Ran, RunContext};
 use crate::error::{AddError, BuildError};
@@ -76,6 +76,13 @@ impl<I: Send + 'static, O: Send + 'static> Job for Work<I, O> {
 
     fn again_after(&self, error: &TaskError) -> Option<Duration> {
         Work::again_after(self, error)
+    }
+
+    fn worker_leaves(callback: &Callback<I, O>) {
+        if let Callback::WithContext(_) = callback {
+            // The worker's state, quietly.
+            context::release();
+        }
     }
 }
 

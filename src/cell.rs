@@ -39,7 +39,7 @@ pub(crate) use crate::delivery::drop_quietly;
 use crate::delivery::{self, Delivered, Way};
 use crate::done::{Done, TaskError};
 use crate::id::TaskId;
-use crate::slot::Slot;
+use crate::slot::{Ended, Slot};
 
 /// Where a task is in its life. See the module documentation for the transitions.
 #[repr(u8)]
@@ -159,6 +159,14 @@ impl Header {
         self.attempts.load(Ordering::Relaxed)
     }
 
+    /// Who a result is of: the id, and the attempts so far.
+    pub(crate) fn ended(&self) -> Ended {
+        Ended {
+            id: self.id,
+            attempts: self.attempts(),
+        }
+    }
+
     /// Cancels a task that is not running: waiting on its key, queued, or waiting to retry.
     /// Returns the state it was cancelled from, or `None` if it runs or has ended.
     pub(crate) fn cancel(&self) -> Option<State> {
@@ -234,7 +242,7 @@ pub(crate) struct TaggedMailbox<T, Tag> {
 impl<T: Send + 'static, Tag: Send + 'static> Tagged<T> for TaggedMailbox<T, Tag> {
     fn deliver(&self, header: &Header, result: Result<T, TaskError>, way: Way<'_>) -> Delivered {
         match self.tag.lock().take() {
-            Some(tag) => delivery::send(&self.tx, done(header, tag, result), way),
+            Some(tag) => delivery::send(&self.tx, done(header.ended(), tag, result), way),
             None => {
                 drop_quietly(result);
                 Delivered::Done
@@ -252,14 +260,10 @@ impl<T, Tag> Drop for TaggedMailbox<T, Tag> {
 }
 
 /// The message a task's ending makes.
-pub(crate) fn done<T, Tag>(
-    header: &Header,
-    tag: Tag,
-    result: Result<T, TaskError>,
-) -> Done<T, Tag> {
+pub(crate) fn done<T, Tag>(ended: Ended, tag: Tag, result: Result<T, TaskError>) -> Done<T, Tag> {
     Done {
-        id: header.id,
-        attempts: header.attempts(),
+        id: ended.id,
+        attempts: ended.attempts,
         tag,
         result,
     }
@@ -280,10 +284,10 @@ impl<T: Send + 'static> Cell<T> {
     pub(crate) fn deliver(&self, result: Result<T, TaskError>, way: Way<'_>) -> Delivered {
         match &self.output {
             Output::Slot(slot) => {
-                slot.put(&self.header, result);
+                slot.put(self.header.ended(), result);
                 Delivered::Done
             }
-            Output::Mailbox(tx) => delivery::send(tx, done(&self.header, (), result), way),
+            Output::Mailbox(tx) => delivery::send(tx, done(self.header.ended(), (), result), way),
             Output::Tagged(tagged) => tagged.deliver(&self.header, result, way),
         }
     }

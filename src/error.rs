@@ -121,7 +121,7 @@ pub enum BuildError {
         /// The requested maximum.
         max: usize,
     },
-    /// `max_workers` was above [`MAX_WORKERS`](crate::MAX_WORKERS).
+    /// `max_workers` was above [`MAX_WORKERS`](crate::builder::MAX_WORKERS).
     TooManyWorkers {
         /// The requested maximum.
         requested: usize,
@@ -130,7 +130,7 @@ pub enum BuildError {
     /// stopped and joined.
     Spawn(io::Error),
     /// The operating system's limits leave room for fewer threads than the pool must start
-    /// (see [`MAX_WORKERS`](crate::MAX_WORKERS)). Refused before any thread starts: past some of
+    /// (see [`MAX_WORKERS`](crate::builder::MAX_WORKERS)). Refused before any thread starts: past some of
     /// these limits a thread start aborts the process instead of failing.
     ThreadLimit {
         /// The limit: `"vm.max_map_count"`, `"kernel.threads-max"` or `"RLIMIT_NPROC"`.
@@ -152,7 +152,7 @@ impl fmt::Display for BuildError {
             BuildError::TooManyWorkers { requested } => write!(
                 f,
                 "max_workers ({requested}) is above the limit of {}",
-                crate::MAX_WORKERS
+                crate::builder::MAX_WORKERS
             ),
             BuildError::Spawn(_) => f.write_str("the operating system refused a worker thread"),
             BuildError::ThreadLimit {

@@ -21,11 +21,20 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, TryRecvError};
 use parking_lot::{Condvar, Mutex};
 
-use crate::cell::{drop_quietly, Header};
+use crate::delivery::drop_quietly;
 use crate::done::TaskError;
+use crate::id::TaskId;
 
-/// Sends a forwarded result on: to a task's receiver, or into a task set.
-pub(crate) type ForwardFn<T> = Box<dyn FnOnce(&Header, Result<T, TaskError>) + Send>;
+/// Sends a forwarded result on, with its task's id and attempts: to a task's receiver, or
+/// into a task set.
+pub(crate) type ForwardFn<T> = Box<dyn FnOnce(Ended, Result<T, TaskError>) + Send>;
+
+/// Who the result is of: the task's id, and the attempts it took.
+#[derive(Clone, Copy)]
+pub(crate) struct Ended {
+    pub(crate) id: TaskId,
+    pub(crate) attempts: u32,
+}
 
 pub(crate) struct Slot<T> {
     state: Mutex<SlotState<T>>,
@@ -70,7 +79,7 @@ impl<T> Slot<T> {
     }
 
     /// Delivers the task's result. Called once, by the ending path.
-    pub(crate) fn put(&self, header: &Header, result: Result<T, TaskError>) {
+    pub(crate) fn put(&self, ended: Ended, result: Result<T, TaskError>) {
         let mut state = self.state.lock();
         let (waker, refused) = match &mut *state {
             SlotState::Empty(waker) => {
@@ -81,7 +90,7 @@ impl<T> Slot<T> {
             SlotState::Forwarding(forward) => {
                 let refused = match forward.send.take() {
                     Some(send) => {
-                        send(header, result);
+                        send(ended, result);
                         None
                     }
                     None => Some(result),
@@ -199,7 +208,7 @@ impl<T> Slot<T> {
 
     /// Sends the result on with `send` from now on, at once if it is already here. `Err(send)`
     /// if it already goes elsewhere, or was read: `send` is handed back unused.
-    pub(crate) fn forward(&self, header: &Header, send: ForwardFn<T>) -> Result<(), ForwardFn<T>> {
+    pub(crate) fn forward(&self, ended: Ended, send: ForwardFn<T>) -> Result<(), ForwardFn<T>> {
         let mut state = self.state.lock();
         let refused = match mem::replace(&mut *state, SlotState::Taken) {
             SlotState::Empty(waker) => {
@@ -213,7 +222,7 @@ impl<T> Slot<T> {
                     waker: None,
                 };
                 *state = SlotState::Forwarding(Box::new(forward));
-                send(header, result);
+                send(ended, result);
                 None
             }
             taken @ (SlotState::Forwarding(..) | SlotState::Taken) => {
@@ -235,7 +244,7 @@ impl<T> Slot<T> {
     /// from `rx`, `Err(send)`.
     pub(crate) fn reforward(
         &self,
-        header: &Header,
+        ended: Ended,
         rx: &Receiver<Result<T, TaskError>>,
         send: ForwardFn<T>,
     ) -> Result<(), ForwardFn<T>> {
@@ -247,7 +256,7 @@ impl<T> Slot<T> {
             }
             _ => match rx.try_recv() {
                 Ok(result) => {
-                    send(header, result);
+                    send(ended, result);
                     Ok(())
                 }
                 Err(_) => Err(send),

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, TryRecvError};
 
-use crate::cell::{drop_quietly, Cell, Control, Header, Output, State};
+use crate::cell::{drop_quietly, Cell, Control, Output, State};
 use crate::done::TaskError;
 use crate::id::TaskId;
-use crate::slot::{ForwardFn, Read, Slot};
+use crate::slot::{Ended, ForwardFn, Read, Slot};
 
 /// Cancels a task on the pool that accepted it (the engine behind a [`Task`]).
 pub(crate) trait Canceller: Send + Sync {
@@ -246,7 +246,7 @@ impl<O: Send + 'static, Tag> Task<O, Tag> {
     pub fn receiver(&self) -> &Receiver<Result<O, TaskError>> {
         self.receiver.get_or_init(|| {
             let (tx, rx) = bounded(1);
-            let send: ForwardFn<O> = Box::new(move |_: &Header, result| {
+            let send: ForwardFn<O> = Box::new(move |_: Ended, result| {
                 // Capacity 1 and one value: never blocks. A receiver gone: dropped quietly.
                 if let Err(refused) = tx.send(result) {
                     drop_quietly(refused.into_inner());
@@ -254,7 +254,7 @@ impl<O: Send + 'static, Tag> Task<O, Tag> {
             });
             // Refused when the result was already read: `tx` is dropped with `send`, and the
             // receiver reports disconnection.
-            drop(self.slot().forward(&self.cell.header, send));
+            drop(self.slot().forward(self.cell.header.ended(), send));
             rx
         })
     }
@@ -341,19 +341,19 @@ impl<O: Send + 'static, Tag> Task<O, Tag> {
     /// already read. For [`TaskSet::push`](crate::TaskSet::push).
     pub(crate) fn forward_with_tag(
         mut self,
-        send: impl FnOnce(&Header, Tag, Result<O, TaskError>) + Send + 'static,
+        send: impl FnOnce(Ended, Tag, Result<O, TaskError>) + Send + 'static,
     ) where
         Tag: Send + 'static,
     {
         let tag = self.tag.take().expect("a task's tag is taken once");
-        let send: ForwardFn<O> = Box::new(move |header, result| send(header, tag, result));
-        let header = &self.cell.header;
+        let send: ForwardFn<O> = Box::new(move |ended, result| send(ended, tag, result));
+        let ended = self.cell.header.ended();
         let forwarded = match self.receiver.get() {
-            None => self.slot().forward(header, send),
-            Some(rx) => self.slot().reforward(header, rx, send),
+            None => self.slot().forward(ended, send),
+            Some(rx) => self.slot().reforward(ended, rx, send),
         };
         if let Err(send) = forwarded {
-            send(header, Err(TaskError::AlreadyReceived));
+            send(ended, Err(TaskError::AlreadyReceived));
         }
     }
 }

@@ -97,9 +97,9 @@ impl<O: Send + 'static, Tag: Send + 'static> TaskSet<O, Tag> {
     pub fn push(&self, task: Task<O, Tag>) {
         *self.pending.lock() += 1;
         let (tx, pending) = (self.tx.clone(), self.pending.clone());
-        task.forward_with_tag(move |header, tag, result| {
+        task.forward_with_tag(move |ended, tag, result| {
             let mut count = pending.lock();
-            let refused = tx.send(done(header, tag, result)).err();
+            let refused = tx.send(done(ended, tag, result)).err();
             *count -= 1;
             drop(count);
             // The set is gone: nobody will read it.

@@ -94,6 +94,12 @@ pub(crate) trait Job: Send + Sized + 'static {
     /// Asked of a spare when the timer ends its task's attempt with `error`: how long to back
     /// off before the next attempt, or `None` to give up.
     fn again_after(&self, error: &TaskError) -> Option<Duration>;
+
+    /// A worker thread is leaving the pool: it drops what it kept for `runner` (a per-worker
+    /// state), here, where a panicking `Drop` is caught — not in a thread-local destructor.
+    fn worker_leaves(runner: &Self::Runner) {
+        let _ = runner;
+    }
 }
 
 thread_local! {
@@ -338,7 +344,7 @@ impl<J: Job> Engine<J> {
     /// cut it); shrinking retires workers as they finish their current task. Refuses 0, values
     /// above `MAX_WORKERS`, and a closed pool.
     pub(crate) fn set_max_workers(&self, max: usize) -> bool {
-        if max == 0 || max > crate::MAX_WORKERS || self.intake.is_closed() {
+        if max == 0 || max > crate::builder::MAX_WORKERS || self.intake.is_closed() {
             return false;
         }
         self.workers.set_max(max);

@@ -104,7 +104,7 @@ fn a_timed_out_task_whose_replacement_is_refused_shrinks_the_pool_gracefully() {
     fail_spawns("refrep", 0);
     assert_eq!(
         pool.add_task(true).unwrap().recv(),
-        Err(crate::TaskError::TimedOut)
+        Err(crate::done::TaskError::TimedOut)
     );
     assert_eq!(pool.stats().workers, 1, "no replacement: one worker left");
     assert_eq!(pool.add_task(false).unwrap().recv(), Ok(false));

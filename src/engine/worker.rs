@@ -28,9 +28,8 @@ pub(super) fn main_loop<J: Job>(engine: Arc<Engine<J>>, seat: Arc<Seat>) {
     CURRENT.with(|current| *current.borrow_mut() = Some((engine.id, seat.clone())));
     let exit = engine.work(&seat);
     CURRENT.with(|current| *current.borrow_mut() = None);
-    // A per-worker state's `Drop` runs here, where its panic is caught, and before the pool
-    // hears that this thread left: not in the thread-local destructor after it.
-    crate::context::release();
+    // Before the pool hears that this thread left (a shutdown may be waiting for that).
+    J::worker_leaves(&engine.runner);
     engine.workers.exited(seat.index, exit);
 }
 
