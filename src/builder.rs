@@ -4,7 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::error::BuildError;
+use crate::error::{BuildError, MAX_WORKERS};
 
 /// The settings a builder collects, shared by both kinds of pool.
 #[derive(Debug, Clone)]
@@ -57,27 +57,6 @@ impl Config {
         Ok(())
     }
 }
-
-/// The most workers a pool may have. A larger `max_workers` is refused with
-/// [`BuildError::TooManyWorkers`] rather than left to exhaust the machine.
-///
-/// Below this bound, the operating system's own limits apply, and some of them abort the process
-/// rather than fail a thread start (with `vm.max_map_count` used up, a new thread cannot set up
-/// its signal stack's guard page). So before starting threads a pool reads `vm.max_map_count`
-/// against the process's memory maps (four per thread), `kernel.threads-max` against the
-/// system's threads and, for a user other than root, `RLIMIT_NPROC`, and refuses a build whose
-/// initial threads would not fit with [`BuildError::ThreadLimit`], naming the limit. Threads
-/// started later (an elastic pool growing, replacements of abandoned threads) take room from one
-/// budget shared by every pool of the process, read again when it runs low; past it the pool
-/// goes on with the threads it has.
-///
-/// ```
-/// use slowpool::{BuildError, ThreadPool, MAX_WORKERS};
-///
-/// let refused = ThreadPool::builder().max_workers(MAX_WORKERS + 1).build();
-/// assert!(matches!(refused, Err(BuildError::TooManyWorkers { requested }) if requested == MAX_WORKERS + 1));
-/// ```
-pub const MAX_WORKERS: usize = 1 << 16;
 
 /// The default [`max_workers`](Builder::max_workers): an I/O pool's ceiling, not a standing cost.
 pub(crate) const DEFAULT_MAX_WORKERS: usize = 512;

@@ -9,6 +9,27 @@ use std::error::Error;
 use std::fmt;
 use std::io;
 
+/// The most workers a pool may have. A larger `max_workers` is refused with
+/// [`BuildError::TooManyWorkers`] rather than left to exhaust the machine.
+///
+/// Below this bound, the operating system's own limits apply, and some of them abort the process
+/// rather than fail a thread start (with `vm.max_map_count` used up, a new thread cannot set up
+/// its signal stack's guard page). So before starting threads a pool reads `vm.max_map_count`
+/// against the process's memory maps (four per thread), `kernel.threads-max` against the
+/// system's threads and, for a user other than root, `RLIMIT_NPROC`, and refuses a build whose
+/// initial threads would not fit with [`BuildError::ThreadLimit`], naming the limit. Threads
+/// started later (an elastic pool growing, replacements of abandoned threads) take room from one
+/// budget shared by every pool of the process, read again when it runs low; past it the pool
+/// goes on with the threads it has.
+///
+/// ```
+/// use slowpool::{BuildError, ThreadPool, MAX_WORKERS};
+///
+/// let refused = ThreadPool::builder().max_workers(MAX_WORKERS + 1).build();
+/// assert!(matches!(refused, Err(BuildError::TooManyWorkers { requested }) if requested == MAX_WORKERS + 1));
+/// ```
+pub const MAX_WORKERS: usize = 1 << 16;
+
 /// An input the pool did not accept, handed back to the caller.
 ///
 /// Returned by the adding methods (`add`, `try_add`, `add_to`, `add_task`, `spawn`, ...). The
@@ -121,7 +142,7 @@ pub enum BuildError {
         /// The requested maximum.
         max: usize,
     },
-    /// `max_workers` was above [`MAX_WORKERS`](crate::builder::MAX_WORKERS).
+    /// `max_workers` was above [`MAX_WORKERS`](MAX_WORKERS).
     TooManyWorkers {
         /// The requested maximum.
         requested: usize,
@@ -130,7 +151,7 @@ pub enum BuildError {
     /// stopped and joined.
     Spawn(io::Error),
     /// The operating system's limits leave room for fewer threads than the pool must start
-    /// (see [`MAX_WORKERS`](crate::builder::MAX_WORKERS)). Refused before any thread starts: past some of
+    /// (see [`MAX_WORKERS`](MAX_WORKERS)). Refused before any thread starts: past some of
     /// these limits a thread start aborts the process instead of failing.
     ThreadLimit {
         /// The limit: `"vm.max_map_count"`, `"kernel.threads-max"` or `"RLIMIT_NPROC"`.
@@ -152,7 +173,7 @@ impl fmt::Display for BuildError {
             BuildError::TooManyWorkers { requested } => write!(
                 f,
                 "max_workers ({requested}) is above the limit of {}",
-                crate::builder::MAX_WORKERS
+                MAX_WORKERS
             ),
             BuildError::Spawn(_) => f.write_str("the operating system refused a worker thread"),
             BuildError::ThreadLimit {

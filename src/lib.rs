@@ -163,10 +163,10 @@ mod thread_pool;
 mod token;
 mod work;
 
-pub use crate::builder::{Builder, MAX_WORKERS};
+pub use crate::builder::Builder;
 pub use crate::context::Context;
 pub use crate::done::{Done, Failed, Flat, Mailbox, TaskError};
-pub use crate::error::{AddError, BuildError};
+pub use crate::error::{AddError, BuildError, MAX_WORKERS};
 pub use crate::id::TaskId;
 pub use crate::pool::{AsyncPool, Kind, Pool, ThreadPool};
 pub use crate::retry::{Attempt, Retry};

@@ -344,7 +344,7 @@ impl<J: Job> Engine<J> {
     /// cut it); shrinking retires workers as they finish their current task. Refuses 0, values
     /// above `MAX_WORKERS`, and a closed pool.
     pub(crate) fn set_max_workers(&self, max: usize) -> bool {
-        if max == 0 || max > crate::builder::MAX_WORKERS || self.intake.is_closed() {
+        if max == 0 || max > crate::error::MAX_WORKERS || self.intake.is_closed() {
             return false;
         }
         self.workers.set_max(max);
