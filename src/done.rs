@@ -234,7 +234,19 @@ pub trait Flat {
     /// The flat form.
     type Output;
 
-    /// Returns the flat form of `self`.
+    /// Returns the flat form of `self`: the value, or why there is none — the task's error or
+    /// the callback's, in one `Failed`.
+    ///
+    /// ```
+    /// use slowpool::{Failed, Flat, TaskError};
+    ///
+    /// let ok: Result<Result<u8, &str>, TaskError> = Ok(Ok(1));
+    /// let callback: Result<Result<u8, &str>, TaskError> = Ok(Err("bad"));
+    /// let task: Result<Result<u8, &str>, TaskError> = Err(TaskError::TimedOut);
+    /// assert_eq!(ok.flat(), Ok(1));
+    /// assert_eq!(callback.flat(), Err(Failed::Callback("bad")));
+    /// assert_eq!(task.flat(), Err(Failed::Task(TaskError::TimedOut)));
+    /// ```
     fn flat(self) -> Self::Output;
 }
 

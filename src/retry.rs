@@ -102,10 +102,18 @@ impl<'a, E> Attempt<'a, E> {
     /// Returns which attempt failed: 1 for the first.
     ///
     /// ```
-    /// use slowpool::Retry;
+    /// use slowpool::{AsyncPool, Retry};
+    /// use std::time::Duration;
+    ///
     /// // Give up after the second failure, whatever the policy's `attempts` allow.
-    /// let policy = Retry::<()>::attempts(10).when(|attempt| (attempt.number() < 2).then(|| attempt.backoff()));
-    /// # let _ = policy;
+    /// let ms = Duration::from_millis(1);
+    /// let policy = Retry::<()>::attempts(10)
+    ///     .backoff(ms, ms)
+    ///     .when(|attempt| (attempt.number() < 2).then(|| attempt.backoff()));
+    /// let pool = AsyncPool::new(1, |_: u8| Err::<u8, ()>(()))?;
+    /// let task = pool.task(0).retry(policy).add()?;
+    /// assert_eq!((task.recv(), task.attempts()), (Ok(Err(())), 2));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn number(&self) -> u32 {
         self.number
@@ -116,9 +124,10 @@ impl<'a, E> Attempt<'a, E> {
     /// dereference (`Some(*retry_after)`).
     ///
     /// ```
-    /// use slowpool::{Failed, Retry, TaskError};
+    /// use slowpool::{AsyncPool, Failed, Retry, TaskError};
     /// use std::time::Duration;
     ///
+    /// #[derive(Debug, PartialEq)]
     /// enum FetchError { NotFound, Busy { retry_after: Duration } }
     ///
     /// let policy = Retry::<FetchError>::attempts(4).when(|attempt| match attempt.error() {
@@ -127,7 +136,13 @@ impl<'a, E> Attempt<'a, E> {
     ///     Failed::Task(TaskError::TimedOut) if attempt.number() >= 2 => None,
     ///     _ => Some(attempt.backoff()),
     /// });
-    /// # let _ = policy;
+    /// let pool = AsyncPool::new(1, |busy: bool| -> Result<(), FetchError> {
+    ///     Err(if busy { FetchError::Busy { retry_after: Duration::from_millis(1) } } else { FetchError::NotFound })
+    /// })?;
+    /// let (busy, missing) = (pool.task(true).retry(policy.clone()).add()?, pool.task(false).retry(policy).add()?);
+    /// assert_eq!(busy.recv(), Ok(Err(FetchError::Busy { retry_after: Duration::from_millis(1) })));
+    /// assert_eq!((busy.attempts(), missing.recv().is_ok(), missing.attempts()), (4, true, 1));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn error(&self) -> Failed<&'a E> {
         match self.error {
@@ -139,13 +154,25 @@ impl<'a, E> Attempt<'a, E> {
     /// Returns the wait the policy would choose: return `Some(attempt.backoff())` to keep it.
     ///
     /// ```
-    /// use slowpool::{Failed, Retry};
+    /// use slowpool::{AsyncPool, Failed, Retry};
+    /// use std::sync::{Arc, Mutex};
+    /// use std::time::Duration;
+    ///
     /// // Twice the policy's wait after a panic or a timeout.
-    /// let policy = Retry::<()>::attempts(3).when(|attempt| {
+    /// let waits = Arc::new(Mutex::new(Vec::new()));
+    /// let seen = waits.clone();
+    /// let ms = Duration::from_millis(1);
+    /// let policy = Retry::<()>::attempts(3).backoff(ms, ms).jitter(false).when(move |attempt| {
     ///     let wait = attempt.backoff();
-    ///     Some(if matches!(attempt.error(), Failed::Task(_)) { wait * 2 } else { wait })
+    ///     let wait = if matches!(attempt.error(), Failed::Task(_)) { wait * 2 } else { wait };
+    ///     seen.lock().unwrap().push(wait);
+    ///     Some(wait)
     /// });
-    /// # let _ = policy;
+    /// let pool = AsyncPool::new(1, |n: u8| if n == 0 { panic!("zero") } else { Err::<u8, ()>(()) })?;
+    /// pool.task(0).retry(policy.clone()).add()?.recv().ok();
+    /// pool.task(1).retry(policy).add()?.recv().ok();
+    /// assert_eq!(*waits.lock().unwrap(), [2 * ms, 2 * ms, ms, ms]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn backoff(&self) -> Duration {
         self.backoff
