@@ -1,6 +1,6 @@
-//! The integration tests' shared helpers (`tests/common/mod.rs`), for `model.rs`.
+//! The integration tests' shared helpers (`tests/it/support.rs`), for `model.rs`.
 
-#[path = "../common/mod.rs"]
+#[path = "../it/support.rs"]
 mod shared;
 
 pub use shared::*;

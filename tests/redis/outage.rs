@@ -3,15 +3,12 @@
 //! exactly one result, and `stop` must work while Redis is out of reach.
 //!
 //! Each test starts its own `redis-server` (on the PATH) on a loopback port.
-#![cfg(feature = "redis")]
-
-mod redis_support;
 
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use redis_support::*;
+use crate::support::*;
 use slowpool::redis::{
     Entry, Producer, StreamError, StreamStats, StreamWorker, StreamWorkerBuilder,
     StreamWorkerHandle,
@@ -65,7 +62,7 @@ fn wait_for(
     cond: impl Fn(&mut redis::Connection) -> bool,
 ) {
     let client = redis::Client::open(url).unwrap();
-    eventually(what, patience, || {
+    eventually_within(what, patience, || {
         let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
             return false;
         };
@@ -123,7 +120,7 @@ fn a_redis_restart_mid_run_loses_nothing_and_duplicates_nothing() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    watchdog("restart test", Duration::from_secs(150), move || {
+    watchdog_within("restart test", Duration::from_secs(150), move || {
         let mut server = Server::start(true);
         let url = server.url();
         let stream = stream_name("restart");
@@ -178,7 +175,7 @@ fn a_redis_restart_mid_run_loses_nothing_and_duplicates_nothing() {
 #[test]
 fn client_pause_mid_run_writes_no_duplicate_result() {
     const N: usize = 3_000;
-    watchdog("pause test", Duration::from_secs(90), || {
+    watchdog_within("pause test", Duration::from_secs(90), || {
         let server = Server::start(false);
         let url = server.url();
         let stream = stream_name("pause");
@@ -229,7 +226,7 @@ fn client_pause_mid_run_writes_no_duplicate_result() {
 fn a_frozen_link_writes_no_duplicate_result_and_stop_returns_during_the_freeze() {
     const N: usize = 3_000;
     let claim_after = Duration::from_secs(1);
-    watchdog("freeze test", Duration::from_secs(90), move || {
+    watchdog_within("freeze test", Duration::from_secs(90), move || {
         let server = Server::start(false);
         let proxy = Proxy::start(server.port);
         let url = server.url();
@@ -268,7 +265,7 @@ fn a_frozen_link_writes_no_duplicate_result_and_stop_returns_during_the_freeze()
         let frozen_at = Instant::now();
         let thaw_at = frozen_at + claim_after * 3;
         // The direct worker takes over what the frozen ones held...
-        eventually("the direct worker claims", Duration::from_secs(10), || {
+        eventually_within("the direct worker claims", Duration::from_secs(10), || {
             direct.stats().claimed > 0
         });
         // ... and `stop` returns while the link is still frozen.
@@ -291,7 +288,7 @@ fn a_frozen_link_writes_no_duplicate_result_and_stop_returns_during_the_freeze()
         proxy.freeze(false); // late commands held by the proxy reach Redis now
                              // The rider reconnects, and finds the entries it finished during the freeze taken over
                              // (or, where its settle's reply was lost, acknowledged: `unconfirmed`).
-        eventually("the rider reconnects", Duration::from_secs(10), || {
+        eventually_within("the rider reconnects", Duration::from_secs(10), || {
             let s = rider.stats();
             s.reconnects >= 1 && s.lost_lease + s.unconfirmed >= 1
         });
@@ -314,7 +311,7 @@ fn a_frozen_link_writes_no_duplicate_result_and_stop_returns_during_the_freeze()
 
 #[test]
 fn run_gives_up_with_disconnected_past_the_reconnect_limit() {
-    watchdog("reconnect limit", Duration::from_secs(60), || {
+    watchdog_within("reconnect limit", Duration::from_secs(60), || {
         let mut server = Some(Server::start(false));
         let url = server.as_ref().unwrap().url();
         let stream = stream_name("limit");
@@ -331,7 +328,7 @@ fn run_gives_up_with_disconnected_past_the_reconnect_limit() {
             worker.run(&pool)
         });
         // Running and reading (an empty stream), then Redis goes away for good.
-        eventually("the worker runs", Duration::from_secs(10), || {
+        eventually_within("the worker runs", Duration::from_secs(10), || {
             redis::cmd("CLIENT")
                 .arg("LIST")
                 .query::<String>(&mut con(&url))
@@ -353,7 +350,7 @@ fn run_gives_up_with_disconnected_past_the_reconnect_limit() {
 fn a_run_that_gives_up_cancels_its_queued_tasks_in_the_pool() {
     // The entries stay pending in Redis for this consumer's next run or for others to claim:
     // running their queued tasks here as well would be work nobody settles.
-    watchdog("forgotten at give-up", Duration::from_secs(60), || {
+    watchdog_within("forgotten at give-up", Duration::from_secs(60), || {
         let mut server = Some(Server::start(false));
         let url = server.as_ref().unwrap().url();
         let stream = stream_name("forget");
@@ -383,7 +380,7 @@ fn a_run_that_gives_up_cancels_its_queued_tasks_in_the_pool() {
             let pool = pool.clone();
             thread::spawn(move || worker.run(&pool))
         };
-        eventually("all five in the pool", Duration::from_secs(10), || {
+        eventually_within("all five in the pool", Duration::from_secs(10), || {
             let stats = pool.stats();
             stats.busy == 1 && stats.queued == 4
         });

@@ -5,9 +5,6 @@
 //!
 //! Needs a Redis server: `ASYNC_POOL_REDIS_URL` (as CI sets it), or a `redis-server` binary on
 //! the PATH, which each test then starts on a free loopback port.
-#![cfg(feature = "redis")]
-
-mod redis_support;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};
@@ -15,11 +12,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis_support::*;
+use crate::support::*;
 use slowpool::redis::{Entry, Failure, Producer, StreamStats, StreamWorker};
 use slowpool::AsyncPool;
-
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Runs `worker` on `pool` on a thread, stopping it once `done` holds; returns its stats.
 fn run_until<E: slowpool::redis::EntryError + Send + 'static>(
@@ -30,10 +25,10 @@ fn run_until<E: slowpool::redis::EntryError + Send + 'static>(
 ) -> StreamStats {
     let handle = worker.handle();
     let url = url.to_string();
-    watchdog("the stream worker finishes", PATIENCE, move || {
+    watchdog("the stream worker finishes", move || {
         let runner = std::thread::spawn(move || worker.run(&pool).unwrap());
         let mut con = con(&url);
-        eventually("the worker's work is done", PATIENCE, || {
+        eventually_within("the worker's work is done", PATIENCE, || {
             done(&mut con, &handle.stats())
         });
         handle.stop();
@@ -493,9 +488,9 @@ fn a_late_settle_after_another_consumer_claimed_the_entry_writes_nothing() {
         .unwrap();
     let handle = worker.handle();
     let url = redis.url.clone();
-    let (stats, late) = watchdog("fenced settle", PATIENCE, move || {
+    let (stats, late) = watchdog("fenced settle", move || {
         let runner = std::thread::spawn(move || worker.run(&pool).unwrap());
-        eventually("the task runs", PATIENCE, || {
+        eventually_within("the task runs", PATIENCE, || {
             started.load(Ordering::SeqCst) == 1
         });
         // Another consumer claims the entry (as if the worker had been cut off).
@@ -509,7 +504,7 @@ fn a_late_settle_after_another_consumer_claimed_the_entry_writes_nothing() {
             .query(&mut con)
             .unwrap();
         drop(release); // the task returns Ok; the worker tries to settle
-        eventually("the settle was refused", PATIENCE, || {
+        eventually_within("the settle was refused", PATIENCE, || {
             handle.stats().lost_lease == 1
         });
         handle.stop();
@@ -598,10 +593,10 @@ fn stop_hands_unstarted_entries_back_at_once_and_abandons_running_ones_at_the_de
         .connect()
         .unwrap();
     let handle = worker.handle();
-    let (stats, first_pool) = watchdog("stop with a deadline", PATIENCE, move || {
+    let (stats, first_pool) = watchdog("stop with a deadline", move || {
         // The pool outlives the run: dropping it would wait for the task held at the gate.
         let runner = std::thread::spawn(move || (worker.run(&pool).unwrap(), pool));
-        eventually("one entry runs, four wait", PATIENCE, || {
+        eventually_within("one entry runs, four wait", PATIENCE, || {
             started.load(Ordering::SeqCst) == 1 && handle.stats().in_flight == 5
         });
         let stopped = Instant::now();
@@ -635,7 +630,7 @@ fn stop_hands_unstarted_entries_back_at_once_and_abandons_running_ones_at_the_de
     counts.sort_unstable();
     assert_eq!(counts, vec![1, 1, 1, 1, 2]);
     drop(release);
-    watchdog("the first pool ends", PATIENCE, move || drop(first_pool));
+    watchdog("the first pool ends", move || drop(first_pool));
 }
 
 #[test]
@@ -670,7 +665,7 @@ fn drain_returns_when_nothing_is_left_and_backlog_reports_others_pending() {
         .drain(true)
         .connect()
         .unwrap();
-    let (stats, backlog) = watchdog("drain", PATIENCE, move || {
+    let (stats, backlog) = watchdog("drain", move || {
         let stats = worker.run(&pool).unwrap();
         (stats, worker.backlog().unwrap())
     });
@@ -750,7 +745,7 @@ fn stale_consumers_with_nothing_pending_are_removed() {
 
 #[test]
 fn a_producer_with_a_capacity_refuses_when_full() {
-    watchdog("capacity", PATIENCE, producer_capacity);
+    watchdog("capacity", producer_capacity);
 }
 
 fn producer_capacity() {
@@ -845,10 +840,14 @@ fn a_killed_worker_process_loses_nothing_and_reruns_only_what_it_held() {
     let _ = StreamWorker::builder(&redis.url, stream.as_str(), "crash", "setup")
         .connect()
         .unwrap();
-    watchdog("crash test", Duration::from_secs(120), move || {
+    watchdog_within("crash test", Duration::from_secs(120), move || {
         let spawn = |consumer: &str| {
             Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "crash_test_worker_process", "--nocapture"])
+                .args([
+                    "--exact",
+                    "stream::crash_test_worker_process",
+                    "--nocapture",
+                ])
                 .env("ASYNC_POOL_CRASH_CONSUMER", consumer)
                 .env("ASYNC_POOL_CRASH_URL", &url)
                 .env("ASYNC_POOL_CRASH_STREAM", &stream)
@@ -860,7 +859,7 @@ fn a_killed_worker_process_loses_nothing_and_reruns_only_what_it_held() {
         let survivors = [spawn("w2"), spawn("w3")];
         let mut con = con(&url);
         // Kill one worker mid-run, holding entries it read and has not acknowledged.
-        eventually("a fifth done", PATIENCE, || {
+        eventually_within("a fifth done", PATIENCE, || {
             xlen(&mut con, &results) >= ENTRIES / 5
         });
         victim.kill().unwrap(); // SIGKILL
@@ -874,7 +873,7 @@ fn a_killed_worker_process_loses_nothing_and_reruns_only_what_it_held() {
             "it held at most its in_flight bound: {}",
             held.len()
         );
-        eventually("every entry settled", PATIENCE, || {
+        eventually_within("every entry settled", PATIENCE, || {
             xlen(&mut con, &stream) == 0 && pending(&mut con, &stream, "crash") == 0
         });
         redis::cmd("SET")

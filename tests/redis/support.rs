@@ -1,5 +1,6 @@
 //! Helpers for the `redis` feature's tests: a `redis-server` the test owns (restartable, with
-//! AOF), a loopback proxy that can freeze, stream readers, and a watchdog.
+//! AOF), a loopback proxy that can freeze, and stream readers; the integration tests' shared
+//! helpers (watchdogs, `PATIENCE`) come from `tests/it/support.rs`.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -12,15 +13,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-#[path = "../common/mod.rs"]
-mod common;
+#[path = "../it/support.rs"]
+mod shared;
 
-/// Runs `f` on its own thread; fails the test (naming `what`) if it takes longer than
-/// `patience`, so a hang fails instead of hanging CI.
-pub use common::watchdog_within as watchdog;
+pub use shared::{watchdog, watchdog_within, PATIENCE};
 
-/// Polls `condition` every 10 ms until it holds; fails after `patience`.
-pub fn eventually(what: &str, patience: Duration, mut condition: impl FnMut() -> bool) {
+/// Polls `condition` every 10 ms until it holds; fails after `patience`. (The shared
+/// `eventually` polls faster with a fixed patience; Redis round trips want neither.)
+pub fn eventually_within(what: &str, patience: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + patience;
     while !condition() {
         assert!(
@@ -87,7 +87,7 @@ impl Server {
             .unwrap_or_else(|e| panic!("these tests need redis-server on the PATH ({e})"));
         self.child = Some(child);
         let url = self.url();
-        eventually("redis-server answers PING", Duration::from_secs(20), || {
+        eventually_within("redis-server answers PING", Duration::from_secs(20), || {
             redis::Client::open(url.as_str())
                 .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(1)))
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
