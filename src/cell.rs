@@ -29,7 +29,7 @@
 //! `delivery.rs`). The tag lives here, beside the destination, not in the job: it is at hand
 //! however the task ends (cancelled by id, timed out, after its last retry).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -89,6 +89,13 @@ impl State {
     }
 }
 
+const STATE_BITS: u64 = 0xff;
+const ATTEMPTS_SHIFT: u32 = 8;
+
+fn state_of(word: u64) -> State {
+    State::ALL[(word & STATE_BITS) as usize]
+}
+
 /// What every task has, whatever its output type.
 pub(crate) struct Header {
     pub(crate) id: TaskId,
@@ -96,9 +103,10 @@ pub(crate) struct Header {
     pub(crate) key: Option<u64>,
     /// The task's own deadline, counted from its start; the pool's `task_timeout` otherwise.
     pub(crate) timeout: Option<Duration>,
-    state: AtomicU8,
-    /// Attempts started so far (1 once it first runs; more only with a retry policy).
-    attempts: AtomicU32,
+    /// The state (low byte) and the attempts started so far (the 32 bits above it: 1 once the
+    /// task first runs; more only with a retry policy), in one word, so that a reader never
+    /// sees a task running without its attempt counted.
+    word: AtomicU64,
     /// Set when whoever waits for the task is gone (a dropped stream): with a retry policy, it
     /// makes no further attempt.
     last_attempt: AtomicBool,
@@ -118,45 +126,55 @@ impl Header {
             id,
             key,
             timeout,
-            state: AtomicU8::new(state as u8),
-            attempts: AtomicU32::new(0),
+            word: AtomicU64::new(state as u64),
             last_attempt: AtomicBool::new(false),
             worker: AtomicUsize::new(usize::MAX),
         }
     }
 
     pub(crate) fn state(&self) -> State {
-        State::ALL[self.state.load(Ordering::Acquire) as usize]
+        state_of(self.word.load(Ordering::Acquire))
     }
 
     /// Moves from `from` to `to`; false if the state was not `from`.
     pub(crate) fn transition(&self, from: State, to: State) -> bool {
-        self.state
-            .compare_exchange(from as u8, to as u8, Ordering::AcqRel, Ordering::Acquire)
-            .is_ok()
+        self.change(from, to, 0)
+    }
+
+    /// Moves from `from` to `to` and adds `started` to the attempts, in one step; false if the
+    /// state was not `from`.
+    fn change(&self, from: State, to: State, started: u64) -> bool {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            if state_of(word) != from {
+                return false;
+            }
+            let next = (word & !STATE_BITS) + (started << ATTEMPTS_SHIFT) + to as u64;
+            match self
+                .word
+                .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return true,
+                Err(now) => word = now,
+            }
+        }
     }
 
     /// Marks a task whose add was refused: it never existed for the caller.
     pub(crate) fn reject(&self) {
-        self.state.store(State::Rejected as u8, Ordering::Release);
+        self.word.store(State::Rejected as u64, Ordering::Release);
     }
 
-    /// A worker takes the task: Queued → Running. False if it was cancelled meanwhile.
+    /// A worker takes the task: Queued → Running, one more attempt started. False if it was
+    /// cancelled meanwhile.
     pub(crate) fn start(&self, worker: usize) -> bool {
         self.worker.store(worker, Ordering::Relaxed);
-        let started = self.transition(State::Queued, State::Running);
-        if started {
-            // Only the worker that won Queued → Running writes, and one attempt starts at a time
-            // (the next is queued only after this one ended): no read-modify-write needed.
-            let attempts = self.attempts.load(Ordering::Relaxed);
-            self.attempts.store(attempts + 1, Ordering::Relaxed);
-        }
-        started
+        self.change(State::Queued, State::Running, 1)
     }
 
     /// Attempts started so far.
     pub(crate) fn attempts(&self) -> u32 {
-        self.attempts.load(Ordering::Relaxed)
+        (self.word.load(Ordering::Acquire) >> ATTEMPTS_SHIFT) as u32
     }
 
     /// Who a result is of: the id, and the attempts so far.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::cell::{Cell, Header, Output, TaggedMailbox};
+use crate::cell::{drop_quietly, Cell, Header, Output, TaggedMailbox};
 use crate::done::Mailbox;
 use crate::engine::{Engine, Refused};
 use crate::error::AddError;
@@ -204,7 +204,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn add(self) -> Result<Task<O, Tag>, AddError<X>> {
-        self.to_handle(true)
+        self.into_handle(true)
     }
 
     /// Like [`add`](Submit::add), but never waits: `AddError::Full(input)` on a full bounded
@@ -231,7 +231,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_add(self) -> Result<Task<O, Tag>, AddError<X>> {
-        self.to_handle(false)
+        self.into_handle(false)
     }
 
     /// Adds the input; its ending goes to `mailbox` as a [`Done`](crate::Done) message when the task ends —
@@ -254,7 +254,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn add_to(self, mailbox: &Mailbox<O, Tag>) -> Result<TaskId, AddError<X>> {
-        self.to_mailbox(mailbox, true)
+        self.into_mailbox(mailbox, true)
     }
 
     /// Like [`add_to`](Submit::add_to), but never waits.
@@ -274,7 +274,7 @@ where
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_add_to(self, mailbox: &Mailbox<O, Tag>) -> Result<TaskId, AddError<X>> {
-        self.to_mailbox(mailbox, false)
+        self.into_mailbox(mailbox, false)
     }
 
     /// Sets an already-hashed key (a stream hashes its inputs' keys itself).
@@ -289,7 +289,7 @@ where
         self
     }
 
-    fn to_handle(self, wait: bool) -> Result<Task<O, Tag>, AddError<X>> {
+    fn into_handle(self, wait: bool) -> Result<Task<O, Tag>, AddError<X>> {
         let Submit {
             pool,
             item,
@@ -297,11 +297,17 @@ where
             tag,
             wrap,
         } = self;
-        let (engine, cell) = add(pool, item, how, wrap, Output::Slot(Slot::new()), wait)?;
-        Ok(Task::new(cell, engine, tag))
+        match add(pool, item, how, wrap, Output::Slot(Slot::new()), wait) {
+            Ok((engine, cell)) => Ok(Task::new(cell, engine, tag)),
+            Err(refused) => {
+                // The caller's value, whose `Drop` may panic: the input must still come back.
+                drop_quietly(tag);
+                Err(refused)
+            }
+        }
     }
 
-    fn to_mailbox(self, mailbox: &Mailbox<O, Tag>, wait: bool) -> Result<TaskId, AddError<X>> {
+    fn into_mailbox(self, mailbox: &Mailbox<O, Tag>, wait: bool) -> Result<TaskId, AddError<X>> {
         let Submit {
             pool,
             item,

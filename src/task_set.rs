@@ -129,6 +129,10 @@ impl<O: Send + 'static, Tag: Send + 'static> TaskSet<O, Tag> {
     /// Waits for the next task to end and returns its [`Done`]; `None` at once when the set is
     /// empty. Tasks come out in the order they end.
     ///
+    /// The set's reader is this method, or a loop over [`receiver`](TaskSet::receiver) — not
+    /// both at once from different threads: an ending another thread takes from a clone of the
+    /// receiver while `recv` waits leaves `recv` waiting for the next one.
+    ///
     /// ```
     /// use slowpool::{AsyncPool, TaskSet};
     /// use crossbeam_channel::bounded;

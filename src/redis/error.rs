@@ -5,6 +5,23 @@ use std::time::Duration;
 
 /// An error from the `redis` module: a refused command, a connection given up on, or a full
 /// stream.
+///
+/// Non-exhaustive: match the variants you handle and keep a `_` arm, or ask
+/// [`is_full`](StreamError::is_full) and [`is_disconnected`](StreamError::is_disconnected).
+/// [`source`](std::error::Error::source) is the underlying [`redis::RedisError`] where there
+/// is one.
+///
+/// ```
+/// use slowpool::redis::{Producer, StreamError};
+///
+/// let full = StreamError::Full { len: 1000, capacity: 1000 };
+/// assert_eq!(full.to_string(), "stream is full: 1000 entries, capacity 1000");
+///
+/// let refused = Producer::connect("http://127.0.0.1/", "jobs").unwrap_err(); // not a Redis URL
+/// assert!(matches!(refused, StreamError::Redis(_)));
+/// assert!(refused.to_string().starts_with("redis: "));
+/// assert!(std::error::Error::source(&refused).is_some());
+/// ```
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum StreamError {
@@ -31,12 +48,37 @@ pub enum StreamError {
 }
 
 impl StreamError {
-    /// Returns `true` for [`StreamError::Full`]: retrying later may succeed.
+    /// Returns `true` for [`StreamError::Full`]: retrying later may succeed (once workers
+    /// have taken entries off the stream), unless the batch alone is larger than the
+    /// capacity. `false` for every other error.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamError;
+    ///
+    /// assert!(StreamError::Full { len: 10, capacity: 10 }.is_full());
+    /// let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+    /// assert!(!StreamError::Redis(io.into()).is_full());
+    /// ```
     pub fn is_full(&self) -> bool {
         matches!(self, StreamError::Full { .. })
     }
 
-    /// Returns `true` for [`StreamError::Disconnected`].
+    /// Returns `true` for [`StreamError::Disconnected`]: a worker gave up after its
+    /// [`reconnect_limit`](super::StreamWorkerBuilder::reconnect_limit). A connection that
+    /// fails outright (a first connection, a [`Producer`](super::Producer) call) is
+    /// [`StreamError::Redis`], for which this returns `false`.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamError;
+    /// use std::io::{Error, ErrorKind};
+    /// use std::time::Duration;
+    ///
+    /// let last = || Error::from(ErrorKind::ConnectionRefused).into();
+    /// let gave_up = StreamError::Disconnected { down_for: Duration::from_secs(30), last: last() };
+    /// assert!(gave_up.is_disconnected());
+    /// assert!(gave_up.to_string().starts_with("redis unreachable for 30.0 s, gave up: "));
+    /// assert!(!StreamError::Redis(last()).is_disconnected());
+    /// ```
     pub fn is_disconnected(&self) -> bool {
         matches!(self, StreamError::Disconnected { .. })
     }

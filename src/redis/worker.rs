@@ -37,7 +37,39 @@ use crate::backoff::Backoff;
 use crate::in_flight::InFlight;
 use crate::{AsyncPool, Done, TaskError, TaskId};
 
-/// What a [`StreamWorker`] has done.
+/// What a [`StreamWorker`] has done: counts since it connected, as
+/// [`run`](StreamWorker::run) returns them and [`StreamWorkerHandle::stats`] reads them.
+///
+/// Counts of entries and counts of deliveries differ: an entry that failed twice and then
+/// succeeded is one `read`, two `retried` and one `acked`. Every entry read or claimed ends
+/// in exactly one of `acked`, `dead_lettered`, `handed_back`, `lost_lease`, `unconfirmed` and
+/// `unsettled`, or is still `in_flight`.
+///
+/// ```
+/// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+/// use slowpool::AsyncPool;
+/// use std::time::Duration;
+///
+/// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+/// # let stream = &format!("doc-stats-{}", std::process::id());
+/// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+///     .retry_backoff(Duration::from_millis(1), Duration::from_millis(1))
+///     .drain(true)
+///     .connect()?;
+/// Producer::connect(&url, stream)?.push_batch(["steady", "flaky"])?;
+/// let pool = AsyncPool::new(2, |entry: Entry| -> Result<Vec<u8>, Failure> {
+///     if entry.payload == b"flaky" && entry.deliveries < 3 {
+///         return Err(Failure::retry("HTTP 503"));
+///     }
+///     Ok(entry.payload)
+/// })?;
+/// let stats = worker.run(&pool)?;
+/// assert_eq!((stats.read, stats.retried, stats.acked), (2, 2, 2));
+/// assert_eq!((stats.dead_lettered, stats.in_flight), (0, 0));
+/// # let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+/// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StreamStats {
@@ -74,6 +106,20 @@ pub struct StreamStats {
 }
 
 /// A consumer group's backlog, as [`StreamWorker::backlog`] reads it.
+///
+/// Non-exhaustive: start from [`Backlog::default`] (empty) to build one.
+///
+/// ```
+/// use slowpool::redis::Backlog;
+///
+/// let mut backlog = Backlog::default();
+/// assert!(backlog.is_empty());
+/// backlog.pending = 3;
+/// backlog.consumers.push(("machine-1".to_string(), 3, 120_000)); // silent for 2 minutes
+/// let stuck: Vec<_> = backlog.consumers.iter().filter(|c| c.1 > 0 && c.2 > 60_000).collect();
+/// assert_eq!(stuck.len(), 1);
+/// assert!(!backlog.is_empty());
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Backlog {
@@ -86,13 +132,46 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// Returns `true` when nothing is pending and nothing is left to deliver.
+    /// Returns `true` when nothing is pending and nothing is left to deliver. An unknown
+    /// `undelivered` (Redis could not tell) counts as nothing left.
+    ///
+    /// ```
+    /// use slowpool::redis::Backlog;
+    ///
+    /// let mut backlog = Backlog::default();
+    /// assert!(backlog.is_empty());
+    /// backlog.undelivered = Some(2);
+    /// assert!(!backlog.is_empty());
+    /// backlog.undelivered = None; // unknown
+    /// assert!(backlog.is_empty());
+    /// backlog.pending = 1;
+    /// assert!(!backlog.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.pending == 0 && self.undelivered.unwrap_or(0) == 0
     }
 }
 
-/// Configures a [`StreamWorker`].
+/// Configures a [`StreamWorker`]: start with [`StreamWorker::builder`], end with
+/// [`connect`](StreamWorkerBuilder::connect).
+///
+/// Every setting has a default, named on its setter; the setters can come in any order, and a
+/// later call replaces an earlier one. Nothing is checked or sent to Redis before `connect`.
+///
+/// ```
+/// use slowpool::redis::StreamWorker;
+/// use std::time::Duration;
+///
+/// let builder = StreamWorker::builder("redis://127.0.0.1/", "urls", "crawlers", "machine-1")
+///     .max_deliveries(3)
+///     .result_stream("urls:results")
+///     .claim_after(Duration::from_secs(30))
+///     .max_deliveries(10); // the last call wins
+/// let settings = format!("{builder:?}");
+/// assert!(settings.contains("max_deliveries: 10"));
+/// assert!(settings.contains(r#"result_stream: Some("urls:results")"#));
+/// assert!(settings.contains("claim_after: 30s"));
+/// ```
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until `connect` is called"]
 pub struct StreamWorkerBuilder {
@@ -155,23 +234,54 @@ impl StreamWorkerBuilder {
         }
     }
 
-    /// At most `n` entries held at once (in the pool, waiting for a retry, or finished and
-    /// not yet settled). Default: twice the pool's `max_workers`. With a bounded
+    /// Holds at most `n` entries at once (in the pool, waiting for a retry, or finished and
+    /// not yet settled): a read asks for no more than the room left. Default: twice the
+    /// pool's `max_workers`; 0 counts as 1. With a bounded
     /// [`queue_capacity`](crate::Builder::queue_capacity), keep `n` at most `max_workers +
     /// queue_capacity`: a full queue blocks the worker's loop, lease renewals included.
+    ///
+    /// Entries beyond what the pool can start at once wait in its queue, leased to this
+    /// worker: a larger `n` keeps the pool busy between reads, a smaller one leaves more
+    /// entries for other consumers.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("in_flight: None")); // twice max_workers
+    /// assert!(format!("{:?}", builder.clone().in_flight(8)).contains("in_flight: Some(8)"));
+    /// assert!(format!("{:?}", builder.in_flight(0)).contains("in_flight: Some(1)"));
+    /// ```
     pub fn in_flight(mut self, n: usize) -> Self {
         self.in_flight = Some(n.max(1));
         self
     }
 
-    /// How long one `XREADGROUP` blocks waiting for new entries. Default: 100 ms.
+    /// Sets how long one `XREADGROUP` blocks waiting for new entries. Default: 100 ms; at
+    /// least 1 ms.
+    ///
+    /// The worker blocks in Redis only while it holds nothing (otherwise it looks and moves
+    /// on), so this is also how late an idle worker notices [`stop`](StreamWorkerHandle::stop),
+    /// and how long a [`drain`](StreamWorkerBuilder::drain) run waits for new entries before
+    /// returning.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    /// use std::time::Duration;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("block: 100ms"));
+    /// let quick = builder.clone().block(Duration::from_millis(20));
+    /// assert!(format!("{quick:?}").contains("block: 20ms"));
+    /// assert!(format!("{:?}", builder.block(Duration::ZERO)).contains("block: 1ms"));
+    /// ```
     pub fn block(mut self, block: Duration) -> Self {
         self.block = block.max(Duration::from_millis(1));
         self
     }
 
-    /// How long a dead consumer's entries wait before another consumer claims them.
-    /// Default: 60 s.
+    /// Sets how long a dead consumer's entries wait before another consumer claims them.
+    /// Default: 60 s; at least 3 ms.
     ///
     /// Independent of how long tasks run: a live worker renews a lease on every entry it holds
     /// (queued in the pool, running, or waiting for a retry) every `claim_after / 3`, so its
@@ -180,12 +290,51 @@ impl StreamWorkerBuilder {
     /// results are not written (see `StreamStats::lost_lease`). A renewal can be late by one
     /// Redis call (`response_timeout`, plus `block` for a read): keep `claim_after` several
     /// times that.
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    /// use std::time::Duration;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-claim-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-2")
+    ///     .claim_after(Duration::from_secs(60))
+    ///     .drain(true)
+    ///     .connect()?;
+    /// let id = Producer::connect(&url, stream)?.push(b"job")?;
+    /// // machine-1 took the entry, then died: two minutes without a word from it.
+    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// redis::cmd("XREADGROUP").arg("GROUP").arg("workers").arg("machine-1")
+    ///     .arg("STREAMS").arg(stream).arg(">").exec(&mut redis)?;
+    /// redis::cmd("XCLAIM").arg(stream).arg("workers").arg("machine-1").arg(0).arg(&id)
+    ///     .arg("IDLE").arg(120_000).arg("JUSTID").exec(&mut redis)?;
+    ///
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// let stats = worker.run(&pool)?;
+    /// assert_eq!((stats.read, stats.claimed, stats.acked), (0, 1, 1));
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn claim_after(mut self, idle: Duration) -> Self {
         self.claim_after = idle.max(Duration::from_millis(3));
         self
     }
 
-    /// How often to look for entries to claim. Default: `claim_after / 2`.
+    /// Sets how often to look for entries to claim (`XAUTOCLAIM`). Default: `claim_after / 2`.
+    /// An entry is claimable once idle for `claim_after`, so a dead consumer's entries are
+    /// taken over within `claim_after + claim_every`. Zero looks on every pass of the loop; a
+    /// [`drain`](StreamWorkerBuilder::drain) run also looks whenever it holds nothing.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    /// use std::time::Duration;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("claim_every: None")); // claim_after / 2
+    /// let builder = builder.claim_every(Duration::from_secs(5));
+    /// assert!(format!("{builder:?}").contains("claim_every: Some(5s)"));
+    /// ```
     pub fn claim_every(mut self, every: Duration) -> Self {
         self.claim_every = Some(every);
         self
@@ -193,7 +342,37 @@ impl StreamWorkerBuilder {
 
     /// An entry runs at most `n` times: after its `n`-th failed delivery, or when claimed
     /// with more than `n` deliveries (its consumers kept dying), it goes to the dead-letter
-    /// stream. Default: 5.
+    /// stream. Default: 5; 0 counts as 1 (no retries). A [permanent](super::Failure::permanent)
+    /// failure is dead-lettered at once, whatever `n`.
+    ///
+    /// ```
+    /// use redis::streams::StreamRangeReply;
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    /// use std::time::Duration;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-max-deliveries-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .max_deliveries(2)
+    ///     .retry_backoff(Duration::from_millis(1), Duration::from_millis(1))
+    ///     .drain(true)
+    ///     .connect()?;
+    /// Producer::connect(&url, stream)?.push(b"https://example.com/")?;
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     Err(Failure::retry(format!("HTTP 503 on delivery {}", entry.deliveries)))
+    /// })?;
+    /// let stats = worker.run(&pool)?;
+    /// assert_eq!((stats.retried, stats.dead_lettered), (1, 1));
+    ///
+    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// let dead: StreamRangeReply = redis::cmd("XRANGE").arg(format!("{stream}:dead"))
+    ///     .arg("-").arg("+").query(&mut redis)?;
+    /// assert_eq!(dead.ids[0].get::<String>("error").as_deref(), Some("HTTP 503 on delivery 2"));
+    /// assert_eq!(dead.ids[0].get::<u64>("deliveries"), Some(2));
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn max_deliveries(mut self, n: u64) -> Self {
         self.max_deliveries = n.max(1);
         self
@@ -201,7 +380,23 @@ impl StreamWorkerBuilder {
 
     /// Waits `min(cap, base × 2^(n-1))`, less up to half at random, before delivery `n + 1`
     /// of a failed entry. The worker keeps the entry (and its lease) meanwhile. Default:
-    /// 1 s, capped at 5 min.
+    /// 1 s, capped at 5 min. A `cap` below `base` is raised to `base`.
+    ///
+    /// During a [`stop`](StreamWorkerHandle::stop) an entry waiting out its backoff is
+    /// handed back to the group instead, for any consumer to retry.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    /// use std::time::Duration;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("retry: Backoff { first: 1s, cap: 300s"));
+    /// let (base, cap) = (Duration::from_millis(500), Duration::from_secs(60));
+    /// let gentle = builder.clone().retry_backoff(base, cap);
+    /// assert!(format!("{gentle:?}").contains("retry: Backoff { first: 500ms, cap: 60s"));
+    /// let flat = builder.retry_backoff(Duration::from_secs(2), Duration::ZERO);
+    /// assert!(format!("{flat:?}").contains("retry: Backoff { first: 2s, cap: 2s"));
+    /// ```
     pub fn retry_backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.retry = Backoff {
             first: base,
@@ -213,27 +408,109 @@ impl StreamWorkerBuilder {
 
     /// The dead-letter stream. Each dead letter holds `entry` (the id), `error` (why),
     /// `deliveries` and `consumer`, followed by every field of the entry as it was.
-    /// Default: `{stream}:dead`.
+    /// Default: `{stream}:dead`. Nothing reads it: inspect it, and re-add what deserves
+    /// another try with a [`Producer`](super::Producer).
+    ///
+    /// ```
+    /// use redis::streams::StreamRangeReply;
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-dead-letter-{}", std::process::id());
+    /// let rejected = &format!("{stream}:rejected");
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .dead_letter_stream(rejected)
+    ///     .drain(true)
+    ///     .connect()?;
+    /// let id = Producer::connect(&url, stream)?.push(b"ftp://example.com/")?;
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     Err(Failure::permanent(format!("not a URL: {}", entry.payload_str()?)))
+    /// })?;
+    /// assert_eq!(worker.run(&pool)?.dead_lettered, 1);
+    ///
+    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// let dead: StreamRangeReply = redis::cmd("XRANGE").arg(rejected).arg("-").arg("+").query(&mut redis)?;
+    /// let letter = &dead.ids[0];
+    /// assert_eq!(letter.get::<String>("entry"), Some(id));
+    /// assert_eq!(letter.get::<String>("error").as_deref(), Some("not a URL: ftp://example.com/"));
+    /// assert_eq!(letter.get::<String>("consumer").as_deref(), Some("machine-1"));
+    /// assert_eq!(letter.get::<String>("payload").as_deref(), Some("ftp://example.com/"));
+    /// assert_eq!(redis::cmd("EXISTS").arg(format!("{stream}:dead")).query::<u64>(&mut redis)?, 0);
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(rejected).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
         self.dead_letter = Some(stream.into());
         self
     }
 
     /// Writes each output to this stream (fields `entry`, `output`, `consumer`) in the same
-    /// atomic step that acknowledges the entry. Default: none.
+    /// atomic step that acknowledges the entry. Default: none (outputs are dropped; the
+    /// entry is still acknowledged). An output is written at most once per entry, even when
+    /// two consumers ran it; an empty output is written too.
+    ///
+    /// ```
+    /// use redis::streams::StreamRangeReply;
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-results-{}", std::process::id());
+    /// let results = &format!("{stream}:results");
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .result_stream(results)
+    ///     .drain(true)
+    ///     .connect()?;
+    /// let id = Producer::connect(&url, stream)?.push(b"https://example.com/")?;
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     Ok(entry.payload_str()?.len().to_string().into_bytes())
+    /// })?;
+    /// assert_eq!(worker.run(&pool)?.acked, 1);
+    ///
+    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// let written: StreamRangeReply = redis::cmd("XRANGE").arg(results).arg("-").arg("+").query(&mut redis)?;
+    /// assert_eq!(written.ids.len(), 1);
+    /// assert_eq!(written.ids[0].get::<String>("entry"), Some(id));
+    /// assert_eq!(written.ids[0].get::<String>("output").as_deref(), Some("20"));
+    /// assert_eq!(written.ids[0].get::<String>("consumer").as_deref(), Some("machine-1"));
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(results).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn result_stream(mut self, stream: impl Into<String>) -> Self {
         self.result_stream = Some(stream.into());
         self
     }
 
     /// Trims the result stream to about `n` entries (`MAXLEN ~ n`: Redis trims whole nodes,
-    /// so it may hold up to one node — 100 entries by default — more). Default: no limit.
+    /// so it may hold up to one node — 100 entries by default — more). Default: no limit;
+    /// 0 means no limit too. Trimming drops the oldest results: read them before.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("results_max_len: 0")); // no limit
+    /// let builder = builder.result_stream("jobs:results").result_stream_max_len(100_000);
+    /// assert!(format!("{builder:?}").contains("results_max_len: 100000"));
+    /// ```
     pub fn result_stream_max_len(mut self, n: u64) -> Self {
         self.results_max_len = n;
         self
     }
 
-    /// Trims the dead-letter stream to about `n` entries. Default: no limit.
+    /// Trims the dead-letter stream to about `n` entries (`MAXLEN ~ n`, as
+    /// [`result_stream_max_len`](StreamWorkerBuilder::result_stream_max_len)), dropping the
+    /// oldest dead letters. Default: no limit; 0 means no limit too.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("dead_max_len: 0")); // no limit
+    /// let builder = builder.dead_letter_max_len(10_000);
+    /// assert!(format!("{builder:?}").contains("dead_max_len: 10000"));
+    /// ```
     pub fn dead_letter_max_len(mut self, n: u64) -> Self {
         self.dead_max_len = n;
         self
@@ -241,7 +518,28 @@ impl StreamWorkerBuilder {
 
     /// Deletes each job entry from the stream when it is acknowledged or dead-lettered
     /// (`XDEL`), so the stream holds only work not yet done. Default: `true`. Turn it off
-    /// when other consumer groups read the same stream.
+    /// when other consumer groups read the same stream; the stream then grows until trimmed
+    /// by other means.
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-keep-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .delete_acked(false) // an "audit" group reads this stream too
+    ///     .drain(true)
+    ///     .connect()?;
+    /// Producer::connect(&url, stream)?.push(b"job")?;
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// assert_eq!(worker.run(&pool)?.acked, 1);
+    /// assert_eq!(worker.backlog()?.pending, 0); // acknowledged ...
+    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// assert_eq!(redis::cmd("XLEN").arg(stream).query::<u64>(&mut redis)?, 1); // ... and kept
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn delete_acked(mut self, delete: bool) -> Self {
         self.delete_acked = delete;
         self
@@ -253,27 +551,92 @@ impl StreamWorkerBuilder {
     /// either way. Default: wait for every running entry.
     ///
     /// The pool still runs the abandoned tasks: a pool dropped after `run` waits for them
-    /// (see [`AsyncPool::shutdown_timeout`](crate::AsyncPool::shutdown_timeout)).
+    /// (see [`AsyncPool::shutdown_timeout`](crate::AsyncPool::shutdown_timeout)). A zero
+    /// timeout hands back every entry still running as soon as the stop is seen.
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    /// use std::sync::{Arc, Barrier};
+    /// use std::time::Duration;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-stop-timeout-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .stop_timeout(Duration::ZERO)
+    ///     .connect()?;
+    /// Producer::connect(&url, stream)?.push(b"slow job")?;
+    /// let (handle, gate) = (worker.handle(), Arc::new(Barrier::new(2)));
+    /// let task_gate = gate.clone();
+    /// let pool = AsyncPool::new(1, move |_: Entry| -> Result<Vec<u8>, Failure> {
+    ///     handle.stop(); // as if Ctrl-C came while this entry runs ...
+    ///     task_gate.wait(); // ... and it runs on
+    ///     Ok(Vec::new())
+    /// })?;
+    /// let stats = worker.run(&pool)?; // returns without waiting for the task
+    /// assert_eq!((stats.acked, stats.handed_back), (0, 1));
+    /// assert_eq!(worker.backlog()?.pending, 1); // for the next consumer's claim
+    /// gate.wait(); // the task ends; its result is dropped
+    /// # let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stop_timeout(mut self, timeout: Duration) -> Self {
         self.stop_timeout = Some(timeout);
         self
     }
 
-    /// How long connecting may take. Default: 5 s.
+    /// Sets how long connecting may take, for the first connection (a failure is
+    /// [`connect`](StreamWorkerBuilder::connect)'s error) and for every reconnection (a
+    /// failure is one more attempt). Default: 5 s; at least 1 ms.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    /// use std::time::Duration;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("connect_timeout: 5s"));
+    /// let builder = builder.connect_timeout(Duration::from_millis(500));
+    /// assert!(format!("{builder:?}").contains("connect_timeout: 500ms"));
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.link.connect_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
-    /// How long any reply may take (beyond a read's `block`) before the connection is
-    /// considered dead and replaced. Default: 5 s.
+    /// Sets how long any reply may take (beyond a read's `block`) before the connection is
+    /// considered dead and replaced. Default: 5 s; at least 1 ms. Too short, and a slow
+    /// but healthy Redis costs reconnections; a lease renewal can be late by this much (see
+    /// [`claim_after`](StreamWorkerBuilder::claim_after)).
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    /// use std::time::Duration;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("response_timeout: 5s"));
+    /// let builder = builder.response_timeout(Duration::from_secs(2));
+    /// assert!(format!("{builder:?}").contains("response_timeout: 2s"));
+    /// ```
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.link.response_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 
     /// Reconnects after `min(cap, base × 2^(n-1))`, less up to half at random, after `n`
-    /// failed attempts. Default: 100 ms, capped at 5 s.
+    /// failed attempts. Default: 100 ms, capped at 5 s. A `cap` below `base` is raised to
+    /// `base`.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    /// use std::time::Duration;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// let settings = format!("{builder:?}");
+    /// assert!(settings.contains("reconnect: Backoff { first: 100ms, cap: 5s"));
+    /// let patient = builder.reconnect_backoff(Duration::from_secs(1), Duration::from_secs(30));
+    /// assert!(format!("{patient:?}").contains("reconnect: Backoff { first: 1s, cap: 30s"));
+    /// ```
     pub fn reconnect_backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.link.reconnect = Backoff {
             first: base,
@@ -284,7 +647,18 @@ impl StreamWorkerBuilder {
     }
 
     /// Gives up when Redis stays unreachable this long: `run` returns
-    /// [`StreamError::Disconnected`]. Default: retries for ever.
+    /// [`StreamError::Disconnected`]. Default: retries for ever. Entries held then stay
+    /// pending, for other consumers to claim after `claim_after`.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    /// use std::time::Duration;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("reconnect_limit: None")); // for ever
+    /// let builder = builder.reconnect_limit(Duration::from_secs(300));
+    /// assert!(format!("{builder:?}").contains("reconnect_limit: Some(300s)"));
+    /// ```
     pub fn reconnect_limit(mut self, limit: Duration) -> Self {
         self.link.reconnect_limit = Some(limit);
         self
@@ -292,7 +666,20 @@ impl StreamWorkerBuilder {
 
     /// Removes other consumers of the group that have nothing pending and have not been
     /// seen for this long (`XGROUP DELCONSUMER`), so names of gone processes do not pile up.
-    /// `None` keeps them. Default: 1 hour.
+    /// `None` keeps them. Default: 1 hour. A consumer with entries pending is never removed,
+    /// nor this worker's own consumer.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    /// use std::time::Duration;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "jobs", "workers", "machine-1");
+    /// assert!(format!("{builder:?}").contains("forget_consumers_after: Some(3600s)"));
+    /// let day = Some(Duration::from_secs(24 * 3600));
+    /// let builder = builder.forget_consumers_after(day);
+    /// assert!(format!("{builder:?}").contains("forget_consumers_after: Some(86400s)"));
+    /// assert!(format!("{:?}", builder.forget_consumers_after(None)).contains("forget_consumers_after: None"));
+    /// ```
     pub fn forget_consumers_after(mut self, idle: Option<Duration>) -> Self {
         self.forget_consumers_after = idle;
         self
@@ -301,6 +688,28 @@ impl StreamWorkerBuilder {
     /// Makes `run` return once there is nothing new to read, nothing to claim and nothing
     /// held. Entries pending with other consumers are not waited for: see
     /// [`StreamWorker::backlog`]. Default: run until stopped.
+    ///
+    /// "Nothing new" is one read that found nothing after blocking for
+    /// [`block`](StreamWorkerBuilder::block); a stop still ends the run earlier.
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-drain-{}", std::process::id());
+    /// Producer::connect(&url, stream)?.push_batch(["a", "b", "c"])?;
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .drain(true)
+    ///     .connect()?;
+    /// let pool = AsyncPool::new(2, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// let stats = worker.run(&pool)?; // returns once the three are settled
+    /// assert_eq!((stats.read, stats.acked, stats.in_flight), (3, 3, 0));
+    /// assert!(worker.backlog()?.is_empty());
+    /// # let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn drain(mut self, drain: bool) -> Self {
         self.drain = drain;
         self
@@ -312,6 +721,29 @@ impl StreamWorkerBuilder {
     /// # Errors
     ///
     /// The connection or the group creation failed. The first connection is not retried.
+    ///
+    /// ```
+    /// use slowpool::redis::{Producer, StreamWorker};
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-connect-{}", std::process::id());
+    /// Producer::connect(&url, stream)?.push(b"added before any worker")?;
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1").connect()?;
+    /// let backlog = worker.backlog()?;
+    /// assert_eq!((backlog.pending, backlog.undelivered), (0, Some(1))); // it will be read
+    ///
+    /// // More workers join the same group; a fresh stream is created empty.
+    /// StreamWorker::builder(&url, stream, "workers", "machine-2").connect()?;
+    /// let empty = &format!("{stream}:empty");
+    /// StreamWorker::builder(&url, empty, "workers", "machine-1").connect()?;
+    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// assert_eq!(redis::cmd("XLEN").arg(empty).query::<u64>(&mut redis)?, 0);
+    ///
+    /// let wrong = StreamWorker::builder("127.0.0.1:6379", stream, "workers", "machine-1");
+    /// assert!(wrong.connect().is_err()); // not a Redis URL
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(empty).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn connect(self) -> Result<StreamWorker, StreamError> {
         let mut link = Link::connect(&self.url, self.link.clone())?;
         let (stream, group) = (self.stream.clone(), self.group.clone());
@@ -406,6 +838,35 @@ pub struct StreamWorker {
 }
 
 /// Stops a running [`StreamWorker`] and reads its stats from another thread.
+///
+/// Cheap to clone, `Send` and `Sync`: give one to a Ctrl-C handler, a monitoring thread, or
+/// the pool's callback itself. Every handle of a worker stops and reads the same worker; a
+/// handle outlives its worker harmlessly.
+///
+/// ```
+/// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+/// use slowpool::AsyncPool;
+///
+/// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+/// # let stream = &format!("doc-handle-type-{}", std::process::id());
+/// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+///     .in_flight(1)
+///     .connect()?;
+/// Producer::connect(&url, stream)?.push_batch(["a", "b", "c"])?;
+/// let handle = worker.handle();
+/// let stopper = handle.clone();
+/// let pool = AsyncPool::new(1, move |entry: Entry| -> Result<Vec<u8>, Failure> {
+///     stopper.stop(); // one entry, then stop
+///     Ok(entry.payload)
+/// })?;
+/// let stats = worker.run(&pool)?;
+/// assert_eq!((stats.read, stats.acked), (1, 1));
+/// assert_eq!(handle.stats(), stats);
+/// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+/// assert_eq!(redis::cmd("XLEN").arg(stream).query::<u64>(&mut redis)?, 2); // left for later
+/// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct StreamWorkerHandle {
     shared: Arc<Shared>,
@@ -417,12 +878,68 @@ impl StreamWorkerHandle {
     /// most `stop_timeout`), settles them, and `run` returns. Works while Redis is
     /// unreachable: `run` then returns once nothing runs, counting what it could not settle
     /// in `StreamStats::unsettled`.
+    ///
+    /// Returns at once, without waiting for `run` to return. Calling it before `run`, or
+    /// more than once, is harmless; a stopped worker stays stopped: a later `run` returns
+    /// at once, reading nothing (connect a new worker to start again).
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-stop-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1").connect()?;
+    /// Producer::connect(&url, stream)?.push(b"job")?;
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// let handle = worker.handle();
+    /// handle.stop(); // before `run`: it returns at once
+    /// assert_eq!(worker.run(&pool)?.read, 0);
+    /// handle.stop();
+    /// assert_eq!(worker.run(&pool)?.read, 0); // still stopped
+    /// assert_eq!(worker.backlog()?.undelivered, Some(1)); // the entry waits for another worker
+    /// # let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         let _ = self.shared.wake.try_send(());
     }
 
-    /// The worker's counts so far.
+    /// Returns the worker's counts so far: updated as `run` goes, totals over every run of
+    /// the worker, and all zero before the first. Once `run` has returned, the same as what
+    /// it returned (`in_flight` back to 0).
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamStats, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-handle-stats-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .drain(true)
+    ///     .connect()?;
+    /// let handle = worker.handle();
+    /// assert_eq!(handle.stats(), StreamStats::default());
+    /// Producer::connect(&url, stream)?.push_batch(["https://example.com/", "mailto:x"])?;
+    /// let pool = AsyncPool::new(2, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     match entry.payload_str()? {
+    ///         url if url.starts_with("https://") => Ok(entry.payload),
+    ///         other => Err(Failure::permanent(format!("not a URL: {other}"))),
+    ///     }
+    /// })?;
+    /// let stats = std::thread::scope(|s| {
+    ///     let watcher = handle.clone();
+    ///     s.spawn(move || assert!(watcher.stats().in_flight <= 2)); // any time, any thread
+    ///     worker.run(&pool)
+    /// })?;
+    /// assert_eq!(handle.stats(), stats);
+    /// assert_eq!((stats.acked, stats.dead_lettered, stats.in_flight), (1, 1, 0));
+    /// # let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn stats(&self) -> StreamStats {
         *self.shared.stats.lock()
     }
@@ -489,7 +1006,21 @@ impl StreamWorker {
     /// Starts configuring a worker for `consumer` in `group` on `stream` at `url`.
     ///
     /// Give each process its own consumer name, stable across restarts (the host name, or a
-    /// pod name): a restarted process then finds its own pending entries.
+    /// pod name): a restarted process then finds its own pending entries. Two running
+    /// processes must not share one: each would settle the other's entries.
+    ///
+    /// Sends nothing to Redis: [`connect`](StreamWorkerBuilder::connect) does.
+    ///
+    /// ```
+    /// use slowpool::redis::StreamWorker;
+    ///
+    /// let builder = StreamWorker::builder("redis://127.0.0.1/", "urls", "crawlers", "machine-1");
+    /// let settings = format!("{builder:?}");
+    /// assert!(settings.contains(r#"stream: "urls", group: "crawlers", consumer: "machine-1""#));
+    /// assert!(settings.contains("claim_after: 60s")); // the defaults
+    /// assert!(settings.contains("max_deliveries: 5"));
+    /// assert!(settings.contains("delete_acked: true"));
+    /// ```
     pub fn builder(
         url: &str,
         stream: impl Into<String>,
@@ -499,7 +1030,29 @@ impl StreamWorker {
         StreamWorkerBuilder::new(url, stream.into(), group.into(), consumer.into())
     }
 
-    /// A handle to stop the worker and read its stats from another thread.
+    /// Returns a handle to stop the worker and read its stats from another thread. Take it
+    /// before `run`, which borrows the worker; any number of handles may be taken.
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-handle-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1").connect()?;
+    /// Producer::connect(&url, stream)?.push(b"job")?;
+    /// let handle = worker.handle();
+    /// let pool = AsyncPool::new(1, move |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     handle.stop(); // what a Ctrl-C handler would do
+    ///     Ok(entry.payload)
+    /// })?;
+    /// let stats = worker.run(&pool)?; // no `drain`: only the stop ends it
+    /// assert_eq!(stats.acked, 1);
+    /// assert_eq!(worker.handle().stats(), stats);
+    /// # let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn handle(&self) -> StreamWorkerHandle {
         StreamWorkerHandle {
             shared: self.shared.clone(),
@@ -512,7 +1065,32 @@ impl StreamWorker {
     ///
     /// # Errors
     ///
-    /// Redis refused the command or could not be reached.
+    /// Redis refused the command or could not be reached (one attempt: nothing retries it).
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-backlog-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .drain(true)
+    ///     .connect()?;
+    /// Producer::connect(&url, stream)?.push_batch(["a", "b"])?;
+    /// let backlog = worker.backlog()?;
+    /// assert_eq!((backlog.pending, backlog.undelivered), (0, Some(2)));
+    /// assert!(backlog.consumers.is_empty()); // nobody has read yet
+    ///
+    /// let pool = AsyncPool::new(2, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// worker.run(&pool)?;
+    /// let backlog = worker.backlog()?;
+    /// assert!(backlog.is_empty());
+    /// let (name, pending, _idle_ms) = &backlog.consumers[0];
+    /// assert_eq!((name.as_str(), *pending), ("machine-1", 0));
+    /// # let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     ///
     /// [`drain`]: StreamWorkerBuilder::drain
     pub fn backlog(&mut self) -> Result<Backlog, StreamError> {
@@ -572,6 +1150,41 @@ impl StreamWorker {
     /// claim them after `claim_after`. Their tasks that have not started are cancelled in the
     /// pool (nobody would settle their results); running ones finish, and their results are
     /// dropped.
+    ///
+    /// The callback's `Ok` output is written to the [result
+    /// stream](StreamWorkerBuilder::result_stream), if any, and the entry acknowledged; its
+    /// `Err` is retried or dead-lettered as [`EntryError::is_permanent`] says; a panic or a
+    /// task timeout counts as a transient failure. An entry without a `payload` field is
+    /// dead-lettered without reaching the callback. `run` can be called again after it
+    /// returns (the counts go on adding up), unless the worker was stopped.
+    ///
+    /// ```
+    /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
+    /// use slowpool::AsyncPool;
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-run-{}", std::process::id());
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
+    ///     .drain(true)
+    ///     .connect()?;
+    /// Producer::connect(&url, stream)?.push_batch(["https://example.com/", "ftp://example.com/"])?;
+    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// redis::cmd("XADD").arg(stream).arg("*").arg("url").arg("no payload field").exec(&mut redis)?;
+    ///
+    /// let pool = AsyncPool::new(4, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     let url = entry.payload_str()?;
+    ///     if !url.starts_with("https://") {
+    ///         return Err(Failure::permanent(format!("not a URL: {url}")));
+    ///     }
+    ///     Ok(url.len().to_string().into_bytes())
+    /// })?;
+    /// let stats = worker.run(&pool)?;
+    /// assert_eq!((stats.read, stats.acked, stats.dead_lettered), (3, 1, 2));
+    /// assert_eq!(stats.in_flight, 0);
+    /// assert_eq!(redis::cmd("XLEN").arg(format!("{stream}:dead")).query::<u64>(&mut redis)?, 2);
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn run<O, E>(
         &mut self,
         pool: &AsyncPool<Entry, Result<O, E>>,
