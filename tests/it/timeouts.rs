@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, RecvTimeoutError, TryRecvError};
 use slowpool::{AsyncPool, Mailbox, TaskError};
 
-use crate::support::{eventually, gate, threads_named, watchdog};
+use crate::support::{eventually, gate, threads_named, watchdog, PATIENCE};
 
 #[test]
 fn a_stuck_task_is_reported_at_its_deadline_while_its_thread_still_blocks() {
@@ -54,7 +54,10 @@ fn a_stuck_task_is_reported_at_its_deadline_while_its_thread_still_blocks() {
         (0, 1),
         "the late result was dropped"
     );
-    assert_eq!(pool.add_task(5).unwrap().recv(), Ok(5));
+    // A task that must finish gets a deadline of its own: under a loaded machine, the pool's
+    // 50 ms could pass while it is merely descheduled.
+    let after = pool.task(5).timeout(PATIENCE).add().unwrap();
+    assert_eq!(after.recv(), Ok(5));
 }
 
 #[test]
@@ -71,7 +74,8 @@ fn two_stuck_tasks_do_not_take_the_capacity_of_a_two_worker_pool() {
         })
         .unwrap();
     let stuck_tasks: Vec<_> = (0..2).map(|n| pool.add_task(n).unwrap()).collect();
-    let third = pool.add_task(2).unwrap();
+    // Its own, generous deadline: it must finish, even on a loaded machine.
+    let third = pool.task(2).timeout(PATIENCE).add().unwrap();
     assert_eq!(watchdog("third task", move || third.recv()), Ok(2));
     for task in &stuck_tasks {
         assert_eq!(task.recv(), Err(TaskError::TimedOut));
@@ -172,7 +176,9 @@ fn past_max_abandoned_a_timed_out_thread_stays_a_worker() {
     eventually("the abandoned thread leaves", || {
         pool.stats().abandoned == 0
     });
-    assert_eq!(pool.add_task(7).unwrap().recv(), Ok(7));
+    // Its own, generous deadline: it must finish, even on a loaded machine.
+    let after = pool.task(7).timeout(PATIENCE).add().unwrap();
+    assert_eq!(after.recv(), Ok(7));
 }
 
 #[test]

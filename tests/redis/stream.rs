@@ -771,6 +771,156 @@ fn producer_capacity() {
     assert_eq!(xlen(&mut con(&redis.url), &stream), 5);
 }
 
+/// A worker fed to a pool it does not own (a `handle()`): when the pool's owner stops it with
+/// `shutdown_now`, the entries whose tasks were cancelled go back to the group, the running one
+/// is settled, and `run` returns; another consumer takes the rest at once.
+#[test]
+fn a_worker_on_a_handle_hands_back_what_the_pools_shutdown_now_cancelled() {
+    let redis = redis();
+    let stream = stream_name("handle");
+    let ids = Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push_batch((0..5).map(|n: u32| n.to_string()))
+        .unwrap();
+    let (key, gate) = gate();
+    let runs = Runs::default();
+    let r = runs.clone();
+    let pool = AsyncPool::new(1, move |entry: Entry| {
+        r.record(&entry);
+        gate.wait();
+        Ok::<_, String>(entry.payload)
+    })
+    .unwrap();
+    let mut worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "first")
+        .in_flight(5)
+        .claim_after(Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    let handle = pool.handle();
+    let (stats, handed_back) = watchdog("shutdown_now under a worker", move || {
+        let runner = std::thread::spawn(move || worker.run(&handle).unwrap());
+        eventually_within("one entry runs, four wait", PATIENCE, || {
+            let stats = pool.stats();
+            (stats.busy, stats.queued) == (1, 4)
+        });
+        // `shutdown_now` waits for the running task: let it end once the four are cancelled.
+        let watcher = pool.handle();
+        let releaser = std::thread::spawn(move || {
+            eventually_within("the queued four are cancelled", PATIENCE, || {
+                watcher.stats().cancelled == 4
+            });
+            key.pass(1);
+        });
+        let handed_back: Vec<Entry> = pool.shutdown_now();
+        releaser.join().unwrap();
+        (runner.join().unwrap(), handed_back)
+    });
+    assert_eq!((stats.acked, stats.handed_back), (1, 4), "{stats:?}");
+    let ran_first: Vec<String> = runs.all().into_keys().collect();
+    assert_eq!(ran_first.len(), 1);
+    let mut back: Vec<String> = handed_back.into_iter().map(|entry| entry.id).collect();
+    back.sort();
+    let mut rest: Vec<String> = ids
+        .iter()
+        .filter(|id| **id != ran_first[0])
+        .cloned()
+        .collect();
+    rest.sort();
+    // The worker sees the pool shut down and cancels its queued tasks too: whichever cancels
+    // one first has it, so `shutdown_now` hands back some of the four (the others ended
+    // `Cancelled` by the worker's hand), never the one that ran.
+    assert!(
+        back.iter().all(|id| rest.contains(id)),
+        "shutdown_now hands back only entries it cancelled: {back:?}, not {ran_first:?}"
+    );
+    assert_eq!(pending(&mut con(&redis.url), &stream, "g"), 4);
+    // Another consumer takes all four at once, though its claim_after is a minute, each on its
+    // first delivery: they never ran.
+    let again = Runs::default();
+    let a = again.clone();
+    let pool = AsyncPool::new(4, move |entry: Entry| {
+        a.record(&entry);
+        Ok::<_, String>(entry.payload)
+    })
+    .unwrap();
+    let second = StreamWorker::builder(&redis.url, stream.as_str(), "g", "second")
+        .claim_after(Duration::from_secs(60))
+        .connect()
+        .unwrap();
+    let stats = run_until(second, pool, &redis.url, |_, stats| stats.acked == 4);
+    assert_eq!(stats.claimed, 4);
+    let mut taken: Vec<String> = again.all().into_keys().collect();
+    taken.sort();
+    assert_eq!(taken, rest);
+    assert!(
+        rest.iter().all(|id| again.of(id) == [1]),
+        "{:?}",
+        again.all()
+    );
+}
+
+/// A pool built with `build_with` gives each of its threads a connection of its own (per-worker
+/// state), where a shared one would need a lock: every entry runs once, on one of at most
+/// `workers` connections.
+#[test]
+fn a_pool_with_a_connection_per_worker_thread_feeds_from_a_stream() {
+    const WORKERS: usize = 4;
+    let redis = redis();
+    let stream = stream_name("per-worker");
+    let results = format!("{stream}:results");
+    let runs_key = format!("{stream}:runs");
+    Producer::connect(&redis.url, stream.as_str())
+        .unwrap()
+        .push_batch((0..200).map(|n: u32| n.to_string()))
+        .unwrap();
+    let url = redis.url.clone();
+    let pool = AsyncPool::builder()
+        .max_workers(WORKERS)
+        .build_with(
+            move || {
+                let mut connection = con(&url);
+                let id: u64 = redis::cmd("CLIENT")
+                    .arg("ID")
+                    .query(&mut connection)
+                    .unwrap();
+                (connection, id)
+            },
+            move |cx, entry: Entry| -> Result<Vec<u8>, String> {
+                let (connection, id) = cx.state();
+                redis::cmd("HINCRBY")
+                    .arg(&runs_key)
+                    .arg(&entry.id)
+                    .arg(1)
+                    .query::<()>(connection)
+                    .map_err(|e| e.to_string())?;
+                Ok(id.to_string().into_bytes())
+            },
+        )
+        .unwrap();
+    let worker = StreamWorker::builder(&redis.url, stream.as_str(), "g", "c1")
+        .result_stream(results.as_str())
+        .connect()
+        .unwrap();
+    let stats = run_until(worker, pool, &redis.url, |_, stats| stats.acked == 200);
+    assert_eq!((stats.acked, stats.retried), (200, 0));
+    let mut con = con(&redis.url);
+    let runs: HashMap<String, u64> = redis::cmd("HGETALL")
+        .arg(format!("{stream}:runs"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(runs.len(), 200);
+    assert!(runs.values().all(|n| *n == 1), "every entry ran once");
+    let connections: HashSet<String> = entries(&mut con, &results)
+        .iter()
+        .map(|(_, fields)| text(fields, "output"))
+        .collect();
+    assert!(
+        (1..=WORKERS).contains(&connections.len()),
+        "{} connections for {WORKERS} workers",
+        connections.len()
+    );
+}
+
 /// One of the crash test's worker processes (runs only when re-executed by that test).
 #[test]
 fn crash_test_worker_process() {

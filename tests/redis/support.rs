@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 #[path = "../it/support.rs"]
 mod shared;
 
-pub use shared::{watchdog, watchdog_within, PATIENCE};
+pub use shared::{gate, watchdog, watchdog_within, PATIENCE};
 
 /// Polls `condition` every 10 ms until it holds; fails after `patience`. (The shared
 /// `eventually` polls faster with a fixed patience; Redis round trips want neither.)

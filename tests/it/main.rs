@@ -1,0 +1,17 @@
+//! The integration tests: one binary, a module per feature. Helpers live once, in `support`.
+//! The Redis back-end (`tests/redis`) and the model-based test (`tests/model`) are targets of
+//! their own.
+
+mod support;
+
+mod adding;
+mod builder;
+mod cancel;
+mod handles;
+mod load;
+mod panics;
+mod shutdown;
+mod soak;
+mod stats;
+mod timeouts;
+mod workers;
