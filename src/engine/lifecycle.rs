@@ -31,6 +31,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
 use super::{Engine, Job, CURRENT_TASK};
+use crate::cell::drop_quietly;
 use crate::cell::State;
 
 /// The signals of a shutdown that stops waiting: `shutdown_now`, or `shutdown_timeout` once its
@@ -109,10 +110,13 @@ impl<J: Job> Engine<J> {
     /// tasks, joins the workers.
     pub(crate) fn shutdown_now(&self) -> Vec<J::Input> {
         self.close();
-        let inputs = self.stop_now(true);
+        let mut inputs = self.stop_now(true);
         self.disconnect_if_done();
         self.wait_for_exit(None);
-        inputs
+        // Retries that came due as the shutdown began, stopped by the pool (every task has
+        // ended by now, unless called from inside a task: then those that have so far).
+        inputs.append(&mut self.stopped_retries.lock());
+        super::in_order(inputs)
     }
 
     /// Shuts down gracefully for at most `timeout`, then as `shutdown_now` and ends what still
@@ -145,12 +149,15 @@ impl<J: Job> Engine<J> {
             self.stopping.give_up();
         }
         self.wait_for_exit(deadline);
+        // `shutdown_timeout` hands no input back.
+        let stopped = std::mem::take(&mut *self.stopped_retries.lock());
+        drop_quietly(stopped);
         finished
     }
 
     /// Raises the stop flag (cancel tokens, retries), then cancels what has not started; see
     /// `cancel_queued` for `hand_back`.
-    fn stop_now(&self, hand_back: bool) -> Vec<J::Input> {
+    fn stop_now(&self, hand_back: bool) -> Vec<(crate::id::TaskId, J::Input)> {
         self.stopping.raise();
         self.cancel_queued(hand_back)
     }

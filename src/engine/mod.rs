@@ -42,7 +42,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use parking_lot::MutexGuard;
+use parking_lot::{Mutex, MutexGuard};
 
 use crate::builder::Config;
 use crate::cell::{drop_quietly, Control, State};
@@ -142,6 +142,9 @@ pub(crate) struct Engine<J: Job> {
     quiet: Quiet,
     /// The spares of running attempts of tasks with a retry policy, by task (see `retry.rs`).
     spares: Spares<J>,
+    /// Inputs of tasks whose retry the pool stopped once a shutdown stopped waiting (see
+    /// `Engine::stop_retry`): `shutdown_now` hands them back with the others.
+    stopped_retries: Mutex<Vec<(TaskId, J::Input)>>,
 }
 
 impl<J: Job> Engine<J> {
@@ -187,6 +190,7 @@ impl<J: Job> Engine<J> {
             courier: Courier::new(),
             quiet: Quiet::new(),
             spares: Spares::new(),
+            stopped_retries: Mutex::new(Vec::new()),
         });
         for _ in 0..min {
             let reserved = engine.workers.reserve();
@@ -329,7 +333,7 @@ impl<J: Job> Engine<J> {
     /// Cancels every task not yet started; hands back their inputs in the order they were
     /// added.
     pub(crate) fn cancel_all(&self) -> Vec<J::Input> {
-        self.cancel_queued(true)
+        in_order(self.cancel_queued(true))
     }
 
     pub(crate) fn stats(&self) -> Stats {
@@ -492,7 +496,7 @@ impl<J: Job> Engine<J> {
     /// the table to the queue under the table lock, so none is missed in between. (A retry the
     /// timer is moving right now may reach the queue behind the drain: it runs, as an add racing
     /// `cancel_all` would.)
-    fn cancel_queued(&self, hand_back: bool) -> Vec<J::Input> {
+    fn cancel_queued(&self, hand_back: bool) -> Vec<(TaskId, J::Input)> {
         let mut jobs: Vec<(State, J)> = Vec::new();
         jobs.extend(
             self.timer
@@ -528,8 +532,7 @@ impl<J: Job> Engine<J> {
                 }
             }
         }
-        cancelled.sort_by_key(|(id, _)| *id);
-        cancelled.into_iter().map(|(_, input)| input).collect()
+        cancelled
     }
 
     /// Puts an event on the pool's timer, starting the timer thread on first use.
@@ -641,6 +644,12 @@ impl<J: Job> Engine<J> {
     }
 }
 
+/// Inputs handed back, in the order their tasks were added.
+fn in_order<I>(mut inputs: Vec<(TaskId, I)>) -> Vec<I> {
+    inputs.sort_by_key(|(id, _)| *id);
+    inputs.into_iter().map(|(_, input)| input).collect()
+}
+
 impl<J: Job> Canceller for Engine<J> {
     fn cancel_task(&self, control: &dyn Control) -> bool {
         Engine::cancel_task(self, control)
@@ -652,6 +661,7 @@ impl<J: Job> Drop for Engine<J> {
         // Shutdown leaves nothing behind; this only guards the invariant that no accepted task
         // is dropped without an ending.
         drop_quietly(self.cancel_queued(false));
+        drop_quietly(std::mem::take(self.stopped_retries.get_mut()));
     }
 }
 

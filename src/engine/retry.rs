@@ -94,16 +94,22 @@ impl<J: Job> Engine<J> {
     }
 
     /// Ends a task waiting to retry that must not run again: `Cancelled` (unless it was
-    /// cancelled already: its canceller ended it).
+    /// cancelled already: its canceller ended it). Stopped by a shutdown that stops waiting, it
+    /// keeps its input for `shutdown_now` to hand back, as the retries it found in the timer.
     fn stop_retry(&self, next: J) {
         let control = next.control();
-        if control
-            .header()
-            .transition(State::Backoff, State::Cancelled)
-        {
-            self.end_cancelled(control, State::Backoff);
+        let header = control.header();
+        if !header.transition(State::Backoff, State::Cancelled) {
+            drop_quietly(next);
+            return;
         }
-        drop_quietly(next);
+        self.end_cancelled(control, State::Backoff);
+        if self.stopping.is_raised() {
+            let id = header.id;
+            self.stopped_retries.lock().push((id, next.into_input()));
+        } else {
+            drop_quietly(next);
+        }
     }
 
     /// The timer's side: a back-off has passed. The task enters its key's table or the queue,

@@ -17,7 +17,7 @@ use std::time::Duration;
 /// let full = StreamError::Full { len: 1000, capacity: 1000 };
 /// assert_eq!(full.to_string(), "stream is full: 1000 entries, capacity 1000");
 ///
-/// let refused = Producer::connect("http://127.0.0.1/", "jobs").unwrap_err(); // not a Redis URL
+/// let refused = Producer::connect("http://127.0.0.1/", "jobs").unwrap_err(); // not redis://
 /// assert!(matches!(refused, StreamError::Redis(_)));
 /// assert!(refused.to_string().starts_with("redis: "));
 /// assert!(std::error::Error::source(&refused).is_some());

@@ -37,7 +37,8 @@ impl Producer {
     /// ```
     /// use slowpool::redis::Producer;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-connect-{}", std::process::id());
     /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
     /// let mut producer = Producer::connect(&url, stream)?;
@@ -69,7 +70,8 @@ impl Producer {
     /// ```
     /// use slowpool::redis::{Producer, StreamError};
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-capacity-{}", std::process::id());
     /// let mut producer = Producer::connect(&url, stream)?.capacity(2);
     /// producer.push_batch(["https://example.com/a", "https://example.com/b"])?;
@@ -77,7 +79,8 @@ impl Producer {
     ///     Err(StreamError::Full { len, capacity }) => assert_eq!((len, capacity), (2, 2)),
     ///     other => panic!("the workers are behind: expected Full, got {other:?}"),
     /// }
-    /// # redis::cmd("DEL").arg(stream).exec(&mut redis::Client::open(url.as_str())?.get_connection()?)?;
+    /// # redis::cmd("DEL").arg(stream)
+    /// #     .exec(&mut redis::Client::open(url.as_str())?.get_connection()?)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[must_use]
@@ -99,7 +102,8 @@ impl Producer {
     /// use redis::streams::StreamRangeReply;
     /// use slowpool::redis::Producer;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-push-{}", std::process::id());
     /// let mut producer = Producer::connect(&url, stream)?;
     /// let first = producer.push(b"https://example.com/")?;
@@ -107,7 +111,8 @@ impl Producer {
     /// assert_ne!(first, second);
     ///
     /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
-    /// let added: StreamRangeReply = redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(&mut redis)?;
+    /// let added: StreamRangeReply =
+    ///     redis::cmd("XRANGE").arg(stream).arg("-").arg("+").query(&mut redis)?;
     /// assert_eq!(added.ids[0].id, first);
     /// assert_eq!(added.ids[0].get::<Vec<u8>>("payload"), Some(b"https://example.com/".to_vec()));
     /// assert_eq!(added.ids[1].get::<Vec<u8>>("payload"), Some(vec![0xff, 0x00]));
@@ -129,7 +134,8 @@ impl Producer {
     /// ```
     /// use slowpool::redis::Producer;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-batch-{}", std::process::id());
     /// let mut producer = Producer::connect(&url, stream)?;
     /// let ids = producer.push_batch((0..3).map(|n| format!("https://example.com/{n}")))?;
@@ -183,7 +189,8 @@ impl Producer {
     /// use slowpool::redis::Producer;
     /// use std::time::Duration;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-wait-{}", std::process::id());
     /// let mut producer = Producer::connect(&url, stream)?.capacity(1);
     /// producer.push(b"first")?;

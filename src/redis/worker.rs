@@ -41,16 +41,17 @@ use crate::{AsyncPool, Done, TaskError, TaskId};
 /// [`run`](StreamWorker::run) returns them and [`StreamWorkerHandle::stats`] reads them.
 ///
 /// Counts of entries and counts of deliveries differ: an entry that failed twice and then
-/// succeeded is one `read`, two `retried` and one `acked`. Every entry read or claimed ends
-/// in exactly one of `acked`, `dead_lettered`, `handed_back`, `lost_lease`, `unconfirmed` and
-/// `unsettled`, or is still `in_flight`.
+/// succeeded is one `read`, two `retried` and one `acked`. `dead_lettered` also counts
+/// entries a claim found delivered too often and buried without running them: those are not
+/// in `claimed`.
 ///
 /// ```
 /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
 /// use slowpool::AsyncPool;
 /// use std::time::Duration;
 ///
-/// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+/// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+/// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
 /// # let stream = &format!("doc-stats-{}", std::process::id());
 /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
 ///     .retry_backoff(Duration::from_millis(1), Duration::from_millis(1))
@@ -296,7 +297,8 @@ impl StreamWorkerBuilder {
     /// use slowpool::AsyncPool;
     /// use std::time::Duration;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-claim-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-2")
     ///     .claim_after(Duration::from_secs(60))
@@ -310,7 +312,9 @@ impl StreamWorkerBuilder {
     /// redis::cmd("XCLAIM").arg(stream).arg("workers").arg("machine-1").arg(0).arg(&id)
     ///     .arg("IDLE").arg(120_000).arg("JUSTID").exec(&mut redis)?;
     ///
-    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     Ok(entry.payload)
+    /// })?;
     /// let stats = worker.run(&pool)?;
     /// assert_eq!((stats.read, stats.claimed, stats.acked), (0, 1, 1));
     /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).exec(&mut redis)?;
@@ -323,7 +327,7 @@ impl StreamWorkerBuilder {
 
     /// Sets how often to look for entries to claim (`XAUTOCLAIM`). Default: `claim_after / 2`.
     /// An entry is claimable once idle for `claim_after`, so a dead consumer's entries are
-    /// taken over within `claim_after + claim_every`. Zero looks on every pass of the loop; a
+    /// taken over within about `claim_after + claim_every`. Zero looks on every pass of the loop; a
     /// [`drain`](StreamWorkerBuilder::drain) run also looks whenever it holds nothing.
     ///
     /// ```
@@ -351,7 +355,8 @@ impl StreamWorkerBuilder {
     /// use slowpool::AsyncPool;
     /// use std::time::Duration;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-max-deliveries-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
     ///     .max_deliveries(2)
@@ -416,7 +421,8 @@ impl StreamWorkerBuilder {
     /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-dead-letter-{}", std::process::id());
     /// let rejected = &format!("{stream}:rejected");
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
@@ -430,14 +436,16 @@ impl StreamWorkerBuilder {
     /// assert_eq!(worker.run(&pool)?.dead_lettered, 1);
     ///
     /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
-    /// let dead: StreamRangeReply = redis::cmd("XRANGE").arg(rejected).arg("-").arg("+").query(&mut redis)?;
+    /// let dead: StreamRangeReply =
+    ///     redis::cmd("XRANGE").arg(rejected).arg("-").arg("+").query(&mut redis)?;
     /// let letter = &dead.ids[0];
     /// assert_eq!(letter.get::<String>("entry"), Some(id));
     /// assert_eq!(letter.get::<String>("error").as_deref(), Some("not a URL: ftp://example.com/"));
     /// assert_eq!(letter.get::<String>("consumer").as_deref(), Some("machine-1"));
     /// assert_eq!(letter.get::<String>("payload").as_deref(), Some("ftp://example.com/"));
     /// assert_eq!(redis::cmd("EXISTS").arg(format!("{stream}:dead")).query::<u64>(&mut redis)?, 0);
-    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(rejected).exec(&mut redis)?;
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(rejected)
+    /// #     .exec(&mut redis)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn dead_letter_stream(mut self, stream: impl Into<String>) -> Self {
@@ -455,7 +463,8 @@ impl StreamWorkerBuilder {
     /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-results-{}", std::process::id());
     /// let results = &format!("{stream}:results");
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
@@ -469,12 +478,14 @@ impl StreamWorkerBuilder {
     /// assert_eq!(worker.run(&pool)?.acked, 1);
     ///
     /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
-    /// let written: StreamRangeReply = redis::cmd("XRANGE").arg(results).arg("-").arg("+").query(&mut redis)?;
+    /// let written: StreamRangeReply =
+    ///     redis::cmd("XRANGE").arg(results).arg("-").arg("+").query(&mut redis)?;
     /// assert_eq!(written.ids.len(), 1);
     /// assert_eq!(written.ids[0].get::<String>("entry"), Some(id));
     /// assert_eq!(written.ids[0].get::<String>("output").as_deref(), Some("20"));
     /// assert_eq!(written.ids[0].get::<String>("consumer").as_deref(), Some("machine-1"));
-    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(results).exec(&mut redis)?;
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(results)
+    /// #     .exec(&mut redis)?;
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn result_stream(mut self, stream: impl Into<String>) -> Self {
@@ -525,14 +536,17 @@ impl StreamWorkerBuilder {
     /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-keep-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
     ///     .delete_acked(false) // an "audit" group reads this stream too
     ///     .drain(true)
     ///     .connect()?;
     /// Producer::connect(&url, stream)?.push(b"job")?;
-    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     Ok(entry.payload)
+    /// })?;
     /// assert_eq!(worker.run(&pool)?.acked, 1);
     /// assert_eq!(worker.backlog()?.pending, 0); // acknowledged ...
     /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
@@ -560,7 +574,8 @@ impl StreamWorkerBuilder {
     /// use std::sync::{Arc, Barrier};
     /// use std::time::Duration;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-stop-timeout-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
     ///     .stop_timeout(Duration::ZERO)
@@ -678,7 +693,8 @@ impl StreamWorkerBuilder {
     /// let day = Some(Duration::from_secs(24 * 3600));
     /// let builder = builder.forget_consumers_after(day);
     /// assert!(format!("{builder:?}").contains("forget_consumers_after: Some(86400s)"));
-    /// assert!(format!("{:?}", builder.forget_consumers_after(None)).contains("forget_consumers_after: None"));
+    /// let keep = builder.forget_consumers_after(None);
+    /// assert!(format!("{keep:?}").contains("forget_consumers_after: None"));
     /// ```
     pub fn forget_consumers_after(mut self, idle: Option<Duration>) -> Self {
         self.forget_consumers_after = idle;
@@ -696,13 +712,16 @@ impl StreamWorkerBuilder {
     /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-drain-{}", std::process::id());
     /// Producer::connect(&url, stream)?.push_batch(["a", "b", "c"])?;
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
     ///     .drain(true)
     ///     .connect()?;
-    /// let pool = AsyncPool::new(2, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// let pool = AsyncPool::new(2, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     Ok(entry.payload)
+    /// })?;
     /// let stats = worker.run(&pool)?; // returns once the three are settled
     /// assert_eq!((stats.read, stats.acked, stats.in_flight), (3, 3, 0));
     /// assert!(worker.backlog()?.is_empty());
@@ -725,7 +744,8 @@ impl StreamWorkerBuilder {
     /// ```
     /// use slowpool::redis::{Producer, StreamWorker};
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-connect-{}", std::process::id());
     /// Producer::connect(&url, stream)?.push(b"added before any worker")?;
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1").connect()?;
@@ -847,7 +867,8 @@ pub struct StreamWorker {
 /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
 /// use slowpool::AsyncPool;
 ///
-/// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+/// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+/// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
 /// # let stream = &format!("doc-handle-type-{}", std::process::id());
 /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
 ///     .in_flight(1)
@@ -887,11 +908,14 @@ impl StreamWorkerHandle {
     /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-stop-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1").connect()?;
     /// Producer::connect(&url, stream)?.push(b"job")?;
-    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// let pool = AsyncPool::new(1, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     Ok(entry.payload)
+    /// })?;
     /// let handle = worker.handle();
     /// handle.stop(); // before `run`: it returns at once
     /// assert_eq!(worker.run(&pool)?.read, 0);
@@ -915,7 +939,8 @@ impl StreamWorkerHandle {
     /// use slowpool::redis::{Entry, Failure, Producer, StreamStats, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-handle-stats-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
     ///     .drain(true)
@@ -1037,7 +1062,8 @@ impl StreamWorker {
     /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-handle-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1").connect()?;
     /// Producer::connect(&url, stream)?.push(b"job")?;
@@ -1065,13 +1091,16 @@ impl StreamWorker {
     ///
     /// # Errors
     ///
-    /// Redis refused the command or could not be reached (one attempt: nothing retries it).
+    /// Redis refused the command or could not be reached. Nothing retries it: while the
+    /// worker's connection is down (a `run` that ended during an outage), it fails without
+    /// trying, until a `run` reconnects.
     ///
     /// ```
     /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-backlog-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
     ///     .drain(true)
@@ -1081,7 +1110,9 @@ impl StreamWorker {
     /// assert_eq!((backlog.pending, backlog.undelivered), (0, Some(2)));
     /// assert!(backlog.consumers.is_empty()); // nobody has read yet
     ///
-    /// let pool = AsyncPool::new(2, |entry: Entry| -> Result<Vec<u8>, Failure> { Ok(entry.payload) })?;
+    /// let pool = AsyncPool::new(2, |entry: Entry| -> Result<Vec<u8>, Failure> {
+    ///     Ok(entry.payload)
+    /// })?;
     /// worker.run(&pool)?;
     /// let backlog = worker.backlog()?;
     /// assert!(backlog.is_empty());
@@ -1162,14 +1193,16 @@ impl StreamWorker {
     /// use slowpool::redis::{Entry, Failure, Producer, StreamWorker};
     /// use slowpool::AsyncPool;
     ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
     /// # let stream = &format!("doc-run-{}", std::process::id());
     /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1")
     ///     .drain(true)
     ///     .connect()?;
-    /// Producer::connect(&url, stream)?.push_batch(["https://example.com/", "ftp://example.com/"])?;
+    /// let mut producer = Producer::connect(&url, stream)?;
+    /// producer.push_batch(["https://example.com/", "ftp://example.com/"])?;
     /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
-    /// redis::cmd("XADD").arg(stream).arg("*").arg("url").arg("no payload field").exec(&mut redis)?;
+    /// redis::cmd("XADD").arg(stream).arg("*").arg("url").arg("no `payload`").exec(&mut redis)?;
     ///
     /// let pool = AsyncPool::new(4, |entry: Entry| -> Result<Vec<u8>, Failure> {
     ///     let url = entry.payload_str()?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     assert_settled, assert_threads_gone, eventually, gate, quick, thread_names, threads_named,
-    watchdog, watchdog_within, within, Gate,
+    watchdog, within, Gate, PATIENCE,
 };
 use crossbeam_channel::{bounded, unbounded};
 use slowpool::{
@@ -1608,17 +1608,22 @@ fn keyed_join_round(
         }
     }
     key.open();
-    let reports: Vec<JoinReport> = (0..joiners)
-        .map(|_| {
-            let reports = reports.clone();
-            watchdog_within(
-                "a join inside a keyed task returns",
-                Duration::from_secs(20),
-                move || reports.recv().unwrap(),
-            )
-        })
-        .collect();
-    for (joiner, ended, started) in reports {
+    let mut returned = Vec::new();
+    for _ in 0..joiners {
+        match reports.recv_timeout(PATIENCE) {
+            Ok(report) => returned.push(report),
+            Err(_) => {
+                // A deadlocked pool: dropping it would wait for ever (its drop is a graceful
+                // shutdown), so it is leaked and the test fails.
+                std::mem::forget(pool);
+                panic!(
+                    "{name}: a join inside a keyed task never returned ({} of {joiners} did)",
+                    returned.len()
+                );
+            }
+        }
+    }
+    for (joiner, ended, started) in returned {
         for hold in &holds {
             assert!(
                 ended.contains(hold),

@@ -206,16 +206,21 @@ fn thread_pools_stream_closures_too() {
 #[test]
 fn sorted_input_keeps_every_key_busy_and_never_exceeds_max_per_key() {
     // 10,000 inputs sorted by key across 10 keys, max_per_key(2), 20 workers: the window must
-    // not fill with the first key. All 10 keys run at once at some point, never more than 2
-    // tasks of one key.
+    // not fill with the first key. All 10 keys run at once at some point — the first input of
+    // each key waits for the first of every other (a key holding the others back leaves them
+    // waiting: the watchdog fails) — never more than 2 tasks of one key.
     watchdog("sorted keyed stream", || {
         let seen = Arc::new(Concurrency::default());
+        let all_keys = Arc::new(std::sync::Barrier::new(10));
         let s = seen.clone();
         let pool = AsyncPool::builder()
             .max_workers(20)
             .max_per_key(2)
             .build(move |(key, i): (u32, u32)| {
                 s.enter(key);
+                if i % 1_000 == 0 {
+                    all_keys.wait();
+                }
                 std::thread::sleep(Duration::from_micros(200)); // the work
                 s.leave(key);
                 i

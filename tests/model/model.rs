@@ -1380,7 +1380,7 @@ struct RetryRecord<'a> {
 /// attempt fails as `shutdown_now` begins (its back-off not yet in the timer), or whose back-off
 /// falls due then, ends `Cancelled` and its input is dropped (a library bug; see
 /// `shutdown_now_hands_back_every_retry_it_stops`). Set to `true` once fixed.
-const STOP_HANDS_BACK_EVERY_RETRY: bool = false;
+const STOP_HANDS_BACK_EVERY_RETRY: bool = true;
 
 /// What the retried endings of one pool account for.
 #[derive(Debug)]
