@@ -108,8 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
             recv(ticker) -> _ => {
-                let stats = pool.stats();
-                eprintln!("-- {received}/{PAGES} done, {} running, {} queued", stats.busy, stats.queued);
+                eprintln!("-- {received}/{PAGES} done: {}", pool.stats());
             }
         }
     }

@@ -1,5 +1,6 @@
 //! What a pool is doing: the public [`Stats`] snapshot and the counters behind it.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 
 use crossbeam_utils::CachePadded;
@@ -53,6 +54,44 @@ pub struct Stats {
     /// Tasks waiting on the pool's timer for their next attempt (holding no worker, not in
     /// `queued`): the ones `cancel_all` and `shutdown_now` would take out and hand back now.
     pub waiting_retry: usize,
+}
+
+/// One readable line, for a progress report: what runs and waits now, then what has ended.
+///
+/// ```
+/// use slowpool::AsyncPool;
+///
+/// let pool = AsyncPool::new(2, |n: i32| if n < 0 { panic!("negative") } else { n })?;
+/// pool.add_task(1)?.recv()?;
+/// assert!(pool.add_task(-1)?.recv().is_err());
+/// assert_eq!(
+///     pool.stats().to_string(),
+///     "2 workers (0 busy), 0 queued, 0 waiting on a key, 0 waiting to retry; \
+///      2 submitted: 1 completed, 1 panicked, 0 cancelled, 0 timed out; 0 retries",
+/// );
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} workers ({} busy), {} queued, {} waiting on a key, {} waiting to retry",
+            self.workers, self.busy, self.queued, self.waiting_on_key, self.waiting_retry
+        )?;
+        if self.abandoned > 0 {
+            write!(f, ", {} abandoned threads", self.abandoned)?;
+        }
+        write!(
+            f,
+            "; {} submitted: {} completed, {} panicked, {} cancelled, {} timed out; {} retries",
+            self.submitted,
+            self.completed,
+            self.panicked,
+            self.cancelled,
+            self.timed_out,
+            self.retried
+        )
+    }
 }
 
 /// The task counters of one pool.
