@@ -29,7 +29,7 @@
 //! `delivery.rs`). The tag lives here, beside the destination, not in the job: it is at hand
 //! however the task ends (cancelled by id, timed out, after its last retry).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -110,6 +110,9 @@ pub(crate) struct Header {
     /// Set when whoever waits for the task is gone (a dropped stream): with a retry policy, it
     /// makes no further attempt.
     last_attempt: AtomicBool,
+    /// The latest attempt that timed out: its callback (still running, or holding a key) is
+    /// told to stop for good, even once a retry waits or runs.
+    timed_out_attempt: AtomicU32,
     /// Index of the worker thread running the task (meaningful while Running).
     worker: AtomicUsize,
 }
@@ -128,6 +131,7 @@ impl Header {
             timeout,
             word: AtomicU64::new(state as u64),
             last_attempt: AtomicBool::new(false),
+            timed_out_attempt: AtomicU32::new(0),
             worker: AtomicUsize::new(usize::MAX),
         }
     }
@@ -217,13 +221,22 @@ impl Header {
         self.worker.load(Ordering::Relaxed)
     }
 
-    /// True once the task was told to stop: it timed out (and may wait to retry). (A cancelled
-    /// task never runs, so its token is never read.)
-    pub(crate) fn stop_requested(&self) -> bool {
-        matches!(
-            self.state(),
-            State::Cancelled | State::TimedOut | State::Backoff
-        )
+    /// The attempt that runs now has timed out (called right after its state change).
+    pub(crate) fn attempt_timed_out(&self) {
+        self.timed_out_attempt
+            .fetch_max(self.attempts(), Ordering::SeqCst);
+    }
+
+    /// True once `attempt` was told to stop: it timed out — for good, even once the task waits
+    /// to retry or a later attempt runs — or the task ended. (A cancelled task never runs, so
+    /// its token is read only by an attempt that ran before it was cancelled.)
+    pub(crate) fn stop_requested(&self, attempt: u32) -> bool {
+        self.timed_out_attempt.load(Ordering::SeqCst) >= attempt
+            || self.attempts() != attempt
+            || matches!(
+                self.state(),
+                State::Cancelled | State::TimedOut | State::Backoff
+            )
     }
 }
 

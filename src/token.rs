@@ -74,10 +74,7 @@ impl CancelToken {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn is_cancelled(&self) -> bool {
-        let header = self.task.header();
-        header.stop_requested()
-            || header.attempts() != self.attempt
-            || self.pool.load(Ordering::Acquire)
+        self.task.header().stop_requested(self.attempt) || self.pool.load(Ordering::Acquire)
     }
 }
 

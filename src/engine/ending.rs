@@ -218,7 +218,7 @@ impl<J: Job> Engine<J> {
             }
         }
         // 3. A joiner that ended excuses nobody any more.
-        self.quiet.joiners.remove((header.id, header.attempts()));
+        self.quiet.joiners.ended((header.id, header.attempts()));
         // 4. Deliver, then 5. settle (the courier settles what it delivers).
         let way = match on_worker {
             Some(_) => Way::Wait {

@@ -188,20 +188,17 @@ impl<J: Job> Engine<J> {
         let joining = worker
             .as_ref()
             .and_then(|_| CURRENT_TASK.with(|task| task.get()));
-        if let Some((id, attempt)) = joining {
-            // A task that already ended (it timed out) excuses nobody: see `Joiners`.
-            let task = self.registry.get(id);
-            let key = task.as_ref().and_then(|task| task.header().key);
+        if let Some(((id, attempt), key)) = joining {
+            // Its callback holds its key while it joins, even once the task ended (it timed
+            // out); a task that ended excuses nobody: see `Joiners`.
             self.quiet.joiners.register((id, attempt), key);
-            let running = task.is_some_and(|task| {
+            let running = self.registry.get(id).is_some_and(|task| {
                 let header = task.header();
                 header.state() == State::Running && header.attempts() == attempt
             });
             if running && self.quiet.joiners.confirm((id, attempt)) {
                 // Another joiner may be waiting for exactly this task to be excused.
                 self.nudge();
-            } else {
-                self.quiet.joiners.remove((id, attempt));
             }
         }
         // An abandoned thread no longer runs the pool's work.
@@ -220,7 +217,7 @@ impl<J: Job> Engine<J> {
                 }
             },
         );
-        if let Some(attempt) = joining {
+        if let Some((attempt, _)) = joining {
             self.quiet.joiners.remove(attempt);
         }
         quiet

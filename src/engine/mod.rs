@@ -105,8 +105,10 @@ pub(crate) trait Job: Send + Sized + 'static {
 thread_local! {
     /// `(pool id, seat)` when the current thread is a pool's worker.
     static CURRENT: RefCell<Option<(usize, Arc<Seat>)>> = const { RefCell::new(None) };
-    /// The task the current worker thread is running (the innermost, inside `join()`).
-    static CURRENT_TASK: std::cell::Cell<Option<AttemptId>> = const { std::cell::Cell::new(None) };
+    /// The task the current worker thread is running (the innermost, inside `join()`), and its
+    /// key.
+    static CURRENT_TASK: std::cell::Cell<Option<(AttemptId, Option<u64>)>> =
+        const { std::cell::Cell::new(None) };
 }
 
 /// One run of a task: its id and which attempt (a retried task runs more than once).
@@ -607,6 +609,7 @@ impl<J: Job> Engine<J> {
         let Some(abandoned) = abandoned else {
             return false;
         };
+        header.attempt_timed_out();
         let next = held.as_mut().and_then(|held| held.take());
         drop(held);
         let thread_left = abandoned == Abandon::Now;

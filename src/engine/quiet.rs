@@ -14,8 +14,9 @@
 //!
 //! **Joiners inside the pool.** A task blocked in `join()` on one of the pool's workers cannot
 //! wait for itself, so `join` there waits for every task except the [`Joiners`] — and except the
-//! tasks that a joiner's own key holds back, when joiners fill every slot of that key (they
-//! could never start before a joiner ends).
+//! tasks that joiners' keys hold back, when callbacks blocked in `join` fill every slot of that
+//! key (they could never start before such a callback returns). A joining task that ended (it
+//! timed out) excuses nobody any more, but its callback still holds its key while it joins.
 
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Instant;
@@ -97,9 +98,10 @@ impl Quiet {
     }
 }
 
-/// Tasks blocked in `join()` on one of the pool's workers: `join` there waits for every task
-/// except these (each would wait for the others). A joining task that ends (it timed out) is
-/// removed by the ending path, so it no longer excuses anyone.
+/// Callbacks blocked in `join()` on one of the pool's workers: `join` there waits for every
+/// task except these (each would wait for the others). A joining task that ends (it timed out)
+/// is told by the ending path, so it no longer excuses anyone; its entry stays until its `join`
+/// returns, for the key its callback still holds.
 ///
 /// A joiner registers in two steps: first *pending* (seen by the ending path, not yet excusing
 /// anyone), then, once it has checked that its task still runs, *confirmed*. Either the check
@@ -118,6 +120,7 @@ struct Joiner {
     /// late never removes the entry of the attempt running now.
     attempt: AttemptId,
     key: Option<u64>,
+    /// Its task runs (checked after registering) and has not ended: it excuses itself.
     confirmed: bool,
 }
 
@@ -145,10 +148,22 @@ impl Joiners {
         }
     }
 
-    pub(super) fn remove(&self, attempt: AttemptId) {
+    /// The task of this attempt ended (the ending path): it excuses nobody any more.
+    pub(super) fn ended(&self, attempt: AttemptId) {
         if self.registered.load(SeqCst) == 0 {
             return;
         }
+        let mut entries = self.entries.lock();
+        if let Some(joiner) = entries.iter_mut().find(|j| j.attempt == attempt) {
+            if joiner.confirmed {
+                joiner.confirmed = false;
+                self.confirmed.fetch_sub(1, SeqCst);
+            }
+        }
+    }
+
+    /// The callback's `join` returned.
+    pub(super) fn remove(&self, attempt: AttemptId) {
         let mut entries = self.entries.lock();
         if let Some(at) = entries.iter().position(|j| j.attempt == attempt) {
             if entries.swap_remove(at).confirmed {
@@ -163,13 +178,13 @@ impl Joiners {
         self.confirmed.load(SeqCst) as u64
     }
 
-    /// The keys of confirmed joiners, each with how many of its slots they hold.
+    /// The keys that callbacks blocked in `join` hold, each with how many of its slots.
     pub(super) fn keys_held(&self) -> Vec<(u64, usize)> {
-        if self.confirmed.load(SeqCst) == 0 {
+        if self.registered.load(SeqCst) == 0 {
             return Vec::new();
         }
         let mut held: Vec<(u64, usize)> = Vec::new();
-        for joiner in self.entries.lock().iter().filter(|j| j.confirmed) {
+        for joiner in self.entries.lock().iter() {
             let Some(key) = joiner.key else { continue };
             match held.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, n)) => *n += 1,

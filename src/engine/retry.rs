@@ -69,7 +69,7 @@ impl<J: Job> Engine<J> {
             self.replace_abandoned(true);
         }
         // 3. Not running: it excuses no joiner.
-        self.quiet.joiners.remove((header.id, header.attempts()));
+        self.quiet.joiners.ended((header.id, header.attempts()));
         // 4. Wait on the timer. A delay past the clock's range waits as long as it can.
         let now = Instant::now();
         let at = now
@@ -142,6 +142,9 @@ impl<J: Job> Engine<J> {
                 let mut table = keys.lock();
                 let step = table.admit(key, job, Instant::now());
                 self.apply(key, step, table, None);
+                // Held back by its key, it may be one that a `join` inside a keyed task need
+                // not wait for: the joiner looks again.
+                self.nudge();
             }
             None => self.push_forced(job),
         }

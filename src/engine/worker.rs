@@ -130,7 +130,7 @@ impl<J: Job> Engine<J> {
             .or(self.settings.task_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout))
             .map(|at| self.schedule(at, Event::Deadline(job.control_arc(), spare.clone())));
-        let outer = CURRENT_TASK.with(|task| task.replace(Some((id, header.attempts()))));
+        let outer = CURRENT_TASK.with(|task| task.replace(Some(((id, header.attempts()), key))));
         let cx = RunContext {
             engine: self,
             seat,

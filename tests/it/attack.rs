@@ -1223,10 +1223,17 @@ fn a_task_set_dropped_with_tasks_outstanding_leaves_the_pool_working() {
             set.push(hung.tag(round).add().unwrap());
             set.push(p.task(Act::Quick(1)).tag(round).add().unwrap());
             set.push(p.task(Act::Panic).tag(round).add().unwrap());
-            if round % 2 == 0 {
-                // Some endings already sit in the set when it goes.
-                eventually("the timed-out one ended", || p.stats().timed_out > 0);
-            }
+            // Dropped before the deadline, or once some endings sit in the set.
+            let set = if round % 2 == 0 {
+                drop(set);
+                None
+            } else {
+                Some(set)
+            };
+            let timed_out = u64::from(round) + 1;
+            eventually("the hung task timed out", || {
+                p.stats().timed_out == timed_out
+            });
             drop(set);
             key.open();
             p.join();
@@ -1515,10 +1522,10 @@ fn a_thread_pool_closure_spawning_through_a_handle_gets_its_closure_back_once_th
 enum Role {
     /// Waits for the test's go, joins the pool, and reports what had started and ended.
     Join,
-    /// Blocks on the gate: the join must wait for it.
+    /// Blocks on the gate: every join must wait for it.
     Hold,
-    /// Returns at once; added behind a joiner's saturated key, so it cannot start before the
-    /// joiner ends.
+    /// Returns at once; added behind a joiner's saturated key, so it cannot start before a
+    /// joiner of its key ends.
     Run,
 }
 
@@ -1526,10 +1533,11 @@ enum Role {
 /// the tasks that had started).
 type JoinReport = (usize, Vec<usize>, Vec<usize>);
 
-/// One round of a keyed-join attack: the plan's tasks `(key, role)` are added in order to a
-/// pool with `max_per_key(per_key)`; every `Run` must be held back by its key (a joiner holds
-/// it). Each joiner's `join` must wait for every `Hold` and not for the `Run`s: it returns
-/// once the gate opens, before any `Run` starts.
+/// One round of a keyed-join attack. The plan's tasks `(key, role)` are added in order to a
+/// pool with `max_per_key(per_key)`, so that every `Run` waits on its key, held by joiners.
+/// Each join must return (no deadlock), and at a quiet moment: after every `Hold` ended, with
+/// every task that had started, other than the joiners, ended. With `joiner_timeout`, the
+/// joiners call `join` only once they have timed out (their callbacks still hold their keys).
 fn keyed_join_round(
     name: &str,
     per_key: usize,
@@ -1551,11 +1559,13 @@ fn keyed_join_round(
             move |cx, (index, role): (usize, Role)| {
                 s.lock().push(index);
                 match role {
+                    // No go (the test failed and dropped its sender): no join either.
                     Role::Join => {
-                        go.recv().unwrap();
-                        cx.pool().join();
-                        let seen = (index, e.lock().clone(), s.lock().clone());
-                        report_tx.send(seen).unwrap();
+                        if go.recv().is_ok() {
+                            cx.pool().join();
+                            let seen = (index, e.lock().clone(), s.lock().clone());
+                            report_tx.send(seen).unwrap();
+                        }
                     }
                     Role::Hold => gate.wait(),
                     Role::Run => {}
@@ -1565,8 +1575,9 @@ fn keyed_join_round(
             },
         )
         .unwrap();
-    // Declared after the pool: a failed assertion opens the gate before the pool's drop waits.
-    let mut key = key;
+    // Declared after the pool: a failed assertion opens the gate and drops the sender of the
+    // go before the pool's drop waits for its tasks.
+    let (mut key, go_tx) = (key, go_tx);
     let tasks: Vec<_> = plan
         .iter()
         .enumerate()
@@ -1579,37 +1590,34 @@ fn keyed_join_round(
             .unwrap()
         })
         .collect();
-    let count = |wanted: Role| plan.iter().filter(|(_, role)| *role == wanted).count();
-    let (joiners, runs) = (count(Role::Join), count(Role::Run));
+    let indices =
+        |wanted: Role| -> Vec<usize> { (0..plan.len()).filter(|i| plan[*i].1 == wanted).collect() };
+    let (joiners, holds, runs) = (indices(Role::Join), indices(Role::Hold), indices(Role::Run));
     eventually(
-        "joiners and holders run, the rest wait on their key",
+        "joiners and holders start, the rest wait on their key",
         || {
-            let s = pool.stats();
-            s.busy == joiners + count(Role::Hold) && s.waiting_on_key == runs
+            started.lock().len() == joiners.len() + holds.len()
+                && pool.stats().waiting_on_key == runs.len()
         },
     );
-    for _ in 0..joiners {
+    if joiner_timeout.is_some() {
+        for joiner in &joiners {
+            assert_eq!(tasks[*joiner].recv(), Err(TaskError::TimedOut), "{name}");
+        }
+        assert_eq!(pool.stats().waiting_on_key, runs.len(), "{name}: keys held");
+    }
+    for _ in &joiners {
         go_tx.send(()).unwrap();
     }
-    let holds: Vec<usize> = (0..plan.len())
-        .filter(|i| plan[*i].1 == Role::Hold)
-        .collect();
     if !holds.is_empty() {
         assert!(
             reports.recv_timeout(Duration::from_millis(100)).is_err(),
             "{name}: a join returned while a task it must wait for was still running"
         );
     }
-    if joiner_timeout.is_some() {
-        for (task, (_, role)) in tasks.iter().zip(plan) {
-            if *role == Role::Join {
-                assert_eq!(task.recv(), Err(TaskError::TimedOut), "{name}");
-            }
-        }
-    }
     key.open();
     let mut returned = Vec::new();
-    for _ in 0..joiners {
+    for _ in &joiners {
         match reports.recv_timeout(PATIENCE) {
             Ok(report) => returned.push(report),
             Err(_) => {
@@ -1617,8 +1625,9 @@ fn keyed_join_round(
                 // shutdown), so it is leaked and the test fails.
                 std::mem::forget(pool);
                 panic!(
-                    "{name}: a join inside a keyed task never returned ({} of {joiners} did)",
-                    returned.len()
+                    "{name}: a join inside a keyed task never returned ({} of {} did)",
+                    returned.len(),
+                    joiners.len()
                 );
             }
         }
@@ -1630,17 +1639,15 @@ fn keyed_join_round(
                 "{name}: joiner {joiner} returned before {hold} ended"
             );
         }
-        for (index, (_, role)) in plan.iter().enumerate() {
-            if *role == Role::Run {
-                assert!(
-                    !started.contains(&index),
-                    "{name}: task {index} started while its key was held by a joiner"
-                );
-            }
+        for index in started {
+            assert!(
+                joiners.contains(&index) || ended.contains(&index),
+                "{name}: joiner {joiner} returned while task {index} ran"
+            );
         }
     }
     for (index, task) in tasks.iter().enumerate() {
-        if joiner_timeout.is_none() || plan[index].1 != Role::Join {
+        if joiner_timeout.is_none() || !joiners.contains(&index) {
             assert_eq!(task.recv(), Ok(index), "{name}");
         }
     }
@@ -1665,7 +1672,9 @@ fn join_inside_a_keyed_task_does_not_wait_for_the_tasks_its_saturated_key_holds_
 }
 
 #[test]
-fn two_joiners_saturating_one_key_both_return_without_the_task_it_holds_back() {
+fn two_joiners_saturating_one_key_both_return_without_waiting_for_the_task_it_holds_back() {
+    // Once one joiner ends, the task behind the key may start: the other joiner then waits
+    // for it like any running task.
     use Role::{Hold, Join, Run};
     for round in 0..15 {
         let plan = [("a", Join), ("a", Join), ("b", Hold), ("a", Run)];
@@ -1676,7 +1685,7 @@ fn two_joiners_saturating_one_key_both_return_without_the_task_it_holds_back() {
 #[test]
 fn joiners_on_two_keys_excuse_the_tasks_each_others_key_holds_back() {
     // Joiner 0 holds key a, joiner 1 key b; a task waits behind each. Neither task can start
-    // before its joiner ends, so neither join may wait for either of them.
+    // before its joiner ends, so neither join may wait for either of them while both join.
     use Role::{Hold, Join, Run};
     for round in 0..15 {
         let plan = [

@@ -2745,13 +2745,11 @@ fn every_combination_of_stream_options_survives_join_inside_its_tasks() {
 }
 
 #[test]
-#[ignore = "library bug: join() inside a keyed task waits for ever for a retry of its own key that came back from back-off behind it"]
 fn keyed_retried_streams_survive_join_inside_their_tasks() {
     attack_all(Trouble::Join, 2, |combo| combo.keyed && combo.retry);
 }
 
 #[test]
-#[ignore = "library bug: join() inside a keyed task waits for ever for a retry of its own key that came back from back-off behind it"]
 fn a_join_inside_a_keyed_task_excuses_a_retry_of_its_key_that_comes_back_behind_it() {
     // Input 1 (key "a") fails its first attempt and backs off for 500 ms. Input 0 (key "a")
     // starts meanwhile and joins its pool: join waits for the back-off (a task waiting to
@@ -3161,7 +3159,6 @@ fn a_crawl_frontier_keyed_by_host_visits_every_reachable_page_once() {
 }
 
 #[test]
-#[ignore = "library bug: a timed-out attempt's token drops again when its retry, back from back-off, waits on its key"]
 fn the_token_of_a_timed_out_attempt_stays_raised_while_its_retry_waits_on_its_key() {
     // `CancelToken::is_cancelled`: "it timed out (with a retry policy: this attempt timed out,
     // even once the next one runs)". The first attempt of a keyed, retried task hangs past its

@@ -165,18 +165,6 @@ fn no_join(b: Behaviour) -> Behaviour {
     }
 }
 
-/// Whether a keyed task that joins its pool may have a deadline. Not yet: such a task that
-/// times out inside `join` waits for what its own key holds back, for ever (a library bug; see
-/// `a_keyed_task_that_times_out_inside_join_lets_its_key_run_again`). Set to `true` once fixed.
-const KEYED_JOIN_DEADLINES: bool = false;
-
-/// The deadline of a task of `key` (0: none) that behaves as `b`: `timeout_ms`, unless it is a
-/// keyed join and those may not have one (see `KEYED_JOIN_DEADLINES`).
-fn keyed_join_deadline(key: u8, b: Behaviour, timeout_ms: Option<u8>) -> Option<u8> {
-    let keyed_join = key > 0 && matches!(b, Behaviour::Join);
-    timeout_ms.filter(|_| KEYED_JOIN_DEADLINES || !keyed_join)
-}
-
 fn stream_op() -> impl Strategy<Value = StreamOp> {
     (
         prop::collection::vec((1u8..=3, behaviour().prop_map(no_join), 0u8..=3), 0..=5),
@@ -223,13 +211,13 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         1 => Just(Op::CancelRetryLast),
         2 => (1u8..=3, prop::option::of(1u8..=4)).prop_map(|(key, timeout_ms)| {
-            Op::JoinInKeyedTask { key, timeout_ms: keyed_join_deadline(key, Behaviour::Join, timeout_ms) }
+            Op::JoinInKeyedTask { key, timeout_ms }
         }),
         3 => (0u8..=3, behaviour(), prop::option::of(1u8..=4), any::<bool>()).prop_map(
             |(key, behaviour, timeout_ms, to_mailbox)| Op::AddTagged {
                 key,
                 behaviour,
-                timeout_ms: keyed_join_deadline(key, behaviour, timeout_ms),
+                timeout_ms,
                 to_mailbox,
             }
         ),
@@ -1376,21 +1364,12 @@ struct RetryRecord<'a> {
     unobserved: &'a HashMap<u64, u32>,
 }
 
-/// Whether `shutdown_now` hands back every retried task it stops. Not yet: a task whose
-/// attempt fails as `shutdown_now` begins (its back-off not yet in the timer), or whose back-off
-/// falls due then, ends `Cancelled` and its input is dropped (a library bug; see
-/// `shutdown_now_hands_back_every_retry_it_stops`). Set to `true` once fixed.
-const STOP_HANDS_BACK_EVERY_RETRY: bool = true;
-
 /// What the retried endings of one pool account for.
 #[derive(Debug)]
 struct Retries {
     /// The least and the most retries they (and the unobserved tasks) took.
     least: u64,
     most: u64,
-    /// Tasks that ended `Cancelled` after running, neither handed back nor cancelled by their
-    /// handle (see `STOP_HANDS_BACK_EVERY_RETRY`).
-    stopped_unreturned: u64,
 }
 
 /// Checks each retried ending; returns what they and the unobserved tasks account for.
@@ -1404,7 +1383,6 @@ fn check_retried(record: &RetryRecord<'_>, endings: &[Ending]) -> Retries {
         unobserved,
     } = record;
     let (mut least_retries, mut most_retries) = (0u64, 0u64);
-    let mut stopped_unreturned = 0;
     let mut cancelled_inputs = HashSet::new();
     let mut ids = HashSet::new();
     for ending in endings {
@@ -1435,16 +1413,14 @@ fn check_retried(record: &RetryRecord<'_>, endings: &[Ending]) -> Retries {
                 assert_eq!(Ok(*value), expected(input), "{what} {input:#x}");
             }
             Err(Failed::Task(TaskError::Cancelled)) => {
+                // Every cancelled retried task was handed back or cancelled by its handle —
+                // one whose retry `shutdown_now` stopped as it began included.
                 let asked = handed_back.contains(&input) || cancelled_one_by_one.contains(&input);
-                if !asked && !STOP_HANDS_BACK_EVERY_RETRY && attempts > 0 {
-                    stopped_unreturned += 1;
-                } else {
-                    assert!(
-                        asked,
-                        "{what} {input:#x}: cancelled after {attempts} attempts, neither \
-                         handed back nor by its handle"
-                    );
-                }
+                assert!(
+                    asked,
+                    "{what} {input:#x}: cancelled after {attempts} attempts, neither \
+                     handed back nor by its handle"
+                );
                 cancelled_inputs.insert(input);
             }
             Err(Failed::Callback(e)) => {
@@ -1499,7 +1475,6 @@ fn check_retried(record: &RetryRecord<'_>, endings: &[Ending]) -> Retries {
     Retries {
         least: least_retries,
         most: most_retries,
-        stopped_unreturned,
     }
 }
 
@@ -1591,7 +1566,7 @@ fn check_flaky(
     // Cancelled: what shutdown_now handed back, what was cancelled by handle, and what a
     // dropped stream forgot before it started (and what `shutdown_now` stopped unreturned).
     let asked =
-        (handed_back.len() + cancelled_one_by_one.len()) as u64 + retries.stopped_unreturned;
+        (handed_back.len() + cancelled_one_by_one.len()) as u64;
     assert!(
         (asked..=asked + unseen).contains(&stats.cancelled),
         "flaky: {asked} cancellations asked, {unseen} unseen: {stats:?}"
@@ -1648,7 +1623,7 @@ fn check_thread_retries(
     let stats = threads.stats();
     assert_eq!(
         stats.cancelled,
-        (handed_back.len() + cancelled_one_by_one.len()) as u64 + retries.stopped_unreturned,
+        (handed_back.len() + cancelled_one_by_one.len()) as u64,
         "threads: cancellations: {stats:?}"
     );
     assert_retry_stats("threads", stats, &retries);
@@ -1748,11 +1723,11 @@ proptest! {
 }
 
 /// Found by the property test (a keyed task that joins, with a deadline): once the joining
-/// task has timed out it no longer excuses what its key holds back, yet it still holds its key
-/// (until its callback returns, by design) — so its `join` waits for tasks that cannot start
-/// before it returns.
+/// task had timed out it no longer excused what its key holds back, yet it still held its key
+/// (until its callback returns, by design) — so its `join` waited for tasks that cannot start
+/// before it returns. Now a callback blocked in `join` excuses what its key holds back for as
+/// long as it holds the key.
 #[test]
-#[ignore = "library bug: a keyed task that times out inside join() waits for ever for what its own key holds back"]
 fn a_keyed_task_that_times_out_inside_join_lets_its_key_run_again() {
     use common::{gate, watchdog_within};
     use crossbeam_channel::RecvTimeoutError;
@@ -1808,13 +1783,12 @@ fn a_keyed_task_that_times_out_inside_join_lets_its_key_run_again() {
     assert_eq!(outcome, Ok(Ok(PLAIN)));
 }
 
-/// Found by the property test: `shutdown_now` hands back what every task it cancels would have
-/// run, a task waiting to retry included — but a task whose failed attempt is about to back off
-/// as `shutdown_now` begins (or whose back-off falls due then) ends `Cancelled`, and its input
-/// (here: its closure) is dropped, neither handed back nor run. A race: a few rounds in a
-/// thousand show it.
+/// Regression (found by the property test): `shutdown_now` hands back what every task it
+/// cancels would have run, a task waiting to retry included — also one whose failed attempt is
+/// about to back off as `shutdown_now` begins, or whose back-off falls due then (such a task
+/// used to end `Cancelled` with its closure dropped: a race that a few rounds in a thousand
+/// showed).
 #[test]
-#[ignore = "library bug: a retry stopped by shutdown_now as it backs off (or falls due) ends Cancelled and is not handed back"]
 fn shutdown_now_hands_back_every_retry_it_stops() {
     common::watchdog("rounds of shutdown_now among retries", || {
         let lost: Vec<String> = (0..3_000u64)
