@@ -1623,11 +1623,15 @@ fn keyed_join_round(
             Err(_) => {
                 // A deadlocked pool: dropping it would wait for ever (its drop is a graceful
                 // shutdown), so it is leaked and the test fails.
+                let stats = pool.stats();
                 std::mem::forget(pool);
                 panic!(
-                    "{name}: a join inside a keyed task never returned ({} of {} did)",
+                    "{name}: a join inside a keyed task never returned ({} of {} did); \
+                     started {:?}, ended {:?}, {stats:?}",
                     returned.len(),
-                    joiners.len()
+                    joiners.len(),
+                    started.lock(),
+                    ended.lock()
                 );
             }
         }
