@@ -5,15 +5,19 @@
 mod support;
 
 mod adding;
+mod attack;
 mod builder;
 mod cancel;
+mod combinations;
 mod context;
 mod handles;
+mod hostile;
 mod keys;
 mod load;
 mod panics;
 mod retry;
 mod retry_attack;
+mod scheduler;
 mod shutdown;
 mod soak;
 mod stats;
