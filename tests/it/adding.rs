@@ -10,13 +10,9 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, select, tick, unbounded, TryRecvError};
 use slowpool::{AddError, AsyncPool, Done, Mailbox, Task, TaskError, TaskId, TaskSet, ThreadPool};
 
-use crate::support::{eventually, gate, gated, quick, watchdog, GateKey};
+use crate::support::{eventually, gate, gated, id_result, quick, watchdog, GateKey};
 
 /// A mailbox message as the pair an event loop matches on.
-fn id_result<O, Tag>(done: Done<O, Tag>) -> (TaskId, Result<O, TaskError>) {
-    (done.id, done.result)
-}
-
 /// One worker, one task per key, a queue of `queue`; input 0 blocks until the gate opens,
 /// others return at once.
 fn gated_pool(name: &str, queue: usize) -> (GateKey, AsyncPool<u32, u32>) {

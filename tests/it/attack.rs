@@ -740,13 +740,6 @@ fn chaos_joins_timeouts_keys_cancels_shrinks_bounded_queue_and_mailbox_then_shut
 // Thread limits across pools
 // ---------------------------------------------------------------------------------------------
 
-/// The full name of this module's test `name`, as the test harness (and `--exact`) knows it:
-/// a test that reruns itself in a child process names itself with it.
-fn test_name(name: &str) -> String {
-    let module = module_path!().split_once("::").map_or("", |(_, path)| path);
-    format!("{module}::{name}")
-}
-
 #[test]
 #[ignore = "heavy: about 17,000 threads in a child process; run with --ignored"]
 fn two_elastic_pools_growing_past_the_map_limit_do_not_abort_the_process() {
@@ -794,7 +787,8 @@ fn two_elastic_pools_growing_past_the_map_limit_do_not_abort_the_process() {
         }
         return;
     }
-    let name = test_name("two_elastic_pools_growing_past_the_map_limit_do_not_abort_the_process");
+    let name =
+        crate::test_name!("two_elastic_pools_growing_past_the_map_limit_do_not_abort_the_process");
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", &name, "--include-ignored", "--nocapture"])
         .env("SLOWPOOL_TWO_POOLS_CHILD", "1")

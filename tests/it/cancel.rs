@@ -7,15 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, unbounded};
-use slowpool::{AsyncPool, Done, Mailbox, TaskError, TaskId, ThreadPool};
+use slowpool::{AsyncPool, Mailbox, TaskError, TaskId, ThreadPool};
 
-use crate::support::{eventually, gate, gated, threads_named, watchdog};
+use crate::support::{eventually, gate, gated, id_result, threads_named, watchdog};
 
 /// A mailbox message as the pair an event loop matches on.
-fn id_result<O, Tag>(done: Done<O, Tag>) -> (TaskId, Result<O, TaskError>) {
-    (done.id, done.result)
-}
-
 #[test]
 fn a_queued_task_cancels_and_never_runs() {
     let (key, pool) = gated(AsyncPool::builder().max_workers(1));

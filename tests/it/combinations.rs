@@ -536,19 +536,13 @@ fn more_workers_than_the_os_limits_allow_is_a_typed_error_not_an_abort() {
     }
 }
 
-/// The full name of this module's test `name`, as the test harness (and `--exact`) knows it:
-/// a test that reruns itself in a child process names itself with it.
-fn test_name(name: &str) -> String {
-    let module = module_path!().split_once("::").map_or("", |(_, path)| path);
-    format!("{module}::{name}")
-}
-
 #[test]
 fn a_thread_costs_no_more_memory_maps_than_the_limit_check_assumes() {
     // Measured in a child process running only this test: tests running beside it here would
     // add (and free) maps of their own.
     if std::env::var_os("SLOWPOOL_MAPS_CHILD").is_none() {
-        let name = test_name("a_thread_costs_no_more_memory_maps_than_the_limit_check_assumes");
+        let name =
+            crate::test_name!("a_thread_costs_no_more_memory_maps_than_the_limit_check_assumes");
         let output = std::process::Command::new(std::env::current_exe().unwrap())
             .args([&name, "--exact", "--test-threads=1", "--nocapture"])
             .env("SLOWPOOL_MAPS_CHILD", "1")

@@ -137,13 +137,6 @@ fn ten_thousand_workers_build_and_shut_down_or_fail_cleanly() {
     assert_threads_gone("tenk");
 }
 
-/// The full name of this module's test `name`, as the test harness (and `--exact`) knows it:
-/// a test that reruns itself in a child process names itself with it.
-fn test_name(name: &str) -> String {
-    let module = module_path!().split_once("::").map_or("", |(_, path)| path);
-    format!("{module}::{name}")
-}
-
 #[test]
 fn a_callback_that_overflows_a_small_stack_aborts_the_process_as_documented() {
     // Run in a child process: a stack overflow cannot be caught, it kills the process.
@@ -164,8 +157,9 @@ fn a_callback_that_overflows_a_small_stack_aborts_the_process_as_documented() {
         let _ = pool.add_task(1_000_000).unwrap().recv();
         unreachable!("the stack overflow aborts first");
     }
-    let name =
-        test_name("a_callback_that_overflows_a_small_stack_aborts_the_process_as_documented");
+    let name = crate::test_name!(
+        "a_callback_that_overflows_a_small_stack_aborts_the_process_as_documented"
+    );
     let output = std::process::Command::new(std::env::current_exe().unwrap())
         .args(["--exact", &name, "--nocapture"])
         .env("ASYNC_POOL_OVERFLOW_CHILD", "1")

@@ -6,15 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::unbounded;
-use slowpool::{AddError, AsyncPool, Done, Mailbox, Stats, TaskError, TaskId, ThreadPool};
+use slowpool::{AddError, AsyncPool, Mailbox, Stats, TaskError, TaskId, ThreadPool};
 
-use crate::support::{assert_threads_gone, eventually, gated, threads_named, watchdog, PATIENCE};
+use crate::support::{
+    assert_threads_gone, eventually, gated, id_result, threads_named, watchdog, PATIENCE,
+};
 
 /// A mailbox message as the pair an event loop matches on.
-fn id_result<O, Tag>(done: Done<O, Tag>) -> (TaskId, Result<O, TaskError>) {
-    (done.id, done.result)
-}
-
 #[test]
 fn shutdown_runs_everything_accepted_and_joins_every_thread() {
     let ran = Arc::new(AtomicUsize::new(0));

@@ -65,12 +65,14 @@ fn a_settled_pool_counts_every_ending_once() {
         .unwrap();
     let ms = Duration::from_millis(1);
     for n in 0..100u32 {
-        let _ = pool
-            .task(n)
-            .key(n % 5)
-            .retry(Retry::attempts(2).backoff(ms, ms))
-            .add()
-            .unwrap();
+        // Fire and forget: the handle is dropped, the task runs.
+        drop(
+            pool.task(n)
+                .key(n % 5)
+                .retry(Retry::attempts(2).backoff(ms, ms))
+                .add()
+                .unwrap(),
+        );
     }
     pool.join();
     let stats = pool.stats();

@@ -273,3 +273,20 @@ pub fn lcg(seed: &mut u64) -> u64 {
         .wrapping_add(1442695040888963407);
     *seed >> 33
 }
+
+/// A message's id and result, to compare with `assert_eq!` (`Done` is `non_exhaustive`).
+pub fn id_result<O, Tag>(
+    done: slowpool::Done<O, Tag>,
+) -> (slowpool::TaskId, Result<O, slowpool::TaskError>) {
+    (done.id, done.result)
+}
+
+/// The name a test of the calling module runs under in this binary (for a test that re-runs
+/// the binary as a child process: `--exact <name>`).
+#[macro_export]
+macro_rules! test_name {
+    ($name:expr) => {{
+        let module = module_path!().split_once("::").map_or("", |(_, path)| path);
+        format!("{module}::{}", $name)
+    }};
+}

@@ -1565,8 +1565,7 @@ fn check_flaky(
     assert_retry_stats("flaky", stats, &retries);
     // Cancelled: what shutdown_now handed back, what was cancelled by handle, and what a
     // dropped stream forgot before it started (and what `shutdown_now` stopped unreturned).
-    let asked =
-        (handed_back.len() + cancelled_one_by_one.len()) as u64;
+    let asked = (handed_back.len() + cancelled_one_by_one.len()) as u64;
     assert!(
         (asked..=asked + unseen).contains(&stats.cancelled),
         "flaky: {asked} cancellations asked, {unseen} unseen: {stats:?}"
