@@ -884,7 +884,6 @@ fn a_tag_whose_drop_panics_is_dropped_quietly_by_the_pool() {
 }
 
 #[test]
-#[ignore = "library bug: a refused `add()`/`try_add()` lets a tag's panicking Drop escape and loses the input (`add_to` drops it quietly)"]
 fn a_refused_add_with_a_tag_whose_drop_panics_still_hands_the_input_back() {
     // `add_to` and `try_add_to` drop the refused task's tag quietly and return the input;
     // `add` and `try_add` drop it on the caller's stack as they return, so its panic unwinds

@@ -22,8 +22,9 @@
 //! and tasks pushed into the same `TaskSet`s; its `shutdown_now` hands back exactly the
 //! closures of the tasks it cancelled, unrun.
 //!
-//! `PROPTEST_CASES` sets the number of cases (default 64). Each case runs under a watchdog that
-//! prints the case and aborts instead of hanging CI.
+//! Cases come from a seeded generator (no dependency): `PROPTEST_CASES` sets how many run
+//! (default 64), and a failed case prints its `MODEL_SEED=<seed>`, which replays it alone. Each
+//! case runs under a watchdog that prints the case and aborts instead of hanging CI.
 
 mod common;
 
@@ -35,7 +36,6 @@ use std::time::Duration;
 
 use common::assert_threads_gone;
 use crossbeam_channel::{unbounded, Receiver, TryRecvError};
-use proptest::prelude::*;
 use slowpool::{
     AddError, AsyncPool, Done, Failed, Flat, Mailbox, Retry, Stats, Task, TaskError, TaskId,
     TaskSet, ThreadPool,
@@ -145,15 +145,72 @@ type RetryMailbox = Mailbox<Result<u64, u64>, u64>;
 /// What `shutdown_now` hands back on a `ThreadPool`.
 type Unrun = Box<dyn FnOnce() + Send>;
 
-fn behaviour() -> impl Strategy<Value = Behaviour> {
-    prop_oneof![
-        4 => Just(Behaviour::Return),
-        4 => (0u8..=5).prop_map(Behaviour::Sleep),
-        1 => Just(Behaviour::PanicStr),
-        1 => Just(Behaviour::PanicString),
-        1 => Just(Behaviour::PanicOther),
-        1 => Just(Behaviour::Join),
-    ]
+/// A small seeded generator: every case is a seed, printed when the case fails, so that
+/// `MODEL_SEED=<seed>` replays it.
+struct Gen(u64);
+
+impl Gen {
+    fn new(seed: u64) -> Gen {
+        // SplitMix64 of the seed: nearby seeds give unrelated streams.
+        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Gen((z ^ (z >> 31)) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    /// A number in `low..=high`.
+    fn range<T: TryFrom<u64> + Into<u64> + Copy>(&mut self, low: T, high: T) -> T {
+        let (low, high) = (low.into(), high.into());
+        let n = low + self.next() % (high - low + 1);
+        T::try_from(n).ok().expect("in range")
+    }
+
+    fn coin(&mut self) -> bool {
+        self.next() & 1 == 1
+    }
+
+    /// `None` one time in four.
+    fn option<T>(&mut self, some: impl FnOnce(&mut Gen) -> T) -> Option<T> {
+        (self.next() % 4 != 0).then(|| some(self))
+    }
+
+    /// One of `choices`, drawn by weight.
+    fn pick<T>(&mut self, choices: &[(u64, &dyn Fn(&mut Gen) -> T)]) -> T {
+        let total: u64 = choices.iter().map(|(weight, _)| weight).sum();
+        let mut roll = self.next() % total;
+        for (weight, make) in choices {
+            if roll < *weight {
+                return make(self);
+            }
+            roll -= weight;
+        }
+        unreachable!("the rolls add up to the total")
+    }
+
+    fn vec<T>(&mut self, low: usize, high: usize, item: impl Fn(&mut Gen) -> T) -> Vec<T> {
+        let len = self.range(low as u64, high as u64) as usize;
+        (0..len).map(|_| item(self)).collect()
+    }
+}
+
+fn behaviour(g: &mut Gen) -> Behaviour {
+    g.pick(&[
+        (4, &|_| Behaviour::Return),
+        (4, &|g| Behaviour::Sleep(g.range(0u8, 5))),
+        (1, &|_| Behaviour::PanicStr),
+        (1, &|_| Behaviour::PanicString),
+        (1, &|_| Behaviour::PanicOther),
+        (1, &|_| Behaviour::Join),
+    ])
 }
 
 /// A behaviour for the flaky pool and the `ThreadPool`, which have no pool to join.
@@ -165,78 +222,67 @@ fn no_join(b: Behaviour) -> Behaviour {
     }
 }
 
-fn stream_op() -> impl Strategy<Value = StreamOp> {
-    (
-        prop::collection::vec((1u8..=3, behaviour().prop_map(no_join), 0u8..=3), 0..=5),
-        any::<(bool, bool, bool, bool)>(),
-        1u8..=3,
-        prop::option::of(0u8..=4),
-    )
-        .prop_map(
-            |(items, (ordered, keyed, retry, keep_input), in_flight, take)| StreamOp {
-                items,
-                ordered,
-                keyed,
-                retry,
-                keep_input,
-                in_flight,
-                take,
-            },
-        )
+fn stream_op(g: &mut Gen) -> StreamOp {
+    StreamOp {
+        items: g.vec(0, 5, |g| {
+            (g.range(1u8, 3), no_join(behaviour(g)), g.range(0u8, 3))
+        }),
+        ordered: g.coin(),
+        keyed: g.coin(),
+        retry: g.coin(),
+        keep_input: g.coin(),
+        in_flight: g.range(1u8, 3),
+        take: g.option(|g| g.range(0u8, 4)),
+    }
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        6 => behaviour().prop_map(Op::Add),
-        3 => (1u8..=3, behaviour()).prop_map(|(k, b)| Op::AddKeyed(k, b)),
-        2 => (behaviour(), 1u8..=4).prop_map(|(b, ms)| Op::AddWithTimeout(b, ms)),
-        2 => behaviour().prop_map(Op::TryAdd),
-        4 => behaviour().prop_map(Op::AddTo),
-        1 => behaviour().prop_map(Op::AddToGone),
-        1 => behaviour().prop_map(Op::AddAndDrop),
-        2 => behaviour().prop_map(Op::Spawn),
-        1 => Just(Op::CancelLast),
-        1 => Just(Op::Join),
-        1 => (1usize..=64).prop_map(Op::SetMaxWorkers),
-        1 => Just(Op::Shutdown),
-        1 => Just(Op::ShutdownNow),
-        4 => (0u8..=3, behaviour(), 0u8..=4, prop::option::of(1u8..=4), any::<bool>()).prop_map(
-            |(key, b, fails, timeout_ms, to_mailbox)| Op::AddRetry {
-                key,
-                behaviour: no_join(b),
-                fails,
-                timeout_ms,
-                to_mailbox,
-            }
-        ),
-        1 => Just(Op::CancelRetryLast),
-        2 => (1u8..=3, prop::option::of(1u8..=4)).prop_map(|(key, timeout_ms)| {
-            Op::JoinInKeyedTask { key, timeout_ms }
+fn op(g: &mut Gen) -> Op {
+    g.pick(&[
+        (6, &|g| Op::Add(behaviour(g))),
+        (3, &|g| Op::AddKeyed(g.range(1u8, 3), behaviour(g))),
+        (2, &|g| Op::AddWithTimeout(behaviour(g), g.range(1u8, 4))),
+        (2, &|g| Op::TryAdd(behaviour(g))),
+        (4, &|g| Op::AddTo(behaviour(g))),
+        (1, &|g| Op::AddToGone(behaviour(g))),
+        (1, &|g| Op::AddAndDrop(behaviour(g))),
+        (2, &|g| Op::Spawn(behaviour(g))),
+        (1, &|_| Op::CancelLast),
+        (1, &|_| Op::Join),
+        (1, &|g| Op::SetMaxWorkers(g.range(1u64, 64) as usize)),
+        (1, &|_| Op::Shutdown),
+        (1, &|_| Op::ShutdownNow),
+        (4, &|g| Op::AddRetry {
+            key: g.range(0u8, 3),
+            behaviour: no_join(behaviour(g)),
+            fails: g.range(0u8, 4),
+            timeout_ms: g.option(|g| g.range(1u8, 4)),
+            to_mailbox: g.coin(),
         }),
-        3 => (0u8..=3, behaviour(), prop::option::of(1u8..=4), any::<bool>()).prop_map(
-            |(key, behaviour, timeout_ms, to_mailbox)| Op::AddTagged {
-                key,
-                behaviour,
-                timeout_ms,
-                to_mailbox,
-            }
-        ),
-        2 => (behaviour(), any::<bool>()).prop_map(|(b, to_mailbox)| Op::AddViaHandle(b, to_mailbox)),
-        3 => (behaviour(), any::<bool>()).prop_map(|(b, threads)| Op::PushToSet(b, threads)),
-        1 => behaviour().prop_map(Op::PushReceived),
-        1 => Just(Op::SetRecv),
-        3 => (0u8..=3, behaviour(), 0u8..=4, prop::option::of(1u8..=4), any::<bool>()).prop_map(
-            |(key, b, fails, timeout_ms, to_mailbox)| Op::SpawnRetry {
-                key,
-                behaviour: no_join(b),
-                fails,
-                timeout_ms,
-                to_mailbox,
-            }
-        ),
-        1 => Just(Op::CancelSpawnRetryLast),
-        2 => stream_op().prop_map(Op::Stream),
-    ]
+        (1, &|_| Op::CancelRetryLast),
+        (2, &|g| Op::JoinInKeyedTask {
+            key: g.range(1u8, 3),
+            timeout_ms: g.option(|g| g.range(1u8, 4)),
+        }),
+        (3, &|g| Op::AddTagged {
+            key: g.range(0u8, 3),
+            behaviour: behaviour(g),
+            timeout_ms: g.option(|g| g.range(1u8, 4)),
+            to_mailbox: g.coin(),
+        }),
+        (2, &|g| Op::AddViaHandle(behaviour(g), g.coin())),
+        (3, &|g| Op::PushToSet(behaviour(g), g.coin())),
+        (1, &|g| Op::PushReceived(behaviour(g))),
+        (1, &|_| Op::SetRecv),
+        (3, &|g| Op::SpawnRetry {
+            key: g.range(0u8, 3),
+            behaviour: no_join(behaviour(g)),
+            fails: g.range(0u8, 4),
+            timeout_ms: g.option(|g| g.range(1u8, 4)),
+            to_mailbox: g.coin(),
+        }),
+        (1, &|_| Op::CancelSpawnRetryLast),
+        (2, &|g| Op::Stream(stream_op(g))),
+    ])
 }
 
 /// What a failing callback reads and counts, per input (inputs are unique).
@@ -1676,7 +1722,8 @@ fn collect_retried(
     endings
 }
 
-fn cases() -> u32 {
+/// Cases to run: `PROPTEST_CASES` (the name CI and the docs use), default 64.
+fn cases() -> u64 {
     std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -1685,40 +1732,82 @@ fn cases() -> u32 {
 
 static CASE: AtomicU64 = AtomicU64::new(0);
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+/// One generated case: a pool's settings and what each producer thread does.
+#[derive(Debug)]
+struct Case {
+    workers: usize,
+    capacity: Option<usize>,
+    per_key: Option<usize>,
+    producers: Vec<Vec<Op>>,
+}
 
-    #[test]
-    fn every_accepted_task_ends_exactly_once(
-        workers in 1usize..=8,
-        capacity in prop::option::of(0usize..=4),
-        per_key in prop::option::of(1usize..=2),
-        producers in prop::collection::vec(prop::collection::vec(op(), 0..40), 1..=4),
-    ) {
-        // Silence the expected panics of callbacks.
-        std::panic::set_hook(Box::new(|_| {}));
-        let case = CASE.fetch_add(1, Ordering::SeqCst);
-        let description = format!(
-            "workers={workers} capacity={capacity:?} per_key={per_key:?} producers={producers:?}"
-        );
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        let runner = std::thread::spawn(move || {
-            check_case(case, workers, capacity, per_key, producers);
-            let _ = done_tx.send(());
-        });
-        match done_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(()) => runner.join().unwrap(),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = std::panic::take_hook();
-                std::panic::resume_unwind(runner.join().unwrap_err())
-            }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                eprintln!("watchdog: case did not finish in 60 s: {description}");
-                std::process::abort();
-            }
-        }
-        let _ = std::panic::take_hook();
+fn case(seed: u64) -> Case {
+    let mut g = Gen::new(seed);
+    Case {
+        workers: g.range(1u64, 8) as usize,
+        capacity: g.option(|g| g.range(0u64, 4) as usize),
+        per_key: g.option(|g| g.range(1u64, 2) as usize),
+        producers: g.vec(1, 4, |g| g.vec(0, 39, op)),
     }
+}
+
+/// Every case is a seed: `MODEL_SEED=<seed>` runs that one case alone (printed with a
+/// failure), `PROPTEST_CASES` sets how many run, from `MODEL_SEED` or a seed of the run.
+#[test]
+fn every_accepted_task_ends_exactly_once() {
+    let first: u64 = std::env::var("MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+                >> 16
+        });
+    let count = if std::env::var("MODEL_SEED").is_ok() {
+        1
+    } else {
+        cases()
+    };
+    for seed in first..first + count {
+        run_case(seed);
+    }
+}
+
+/// Runs one case under a watchdog that prints the case and aborts instead of hanging CI.
+fn run_case(seed: u64) {
+    let Case {
+        workers,
+        capacity,
+        per_key,
+        producers,
+    } = case(seed);
+    // Silence the expected panics of callbacks.
+    std::panic::set_hook(Box::new(|_| {}));
+    let number = CASE.fetch_add(1, Ordering::SeqCst);
+    let description = format!(
+        "MODEL_SEED={seed}: workers={workers} capacity={capacity:?} per_key={per_key:?} \
+         producers={producers:?}"
+    );
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let runner = std::thread::spawn(move || {
+        check_case(number, workers, capacity, per_key, producers);
+        let _ = done_tx.send(());
+    });
+    match done_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(()) => runner.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            let _ = std::panic::take_hook();
+            eprintln!("failed case: {description}");
+            std::panic::resume_unwind(runner.join().unwrap_err())
+        }
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            eprintln!("watchdog: case did not finish in 60 s: {description}");
+            std::process::abort();
+        }
+    }
+    let _ = std::panic::take_hook();
 }
 
 /// Found by the property test (a keyed task that joins, with a deadline): once the joining
