@@ -29,7 +29,7 @@
 //! `delivery.rs`). The tag lives here, beside the destination, not in the job: it is at hand
 //! however the task ends (cancelled by id, timed out, after its last retry).
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crossbeam_channel::Sender;
@@ -90,7 +90,9 @@ impl State {
 }
 
 const STATE_BITS: u64 = 0xff;
-const ATTEMPTS_SHIFT: u32 = 8;
+const LAST_ATTEMPT: u64 = 1 << 8;
+const ATTEMPTS_SHIFT: u32 = 32;
+const NO_TIMEOUT: u64 = u64::MAX;
 
 fn state_of(word: u64) -> State {
     State::ALL[(word & STATE_BITS) as usize]
@@ -101,15 +103,16 @@ pub(crate) struct Header {
     pub(crate) id: TaskId,
     /// Hash of the task's key, for per-key limits.
     pub(crate) key: Option<u64>,
-    /// The task's own deadline, counted from its start; the pool's `task_timeout` otherwise.
-    pub(crate) timeout: Option<Duration>,
-    /// The state (low byte) and the attempts started so far (the 32 bits above it: 1 once the
-    /// task first runs; more only with a retry policy), in one word, so that a reader never
-    /// sees a task running without its attempt counted.
+    /// The task's own deadline in nanoseconds, counted from its start (`NO_TIMEOUT`: none, the
+    /// pool's `task_timeout` applies). Nanoseconds in a `u64`, not an `Option<Duration>`: it
+    /// keeps a small task's cell within the allocator's fast size class.
+    timeout_ns: u64,
+    /// In one word, so that a reader never sees a task running without its attempt counted:
+    /// the state (low byte); the *last attempt* flag (bit 8: whoever waits for the task is
+    /// gone, a dropped stream — with a retry policy it makes no further attempt); the attempts
+    /// started so far (the 32 bits from bit 32: 1 once the task first runs; more only with a
+    /// retry policy).
     word: AtomicU64,
-    /// Set when whoever waits for the task is gone (a dropped stream): with a retry policy, it
-    /// makes no further attempt.
-    last_attempt: AtomicBool,
     /// The latest attempt that timed out: its callback (still running, or holding a key) is
     /// told to stop for good, even once a retry waits or runs.
     timed_out_attempt: AtomicU32,
@@ -128,9 +131,11 @@ impl Header {
         Header {
             id,
             key,
-            timeout,
+            timeout_ns: timeout.map_or(NO_TIMEOUT, |timeout| {
+                u64::try_from(timeout.as_nanos())
+                    .map_or(NO_TIMEOUT - 1, |ns| ns.min(NO_TIMEOUT - 1))
+            }),
             word: AtomicU64::new(state as u64),
-            last_attempt: AtomicBool::new(false),
             timed_out_attempt: AtomicU32::new(0),
             worker: AtomicUsize::new(usize::MAX),
         }
@@ -166,6 +171,7 @@ impl Header {
 
     /// Marks a task whose add was refused: it never existed for the caller.
     pub(crate) fn reject(&self) {
+        // Nobody else holds the task (its job came back): no other bit to keep.
         self.word.store(State::Rejected as u64, Ordering::Release);
     }
 
@@ -208,12 +214,17 @@ impl Header {
 
     /// Nobody waits for the task any more: with a retry policy, it makes no further attempt.
     pub(crate) fn stop_retrying(&self) {
-        self.last_attempt.store(true, Ordering::SeqCst);
+        self.word.fetch_or(LAST_ATTEMPT, Ordering::SeqCst);
     }
 
     /// True once `stop_retrying` was called: no further attempt.
     pub(crate) fn is_last_attempt(&self) -> bool {
-        self.last_attempt.load(Ordering::SeqCst)
+        self.word.load(Ordering::SeqCst) & LAST_ATTEMPT != 0
+    }
+
+    /// The task's own deadline, counted from its start; `None`: the pool's `task_timeout`.
+    pub(crate) fn timeout(&self) -> Option<Duration> {
+        (self.timeout_ns != NO_TIMEOUT).then(|| Duration::from_nanos(self.timeout_ns))
     }
 
     /// The worker running the task, for abandoning its thread when it times out.
@@ -331,5 +342,23 @@ impl<T: Send + 'static> Control for Cell<T> {
 
     fn fail(&self, error: TaskError, way: Way<'_>) -> Delivered {
         self.deliver(Err(error), way)
+    }
+}
+#[cfg(all(test, target_pointer_width = "64"))]
+mod tests {
+    use super::{Cell, Header};
+    use std::mem::size_of;
+
+    /// A task's `Arc<Cell>` is allocated once per add and freed by another thread: at 128
+    /// bytes or less (16 for the counts), glibc's malloc serves it from its fast bins. One
+    /// step past that, an add of an empty task measured 15% slower, with twice the futex calls.
+    #[test]
+    fn a_small_tasks_cell_stays_in_the_allocators_fast_size_class() {
+        assert!(size_of::<Header>() <= 56, "{}", size_of::<Header>());
+        assert!(
+            16 + size_of::<Cell<u64>>() <= 128,
+            "{}",
+            size_of::<Cell<u64>>()
+        );
     }
 }

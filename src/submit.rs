@@ -6,6 +6,7 @@
 //! `add_task_to`, `spawn`) are this chain with no options.
 
 use std::any::Any;
+use std::borrow::Cow;
 use std::fmt;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -297,8 +298,9 @@ where
             tag,
             wrap,
         } = self;
-        match add(pool, item, how, wrap, Output::Slot(Slot::new()), wait) {
-            Ok((engine, cell)) => Ok(Task::new(cell, engine, tag)),
+        let output = Output::Slot(Slot::new());
+        match add(pool, item, how, wrap, output, wait, Arc::clone) {
+            Ok((engine, _, cell)) => Ok(Task::new(cell, engine.into_owned(), tag)),
             Err(refused) => {
                 // The caller's value, whose `Drop` may panic: the input must still come back.
                 drop_quietly(tag);
@@ -316,37 +318,43 @@ where
             wrap,
         } = self;
         let output = mailbox_output(mailbox, tag);
-        let (_, cell) = add(pool, item, how, wrap, output, wait)?;
-        Ok(cell.header.id)
+        let (_, id, ()) = add(pool, item, how, wrap, output, wait, |_| ())?;
+        Ok(id)
     }
 }
 
 /// The one adding path of both faces: makes the task's cell with `output` and its job, and
-/// hands the job to the engine; the input back if it is refused.
-#[allow(clippy::type_complexity)]
-fn add<K: Kind, X: Send + 'static, O: Send + 'static>(
+/// hands the job to the engine; the input back if it is refused. Returns the engine, the
+/// task's id, and what `keep` took from the cell before the job went (a handle keeps a
+/// reference; a mailbox add need not touch the cell again).
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn add<K: Kind, X: Send + 'static, O: Send + 'static, R>(
     pool: &Pool<K>,
     item: X,
     how: How<X, O>,
     wrap: Wrap<K, X, O>,
     output: Output<O>,
     wait: bool,
-) -> Result<(Arc<Engine<K::Job>>, Arc<Cell<O>>), AddError<X>> {
+    keep: impl FnOnce(&Arc<Cell<O>>) -> R,
+) -> Result<(Cow<'_, Arc<Engine<K::Job>>>, TaskId, R), AddError<X>> {
     let Some(engine) = pool.engine() else {
         return Err(AddError::ShutDown(item));
     };
     let header = Header::new(engine.next_id(), how.key, how.timeout);
+    let id = header.id;
     let cell = Arc::new(Cell::new(header, output));
+    let kept = keep(&cell);
     let work = Work {
-        cell: cell.clone(),
+        cell,
         item,
         again: how.again,
     };
     match engine.add((wrap.into_job)(work), wait) {
-        Ok(()) => Ok((engine.into_owned(), cell)),
+        Ok(()) => Ok((engine, id, kept)),
         Err((refused, job)) => {
-            cell.header.reject();
-            let item = (wrap.from_job)(job).item;
+            let work = (wrap.from_job)(job);
+            work.cell.header.reject();
+            let item = work.item;
             Err(match refused {
                 Refused::Full => AddError::Full(item),
                 Refused::ShutDown => AddError::ShutDown(item),

@@ -126,7 +126,7 @@ impl<J: Job> Engine<J> {
             self.spares.insert(id, spare.clone());
         }
         let deadline = header
-            .timeout
+            .timeout()
             .or(self.settings.task_timeout)
             .and_then(|timeout| Instant::now().checked_add(timeout))
             .map(|at| self.schedule(at, Event::Deadline(job.control_arc(), spare.clone())));
