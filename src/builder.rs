@@ -125,7 +125,7 @@ impl<P> Builder<P> {
     /// pool holds no thread.
     ///
     /// 0 makes `build` fail with [`BuildError::ZeroWorkers`], more than
-    /// [`MAX_WORKERS`](MAX_WORKERS) with [`BuildError::TooManyWorkers`].
+    /// [`MAX_WORKERS`] with [`BuildError::TooManyWorkers`].
     ///
     /// ```
     /// use slowpool::ThreadPool;

@@ -142,7 +142,7 @@ pub enum BuildError {
         /// The requested maximum.
         max: usize,
     },
-    /// `max_workers` was above [`MAX_WORKERS`](MAX_WORKERS).
+    /// `max_workers` was above [`MAX_WORKERS`].
     TooManyWorkers {
         /// The requested maximum.
         requested: usize,

@@ -116,7 +116,7 @@ impl<J: Job> Engine<J> {
         // Retries that came due as the shutdown began, stopped by the pool (every task has
         // ended by now, unless called from inside a task: then those that have so far).
         inputs.append(&mut self.stopped_retries.lock());
-        super::in_order(inputs)
+        super::cancel::in_order(inputs)
     }
 
     /// Shuts down gracefully for at most `timeout`, then as `shutdown_now` and ends what still

@@ -12,14 +12,20 @@
 //! lets through) never block. How an add gets in while a shutdown closes the pool, without a
 //! job ever stranded, is [`intake`]'s; who waits for the pool to be quiet, [`quiet`]'s.
 //!
-//! Each part owns its fields and is used through its methods; the engine's own functions
-//! (adding, cancelling, the key table's steps, timing out) coordinate the parts.
+//! Each part owns its fields and is used through its methods: [`intake`], [`admission`],
+//! [`keys`] (the table, behind its lock), [`scheduler`], [`workers`], [`timer`], [`courier`],
+//! [`quiet`], [`registry`] (tasks by id), [`spare`]. The engine's own functions coordinate
+//! them, a concern per file: adding and the key table's steps here; [`cancel`]ling;
+//! [`deadline`]s and the timer thread; [`retry`]ing; a task's [`ending`]; the [`worker`] loop;
+//! joining and shutting down ([`lifecycle`]).
 //!
 //! Shutdown is idempotent and shared by `shutdown`, `shutdown_now`, `shutdown_timeout` and the
 //! owner's `Drop` (see `lifecycle.rs`); it never joins the calling thread.
 
 mod admission;
+mod cancel;
 mod courier;
+mod deadline;
 mod ending;
 mod intake;
 mod keys;
@@ -45,7 +51,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::builder::Config;
-use crate::cell::{drop_quietly, Control, State};
+use crate::cell::{drop_quietly, Control};
 use crate::done::TaskError;
 use crate::error::BuildError;
 use crate::id::TaskId;
@@ -61,15 +67,14 @@ use spawn::fault;
 
 use admission::Admission;
 use courier::Courier;
-use ending::Ending;
 use intake::Intake;
 use keys::{KeyTable, Keys, Step};
 use quiet::Quiet;
 use registry::Registry;
 use scheduler::{Scheduler, Seat};
-use spare::{Spare, Spares};
-use timer::{Event, EventId, Timer};
-use workers::{Abandon, Workers};
+use spare::Spares;
+use timer::{Event, Timer};
+use workers::Workers;
 
 /// What the engine queues. Each face defines one job type.
 pub(crate) trait Job: Send + Sized + 'static {
@@ -315,29 +320,6 @@ impl<J: Job> Engine<J> {
         self.quiet.nudge(|| self.counters.outstanding() == 0);
     }
 
-    /// Cancels the unstarted task with this id.
-    pub(crate) fn cancel_id(&self, id: TaskId) -> bool {
-        match self.registry.get(id) {
-            Some(control) => self.cancel_task(&*control),
-            None => false,
-        }
-    }
-
-    /// Gives up on the task with this id, for a caller that no longer waits for it (a dropped
-    /// stream): cancels it if it is not running; if it runs, it makes no further attempt.
-    pub(crate) fn forget_id(&self, id: TaskId) {
-        if let Some(control) = self.registry.get(id) {
-            control.header().stop_retrying();
-            self.cancel_task(&*control);
-        }
-    }
-
-    /// Cancels every task not yet started; hands back their inputs in the order they were
-    /// added.
-    pub(crate) fn cancel_all(&self) -> Vec<J::Input> {
-        in_order(self.cancel_queued(true))
-    }
-
     pub(crate) fn stats(&self) -> Stats {
         self.counters
             .snapshot(self.workers.live(), self.workers.abandoned(), || {
@@ -464,177 +446,6 @@ impl<J: Job> Engine<J> {
         }
     }
 
-    /// Cancels one task that is not running. The one path for `Task::cancel` and `cancel(id)`.
-    /// A task waiting to retry has its next attempt's job taken out of the timer and dropped
-    /// (unless the timer is moving it right now, or `back_off` has not put it there yet; either
-    /// then finds the task cancelled and drops it).
-    fn cancel_task(&self, control: &dyn Control) -> bool {
-        let header = control.header();
-        let Some(from) = header.cancel() else {
-            return false;
-        };
-        let next = if from == State::Backoff {
-            let id = header.id;
-            self.timer.take_retry(|job| job.control().header().id == id)
-        } else {
-            None
-        };
-        self.end_cancelled(control, from);
-        drop_quietly(next);
-        true
-    }
-
-    /// Ends a task this thread cancelled from state `from`.
-    fn end_cancelled(&self, control: &dyn Control, from: State) {
-        self.end(control.header(), Ending::Cancelled { from }, None, |way| {
-            control.fail(TaskError::Cancelled, way)
-        });
-    }
-
-    /// Cancels everything waiting to retry, waiting on a key or in the queue. With `hand_back`,
-    /// returns the inputs by task id; without, the inputs are dropped.
-    ///
-    /// Drains the timer's retries first, then the key table, then the queue: a job moves from
-    /// the table to the queue under the table lock, so none is missed in between. (A retry the
-    /// timer is moving right now may reach the queue behind the drain: it runs, as an add racing
-    /// `cancel_all` would.)
-    fn cancel_queued(&self, hand_back: bool) -> Vec<(TaskId, J::Input)> {
-        let mut jobs: Vec<(State, J)> = Vec::new();
-        jobs.extend(
-            self.timer
-                .take_retries()
-                .into_iter()
-                .map(|job| (State::Backoff, job)),
-        );
-        if let Some(keys) = &self.keys {
-            jobs.extend(
-                keys.lock()
-                    .drain()
-                    .into_iter()
-                    .map(|job| (State::Waiting, job)),
-            );
-        }
-        jobs.extend(
-            self.intake
-                .receiver()
-                .try_iter()
-                .map(|job| (State::Queued, job)),
-        );
-        let mut cancelled = Vec::new();
-        for (from, job) in jobs {
-            if !job.control().header().transition(from, State::Cancelled) {
-                // Cancelled one by one earlier, or taken by a worker: not ours.
-                drop_quietly(job);
-            } else {
-                self.end_cancelled(job.control(), from);
-                if hand_back {
-                    cancelled.push((job.control().header().id, job.into_input()));
-                } else {
-                    drop_quietly(job);
-                }
-            }
-        }
-        cancelled
-    }
-
-    /// Puts an event on the pool's timer, starting the timer thread on first use.
-    fn schedule(&self, at: Instant, event: Event<J>) -> EventId {
-        let (id, start) = self.timer.schedule(at, event);
-        self.start_timer(start);
-        id
-    }
-
-    /// Starts the timer thread if the timer said so (its first event).
-    fn start_timer(&self, start: bool) {
-        if start {
-            let started = self.me.upgrade().map(|engine| {
-                let name = format!("{}-timer", self.settings.thread_name);
-                spawn::spawn_thread(name, None, move || engine.timer_loop())
-            });
-            match started {
-                Some(Ok(handle)) => self.timer.set_thread(handle),
-                _ => self.timer.thread_failed(),
-            }
-        }
-    }
-
-    fn timer_loop(self: Arc<Self>) {
-        while let timer::Next::Fire(event) = self.timer.next() {
-            match event {
-                Event::Deadline(control, spare) => {
-                    self.time_out(&*control, false, spare.as_deref());
-                }
-                Event::Retry(job) => self.readmit(job),
-                Event::WakeKey(key) => {
-                    if let Some(keys) = &self.keys {
-                        let mut table = keys.lock();
-                        let step = table.wake(key, Instant::now());
-                        self.apply(key, step, table, None);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Ends a running task with `TimedOut`. Its thread is abandoned — left to finish on its
-    /// own, replaced by a new worker — if `force`, or while fewer than `max_abandoned` threads
-    /// are abandoned; past that bound the thread stays a worker and no replacement starts.
-    /// The thread's fate is settled before anyone hears of the timeout, and before the worker
-    /// running the task can look at it (`Workers::fate_of`).
-    ///
-    /// With a `spare` (a retry policy), the policy may send the task to back off instead, unless
-    /// `force` (a shutdown) or the pool is stopping. The decision and the state change happen under the spare's lock, which
-    /// the worker's own ending takes too (see `retry.rs`).
-    fn time_out(&self, control: &dyn Control, force: bool, spare: Option<&Spare<J>>) -> bool {
-        let header = control.header();
-        let mut held = spare.map(Spare::lock);
-        let delay = match held.as_deref() {
-            Some(Some(next))
-                if !force && !self.stopping.is_raised() && !header.is_last_attempt() =>
-            {
-                next.again_after(&TaskError::TimedOut)
-            }
-            _ => None,
-        };
-        let to = if delay.is_some() {
-            State::Backoff
-        } else {
-            State::TimedOut
-        };
-        let abandoned =
-            self.workers
-                .time_out(header.worker(), force, self.settings.max_abandoned, || {
-                    header.transition(State::Running, to)
-                });
-        let Some(abandoned) = abandoned else {
-            return false;
-        };
-        header.attempt_timed_out();
-        let next = held.as_mut().and_then(|held| held.take());
-        drop(held);
-        let thread_left = abandoned == Abandon::Now;
-        match (delay, next) {
-            (Some(delay), Some(next)) => self.back_off(header, next, delay, None, thread_left),
-            (_, next) => {
-                self.end(header, Ending::TimedOut { thread_left }, None, |way| {
-                    control.fail(TaskError::TimedOut, way)
-                });
-                drop_quietly(next);
-            }
-        }
-        true
-    }
-
-    /// A timed-out task's thread left the pool: its place passes to a replacement, so the pool
-    /// keeps its capacity — unless the pool is closing and no task is left for it. `again`: the
-    /// timed-out task itself will run again (it backs off), so a replacement is always needed.
-    fn replace_abandoned(&self, again: bool) {
-        let needed = again || !(self.intake.is_closed() && self.counters.outstanding() <= 1);
-        if !needed || self.start_worker().is_err() {
-            self.workers.give_up_place();
-        }
-    }
-
     /// The current thread's seat if it is one of this pool's workers.
     fn current_worker(&self) -> Option<Arc<Seat>> {
         CURRENT.with(|current| {
@@ -645,12 +456,6 @@ impl<J: Job> Engine<J> {
                 .map(|(_, seat)| seat.clone())
         })
     }
-}
-
-/// Inputs handed back, in the order their tasks were added.
-fn in_order<I>(mut inputs: Vec<(TaskId, I)>) -> Vec<I> {
-    inputs.sort_by_key(|(id, _)| *id);
-    inputs.into_iter().map(|(_, input)| input).collect()
 }
 
 impl<J: Job> Canceller for Engine<J> {

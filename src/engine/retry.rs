@@ -5,7 +5,7 @@
 //! A task with a retry policy (see [`Retry`](crate::Retry)) keeps a *spare* beside each
 //! attempt: the job of its next attempt, with a copy of its input, made by
 //! [`Job::spare`](super::Job::spare) before the attempt starts (the callback consumes the
-//! input). The spare sits in a [`Spare`] shared by the worker running the attempt and, when
+//! input). The spare sits in a [`Spare`](super::spare::Spare) shared by the worker running the attempt and, when
 //! the task has a deadline, the timer. Whoever ends the attempt takes the spare under its lock,
 //! decides, and then wins the state change:
 //!

@@ -8,7 +8,7 @@
 //!   leaves at shutdown, or its place is given up. An abandoned thread's place passes to its
 //!   replacement, so abandoning alone does not change `live`.
 //! - `abandoned`: threads that left the pool because a task of theirs timed out, still running
-//!   that callback. +1 in [`Workers::abandon`] (at most once per thread: the flag is on the
+//!   that callback. +1 in [`Workers::time_out`] (at most once per thread: the flag is on the
 //!   thread's [`Seat`]), −1 when the thread exits.
 //!
 //! A thread that exits is briefly still alive after it was uncounted (retired threads are
