@@ -28,7 +28,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Check for pending replies without blocking (Elixir: `receive ... after 0`).
         while let Ok(done) = replies.try_recv() {
             received += 1;
-            println!("{}: {}", done.id, done.result.unwrap_or_else(|e| e.to_string()));
+            println!(
+                "{}: {}",
+                done.id,
+                done.result.unwrap_or_else(|e| e.to_string())
+            );
         }
         if received == 20 {
             break;
@@ -37,7 +41,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             // Nothing left to produce: wait for the rest instead of spinning.
             let done = replies.recv()?;
             received += 1;
-            println!("{}: {}", done.id, done.result.unwrap_or_else(|e| e.to_string()));
+            println!(
+                "{}: {}",
+                done.id,
+                done.result.unwrap_or_else(|e| e.to_string())
+            );
         }
     }
     println!("all {received} replies received");
