@@ -145,6 +145,9 @@ type RetryMailbox = Mailbox<Result<u64, u64>, u64>;
 /// What `shutdown_now` hands back on a `ThreadPool`.
 type Unrun = Box<dyn FnOnce() + Send>;
 
+/// One weighted way to make a `T`.
+type Choice<'a, T> = (u64, &'a dyn Fn(&mut Gen) -> T);
+
 /// A small seeded generator: every case is a seed, printed when the case fails, so that
 /// `MODEL_SEED=<seed>` replays it.
 struct Gen(u64);
@@ -184,7 +187,7 @@ impl Gen {
     }
 
     /// One of `choices`, drawn by weight.
-    fn pick<T>(&mut self, choices: &[(u64, &dyn Fn(&mut Gen) -> T)]) -> T {
+    fn pick<T>(&mut self, choices: &[Choice<'_, T>]) -> T {
         let total: u64 = choices.iter().map(|(weight, _)| weight).sum();
         let mut roll = self.next() % total;
         for (weight, make) in choices {
