@@ -248,11 +248,17 @@ impl Scheduler {
     }
 
     /// Parks an idle worker until it is woken, or `keep_alive` passes without a wake.
+    ///
+    /// `over_max` says whether the pool has more workers than its maximum: asked after the
+    /// seat is on the stack, as `set_max_workers` looks for parked workers to retire after it
+    /// lowered the maximum — so a worker that was not parked yet when the pool shrank does not
+    /// park above the maximum for ever.
     pub(crate) fn park<J>(
         &self,
         seat: &Arc<Seat>,
         queue: &Receiver<J>,
         keep_alive: Option<Duration>,
+        over_max: impl Fn() -> bool,
     ) -> Woke {
         {
             let mut seats = self.parked_seats.lock();
@@ -264,6 +270,9 @@ impl Scheduler {
         // If a waker popped this seat meanwhile, its flag is already set: taken below.
         if (!queue.is_empty() || self.done.load(SeqCst)) && self.unlist(seat) {
             return Woke::Work;
+        }
+        if over_max() && self.unlist(seat) {
+            return Woke::Check;
         }
         let deadline = keep_alive.and_then(|d| Instant::now().checked_add(d));
         loop {

@@ -92,10 +92,13 @@ impl<J: Job> Engine<J> {
                 continue;
             }
             searching = false;
-            match self
-                .scheduler
-                .park(seat, self.intake.receiver(), self.settings.keep_alive)
-            {
+            let over_max = || self.workers.live() > self.workers.max();
+            match self.scheduler.park(
+                seat,
+                self.intake.receiver(),
+                self.settings.keep_alive,
+                over_max,
+            ) {
                 Woke::Work => last_look = true,
                 Woke::Searching => searching = true,
                 Woke::Check => {

@@ -189,3 +189,29 @@ fn the_minimum_stays_when_the_rest_retire() {
     }
     eventually("back to the minimum", || pool.stats().workers == 2);
 }
+
+/// A worker that was looking for work (not yet parked) when the pool shrank still retires: it
+/// looks at the maximum after it announces itself parked, as `set_max_workers` looks for
+/// parked workers after it lowers the maximum. (It used to park for ever above the maximum.)
+#[test]
+fn a_pool_shrunk_while_a_worker_is_about_to_park_still_shrinks() {
+    crate::support::watchdog("shrink vs park", || {
+        for round in 0..1_000 {
+            let pool = AsyncPool::new(3, |n: u32| n).unwrap();
+            // The workers finish a task each and go looking for the next one, then park.
+            let tasks: Vec<_> = (0..3).map(|n| pool.add_task(n).unwrap()).collect();
+            for (n, task) in tasks.iter().enumerate() {
+                assert_eq!(task.recv(), Ok(n as u32));
+            }
+            assert!(pool.set_max_workers(1));
+            assert!(
+                crate::support::comes_true_within(std::time::Duration::from_secs(10), || {
+                    pool.stats().workers == 1
+                }),
+                "round {round}: {}",
+                pool.stats()
+            );
+            assert_eq!(pool.add_task(3).unwrap().recv(), Ok(3));
+        }
+    });
+}
