@@ -538,27 +538,9 @@ fn more_workers_than_the_os_limits_allow_is_a_typed_error_not_an_abort() {
 
 #[test]
 fn a_thread_costs_no_more_memory_maps_than_the_limit_check_assumes() {
-    // Measured in a child process running only this test: tests running beside it here would
-    // add (and free) maps of their own.
-    if std::env::var_os("SLOWPOOL_MAPS_CHILD").is_none() {
-        let name =
-            crate::test_name!("a_thread_costs_no_more_memory_maps_than_the_limit_check_assumes");
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([&name, "--exact", "--test-threads=1", "--nocapture"])
-            .env("SLOWPOOL_MAPS_CHILD", "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            output.status.success(),
-            "the measuring child failed: {}: {stdout}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        assert!(
-            stdout.contains("1 passed"),
-            "the child did not run {name}: {stdout}"
-        );
+    // Measured alone: tests running beside it here would add (and free) maps of their own.
+    let name = crate::test_name!("a_thread_costs_no_more_memory_maps_than_the_limit_check_assumes");
+    if !crate::support::alone_in_a_child_process(&name) {
         return;
     }
     let maps = || {

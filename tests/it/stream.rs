@@ -21,6 +21,11 @@ use crate::support::{
 
 #[test]
 fn an_endless_input_streams_with_in_flight_bounded_and_memory_flat() {
+    // Measured alone: tests running beside it here would grow the process's memory.
+    let name = crate::test_name!("an_endless_input_streams_with_in_flight_bounded_and_memory_flat");
+    if !crate::support::alone_in_a_child_process(&name) {
+        return;
+    }
     let (running, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (r, p) = (running.clone(), peak.clone());
     let pool = AsyncPool::new(8, move |n: u64| {

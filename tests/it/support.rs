@@ -281,6 +281,33 @@ pub fn id_result<O, Tag>(
     (done.id, done.result)
 }
 
+/// For a test that measures the whole process (its memory, its maps): `false` in the test
+/// run, after running the test again alone in a child process and checking it passed there;
+/// `true` in that child, where the caller measures. Tests running beside it in this binary
+/// would add to (and free from) what it measures.
+pub fn alone_in_a_child_process(name: &str) -> bool {
+    if std::env::var_os("SLOWPOOL_TEST_ALONE").is_some() {
+        return true;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env("SLOWPOOL_TEST_ALONE", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the measuring child failed: {}: {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "the child did not run {name}: {stdout}"
+    );
+    false
+}
+
 /// The name a test of the calling module runs under in this binary (for a test that re-runs
 /// the binary as a child process: `--exact <name>`).
 #[macro_export]
