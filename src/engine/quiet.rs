@@ -3,14 +3,17 @@
 //!
 //! # Design
 //!
-//! A waiter checks its condition under `seen_quiet`'s lock right before every wait, and
-//! everything that can change it (a task settling, a job queued for a helper) nudges under that
-//! lock: no wake-up falls between a check and a wait.
+//! A waiter checks its condition under `lock` right before every wait, and everything that can
+//! change it (a task settling, a job queued for a helper) nudges under that lock: no wake-up
+//! falls between a check and a wait.
 //!
-//! **Generations.** A nudge that finds the pool quiet counts it (`seen_quiet`). A waiter that is
-//! not one of the pool's tasks returns once that count moved since it began waiting: the pool
+//! **Generations.** A nudge that finds the pool quiet counts it (`quiet_moments`). A waiter that
+//! is not one of the pool's tasks returns once that count moved since it began waiting: the pool
 //! was quiet at that moment, even if another joiner, woken first, has already added work. So
 //! many threads joining at once each return at a quiet moment (threadpool's "wavesurfer").
+//! A waiter reads the count *before* it announces itself and before it takes the lock: a quiet
+//! moment counted while it queues for the lock (behind the other joiners) is one it must see,
+//! or it would wait for work that a joiner woken at that moment has added since.
 //!
 //! **Joiners inside the pool.** A task blocked in `join()` on one of the pool's workers cannot
 //! wait for itself, so `join` there waits for every task except the [`Joiners`] — and except the
@@ -18,7 +21,7 @@
 //! key (they could never start before such a callback returns). A joining task that ended (it
 //! timed out) excuses nobody any more, but its callback still holds its key while it joins.
 
-use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
@@ -27,8 +30,10 @@ use super::AttemptId;
 
 pub(super) struct Quiet {
     waiters: AtomicUsize,
-    /// How many nudges found the pool quiet while someone waited (see "Generations").
-    seen_quiet: Mutex<u64>,
+    /// How many nudges found the pool quiet while someone waited (see "Generations"). Changed
+    /// only under `lock`; read without it when a wait begins.
+    quiet_moments: AtomicU64,
+    lock: Mutex<()>,
     changed: Condvar,
     pub(super) joiners: Joiners,
 }
@@ -37,7 +42,8 @@ impl Quiet {
     pub(super) fn new() -> Quiet {
         Quiet {
             waiters: AtomicUsize::new(0),
-            seen_quiet: Mutex::new(0),
+            quiet_moments: AtomicU64::new(0),
+            lock: Mutex::new(()),
             changed: Condvar::new(),
             joiners: Joiners {
                 registered: AtomicUsize::new(0),
@@ -51,9 +57,9 @@ impl Quiet {
     /// `quiet_now` says whether nothing is left in the pool; asked under the lock.
     pub(super) fn nudge(&self, quiet_now: impl FnOnce() -> bool) {
         if self.waiters.load(SeqCst) > 0 {
-            let mut seen = self.seen_quiet.lock();
+            let _guard = self.lock.lock();
             if quiet_now() {
-                *seen += 1;
+                self.quiet_moments.fetch_add(1, SeqCst);
             }
             self.changed.notify_all();
         }
@@ -71,28 +77,28 @@ impl Quiet {
         mut can_help: impl FnMut() -> bool,
         mut help: impl FnMut(),
     ) -> bool {
+        let began = self.quiet_moments.load(SeqCst);
         self.waiters.fetch_add(1, SeqCst);
-        let mut seen = self.seen_quiet.lock();
-        let began = *seen;
+        let mut guard = self.lock.lock();
         let reached = loop {
-            if quiet() || (outside && *seen != began) {
+            if quiet() || (outside && self.quiet_moments.load(SeqCst) != began) {
                 break true;
             }
             if can_help() {
-                parking_lot::MutexGuard::unlocked(&mut seen, &mut help);
+                parking_lot::MutexGuard::unlocked(&mut guard, &mut help);
                 continue;
             }
             match deadline {
-                None => self.changed.wait(&mut seen),
+                None => self.changed.wait(&mut guard),
                 Some(deadline) => {
                     if Instant::now() >= deadline {
                         break false;
                     }
-                    self.changed.wait_until(&mut seen, deadline);
+                    self.changed.wait_until(&mut guard, deadline);
                 }
             }
         };
-        drop(seen);
+        drop(guard);
         self.waiters.fetch_sub(1, SeqCst);
         reached
     }
