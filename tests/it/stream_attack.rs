@@ -227,8 +227,8 @@ fn keyed_ordered_slow_heads_stall_intake_at_max_buffered() {
 
 #[test]
 fn min_interval_only_spaces_each_keys_starts() {
-    // Only `min_interval_per_key`: starts of one key at least the interval apart (5 ms of
-    // tolerance for recording skew), every input through, keys interleaved.
+    // Only `min_interval_per_key`: starts of one key at least the interval apart, every input
+    // through, keys interleaved.
     watchdog("min interval", || {
         let interval = Duration::from_millis(15);
         let starts: Starts = Arc::default();
@@ -245,6 +245,7 @@ fn min_interval_only_spaces_each_keys_starts() {
                 i
             })
             .unwrap();
+        let began = Instant::now();
         let mut seen: Vec<u32> = pool
             .stream(sorted_items(18, 3))
             .key(|(k, _)| *k)
@@ -255,11 +256,14 @@ fn min_interval_only_spaces_each_keys_starts() {
         for (key, mut at) in starts.lock().unwrap().drain() {
             at.sort();
             assert_eq!(at.len(), 6);
-            for pair in at.windows(2) {
-                let gap = pair[1] - pair[0];
+            // Records trail their starts by however long the recording thread waits for a
+            // core, so pairs of records prove nothing; the k-th record comes at least k
+            // intervals after `began` whatever the delays (see the retried test below).
+            for (k, at) in at.iter().enumerate() {
+                let since = *at - began;
                 assert!(
-                    gap + Duration::from_millis(5) >= interval,
-                    "key {key}: starts {gap:?} apart"
+                    since >= interval * k as u32,
+                    "key {key}: start {k} only {since:?} after the stream began"
                 );
             }
         }
