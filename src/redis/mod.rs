@@ -76,17 +76,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod builder;
 mod entry;
 mod error;
 mod link;
 mod producer;
 mod scripts;
+mod stats;
 mod worker;
 
+pub use builder::StreamWorkerBuilder;
 pub use entry::{Entry, EntryError, Failure};
 pub use error::StreamError;
 pub use producer::Producer;
-pub use worker::{Backlog, StreamStats, StreamWorker, StreamWorkerBuilder, StreamWorkerHandle};
+pub use stats::{Backlog, StreamStats};
+pub use worker::{StreamWorker, StreamWorkerHandle};
 
 /// The field that holds an entry's payload.
 const PAYLOAD: &str = "payload";
