@@ -339,7 +339,7 @@ fn a_task_seen_running_has_started_once() {
     watchdog("attempts while running", || {
         let pool = AsyncPool::new(1, |n: u32| n).unwrap();
         let mut seen_running = 0;
-        for n in 0..20_000u32 {
+        for n in 0..5_000u32 {
             let task = pool.add_task(n).unwrap();
             loop {
                 if task.is_running() {
@@ -350,6 +350,8 @@ fn a_task_seen_running_has_started_once() {
                 if task.is_finished() {
                     break;
                 }
+                // On a loaded machine the worker may be waiting for this very core.
+                thread::yield_now();
             }
             assert_eq!(task.recv(), Ok(n));
         }
