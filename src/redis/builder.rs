@@ -1,13 +1,10 @@
-//! [`StreamWorkerBuilder`]: a [`StreamWorker`]'s settings, and connecting it.
+//! [`StreamWorkerBuilder`]: a [`StreamWorker`](super::StreamWorker)'s settings, and connecting it.
 
 use std::time::Duration;
 
-use super::link::{Link, LinkSettings};
-use super::scripts::Keys;
-use super::worker::StreamWorker;
-use super::StreamError;
+use super::link::LinkSettings;
 use crate::backoff::Backoff;
-/// Configures a [`StreamWorker`]: start with [`StreamWorker::builder`], end with
+/// Configures a [`StreamWorker`](super::StreamWorker): start with [`StreamWorker::builder`](super::StreamWorker::builder), end with
 /// [`connect`](StreamWorkerBuilder::connect).
 ///
 /// Every setting has a default, named on its setter; the setters can come in any order, and a
@@ -516,7 +513,7 @@ impl StreamWorkerBuilder {
     }
 
     /// Gives up when Redis stays unreachable this long: `run` returns
-    /// [`StreamError::Disconnected`]. Default: retries for ever. Entries held then stay
+    /// [`StreamError::Disconnected`](super::StreamError::Disconnected). Default: retries for ever. Entries held then stay
     /// pending, for other consumers to claim after `claim_after`.
     ///
     /// ```
@@ -557,7 +554,7 @@ impl StreamWorkerBuilder {
 
     /// Makes `run` return once there is nothing new to read, nothing to claim and nothing
     /// held. Entries pending with other consumers are not waited for: see
-    /// [`StreamWorker::backlog`]. Default: run until stopped.
+    /// [`StreamWorker::backlog`](super::StreamWorker::backlog). Default: run until stopped.
     ///
     /// "Nothing new" is one read that found nothing after blocking for
     /// [`block`](StreamWorkerBuilder::block); a stop still ends the run earlier.
@@ -586,76 +583,5 @@ impl StreamWorkerBuilder {
     pub fn drain(mut self, drain: bool) -> Self {
         self.drain = drain;
         self
-    }
-
-    /// Connects, and creates the consumer group (reading from the start of the stream) if it
-    /// does not exist.
-    ///
-    /// # Errors
-    ///
-    /// The connection or the group creation failed. The first connection is not retried.
-    ///
-    /// ```
-    /// use slowpool::redis::{Producer, StreamWorker};
-    ///
-    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
-    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
-    /// # let stream = &format!("doc-connect-{}", std::process::id());
-    /// Producer::connect(&url, stream)?.push(b"added before any worker")?;
-    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1").connect()?;
-    /// let backlog = worker.backlog()?;
-    /// assert_eq!((backlog.pending, backlog.undelivered), (0, Some(1))); // it will be read
-    ///
-    /// // More workers join the same group; a fresh stream is created empty.
-    /// StreamWorker::builder(&url, stream, "workers", "machine-2").connect()?;
-    /// let empty = &format!("{stream}:empty");
-    /// StreamWorker::builder(&url, empty, "workers", "machine-1").connect()?;
-    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
-    /// assert_eq!(redis::cmd("XLEN").arg(empty).query::<u64>(&mut redis)?, 0);
-    ///
-    /// let wrong = StreamWorker::builder("127.0.0.1:6379", stream, "workers", "machine-1");
-    /// assert!(wrong.connect().is_err()); // not a Redis URL
-    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(empty).exec(&mut redis)?;
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn connect(self) -> Result<StreamWorker, StreamError> {
-        let mut link = Link::connect(&self.url, self.link.clone())?;
-        let (stream, group) = (self.stream.clone(), self.group.clone());
-        link.call(Duration::ZERO, |con| create_group(con, &stream, &group))?;
-        let keys = Keys {
-            errors: format!("{}:errors:{}", self.stream, self.group),
-            dead: self
-                .dead_letter
-                .clone()
-                .unwrap_or_else(|| format!("{}:dead", self.stream)),
-            stream: self.stream.clone(),
-            group: self.group.clone(),
-            consumer: self.consumer.clone(),
-            results: self.result_stream.clone(),
-            results_max_len: self.results_max_len,
-            dead_max_len: self.dead_max_len,
-            delete_acked: self.delete_acked,
-        };
-        Ok(StreamWorker::new(link, keys, self))
-    }
-}
-
-/// Creates the consumer group (and the stream) unless it exists: at `connect`, and again after
-/// every reconnection (the server may have restarted without the group).
-pub(super) fn create_group(
-    con: &mut redis::Connection,
-    stream: &str,
-    group: &str,
-) -> redis::RedisResult<()> {
-    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg(group)
-        .arg("0")
-        .arg("MKSTREAM")
-        .query(con);
-    match created {
-        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
-        _ => Ok(()),
     }
 }

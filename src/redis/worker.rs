@@ -29,7 +29,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::Mutex;
 use redis::streams::StreamReadReply;
 
-use super::builder::{create_group, StreamWorkerBuilder};
+use super::builder::StreamWorkerBuilder;
 use super::entry::{Entry, EntryError};
 use super::link::{Fault, Link};
 use super::scripts::{Keys, Scripts, Verdict};
@@ -37,6 +37,77 @@ use super::stats::{Backlog, StreamStats};
 use super::{StreamError, PAYLOAD};
 use crate::in_flight::InFlight;
 use crate::{AsyncPool, Done, TaskError, TaskId};
+
+// `connect` lives beside the worker it makes, so that the settings (`builder.rs`) need not
+// know the worker.
+impl StreamWorkerBuilder {
+    /// Connects, and creates the consumer group (reading from the start of the stream) if it
+    /// does not exist.
+    ///
+    /// # Errors
+    ///
+    /// The connection or the group creation failed. The first connection is not retried.
+    ///
+    /// ```
+    /// use slowpool::redis::{Producer, StreamWorker};
+    ///
+    /// # let url = std::env::var("ASYNC_POOL_REDIS_URL");
+    /// # let url = url.unwrap_or_else(|_| "redis://127.0.0.1/".into());
+    /// # let stream = &format!("doc-connect-{}", std::process::id());
+    /// Producer::connect(&url, stream)?.push(b"added before any worker")?;
+    /// let mut worker = StreamWorker::builder(&url, stream, "workers", "machine-1").connect()?;
+    /// let backlog = worker.backlog()?;
+    /// assert_eq!((backlog.pending, backlog.undelivered), (0, Some(1))); // it will be read
+    ///
+    /// // More workers join the same group; a fresh stream is created empty.
+    /// StreamWorker::builder(&url, stream, "workers", "machine-2").connect()?;
+    /// let empty = &format!("{stream}:empty");
+    /// StreamWorker::builder(&url, empty, "workers", "machine-1").connect()?;
+    /// let mut redis = redis::Client::open(url.as_str())?.get_connection()?;
+    /// assert_eq!(redis::cmd("XLEN").arg(empty).query::<u64>(&mut redis)?, 0);
+    ///
+    /// let wrong = StreamWorker::builder("127.0.0.1:6379", stream, "workers", "machine-1");
+    /// assert!(wrong.connect().is_err()); // not a Redis URL
+    /// # redis::cmd("DEL").arg(stream).arg(format!("{stream}:dead")).arg(empty).exec(&mut redis)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn connect(self) -> Result<StreamWorker, StreamError> {
+        let mut link = Link::connect(&self.url, self.link.clone())?;
+        let (stream, group) = (self.stream.clone(), self.group.clone());
+        link.call(Duration::ZERO, |con| create_group(con, &stream, &group))?;
+        let keys = Keys {
+            errors: format!("{}:errors:{}", self.stream, self.group),
+            dead: self
+                .dead_letter
+                .clone()
+                .unwrap_or_else(|| format!("{}:dead", self.stream)),
+            stream: self.stream.clone(),
+            group: self.group.clone(),
+            consumer: self.consumer.clone(),
+            results: self.result_stream.clone(),
+            results_max_len: self.results_max_len,
+            dead_max_len: self.dead_max_len,
+            delete_acked: self.delete_acked,
+        };
+        Ok(StreamWorker::new(link, keys, self))
+    }
+}
+
+/// Creates the consumer group (and the stream) unless it exists: at `connect`, and again after
+/// every reconnection (the server may have restarted without the group).
+fn create_group(con: &mut redis::Connection, stream: &str, group: &str) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query(con);
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(()),
+    }
+}
 
 /// `StreamWorker::new`'s shared half: what a [`StreamWorkerHandle`] reaches from another thread.
 struct Shared {
@@ -256,7 +327,7 @@ struct Run<'p, O: Send + 'static, E: Send + 'static> {
 
 impl StreamWorker {
     /// A connected worker (the builder's `connect`: `link` up, the group created).
-    pub(super) fn new(link: Link, keys: Keys, settings: StreamWorkerBuilder) -> StreamWorker {
+    fn new(link: Link, keys: Keys, settings: StreamWorkerBuilder) -> StreamWorker {
         let (wake, woken) = bounded(1);
         StreamWorker {
             link,
