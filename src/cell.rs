@@ -116,6 +116,9 @@ pub(crate) struct Header {
     /// The latest attempt that timed out: its callback (still running, or holding a key) is
     /// told to stop for good, even once a retry waits or runs.
     timed_out_attempt: AtomicU32,
+    /// Where the engine's registry filed the task (see `engine/registry.rs`): written when the
+    /// task is accepted, read when it ends, both under the registry shard's lock.
+    pub(crate) registry_slot: AtomicU32,
     /// Index of the worker thread running the task (meaningful while Running).
     worker: AtomicUsize,
 }
@@ -137,6 +140,7 @@ impl Header {
             }),
             word: AtomicU64::new(state as u64),
             timed_out_attempt: AtomicU32::new(0),
+            registry_slot: AtomicU32::new(u32::MAX),
             worker: AtomicUsize::new(usize::MAX),
         }
     }
