@@ -66,6 +66,7 @@ impl<I: Send + 'static, O: Send + 'static> Job for Work<I, O> {
         self.item
     }
 
+    #[inline]
     fn spare(&self) -> Option<Self> {
         Work::spare(self)
     }

@@ -145,11 +145,13 @@ impl Header {
         }
     }
 
+    #[inline]
     pub(crate) fn state(&self) -> State {
         state_of(self.word.load(Ordering::Acquire))
     }
 
     /// Moves from `from` to `to`; false if the state was not `from`.
+    #[inline]
     pub(crate) fn transition(&self, from: State, to: State) -> bool {
         self.change(from, to, 0)
     }
@@ -181,17 +183,20 @@ impl Header {
 
     /// A worker takes the task: Queued → Running, one more attempt started. False if it was
     /// cancelled meanwhile.
+    #[inline]
     pub(crate) fn start(&self, worker: usize) -> bool {
         self.worker.store(worker, Ordering::Relaxed);
         self.change(State::Queued, State::Running, 1)
     }
 
     /// Attempts started so far.
+    #[inline]
     pub(crate) fn attempts(&self) -> u32 {
         (self.word.load(Ordering::Acquire) >> ATTEMPTS_SHIFT) as u32
     }
 
     /// Who a result is of: the id, and the attempts so far.
+    #[inline]
     pub(crate) fn ended(&self) -> Ended {
         Ended {
             id: self.id,
@@ -340,6 +345,7 @@ impl<T: Send + 'static> Cell<T> {
 }
 
 impl<T: Send + 'static> Control for Cell<T> {
+    #[inline]
     fn header(&self) -> &Header {
         &self.header
     }

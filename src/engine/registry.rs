@@ -66,20 +66,18 @@ impl Registry {
     pub(crate) fn insert(&self, control: Arc<dyn Control>) {
         let id = control.header().id;
         let mut shard = self.shard(id).lock();
-        let index = match shard.free.pop() {
-            Some(index) => {
-                shard.slots[index as usize] = (id.0, Some(control.clone()));
-                index
-            }
-            None => {
-                let index = u32::try_from(shard.slots.len()).expect("fewer than 2^32 live tasks");
-                shard.slots.push((id.0, Some(control.clone())));
-                index
-            }
+        let index = match shard.free.last() {
+            Some(&index) => index,
+            None => u32::try_from(shard.slots.len()).expect("fewer than 2^32 live tasks"),
         };
         // Read back only by the ending, under this shard's lock.
         control.header().registry_slot.store(index, Relaxed);
-        drop(shard);
+        let entry = (id.0, Some(control));
+        if shard.free.pop().is_some() {
+            shard.slots[index as usize] = entry;
+        } else {
+            shard.slots.push(entry);
+        }
     }
 
     /// Takes an ending task out (the ending path calls this once per task).

@@ -85,6 +85,7 @@ impl Seat {
         let _ = self.thread.set(thread::current());
     }
 
+    #[inline]
     pub(crate) fn is_abandoned(&self) -> bool {
         self.abandoned.load(SeqCst)
     }

@@ -294,7 +294,10 @@ fn sweep_round(name: &str, delays: &[Duration]) -> Cost {
             let cost = if name == "slowpool" {
                 measure(|| {
                     let tasks: Vec<_> = delays.iter().map(|&d| pool.add_task(d).unwrap()).collect();
-                    assert_eq!(tasks.iter().map(|t| t.recv().unwrap()).sum::<u64>(), n as u64);
+                    assert_eq!(
+                        tasks.iter().map(|t| t.recv().unwrap()).sum::<u64>(),
+                        n as u64
+                    );
                 })
             } else {
                 measure(|| {
@@ -390,10 +393,7 @@ fn sweep(opts: &Options, contenders: &[&str]) {
         .map(|j| j.delay)
         .collect();
     let sum: f64 = delays.iter().map(Duration::as_secs_f64).sum();
-    let longest = delays
-        .iter()
-        .map(Duration::as_secs_f64)
-        .fold(0.0, f64::max);
+    let longest = delays.iter().map(Duration::as_secs_f64).fold(0.0, f64::max);
     let bound = (sum / SWEEP_WORKERS as f64).max(longest);
     println!(
         "\n## sweep: {n} sleeps of 1–20 ms on {SWEEP_WORKERS} workers built first (lower bound {:.1} ms)\n",
