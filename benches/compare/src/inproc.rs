@@ -13,7 +13,8 @@
 //!   workers started and idle before the first add; makespan ÷ lower bound, and the process's
 //!   context switches and CPU time per task from `getrusage`, between the first add and the
 //!   last result. `static_floor` is what sleeping alone costs: 4,096 plain threads, each given
-//!   its share of the sleeps up front (no queue, no hand-over; its makespan is not a bound).
+//!   its share of the sleeps up front (no queue, no hand-over; its makespan is not a bound);
+//!   `tokio_async` is the async way, a tokio task per sleep on a runtime of 2 threads.
 //!
 //! Options: `--rounds N` (default 5), `--sizes 2,16`, `--tasks N`, `--only overhead|sweep`,
 //! `--contenders a,b` (a subset, e.g. for timing one contender from outside).
@@ -273,6 +274,7 @@ const SWEEP: &[&str] = &[
     "threadpool",
     "crossbeam_floor",
     "static_floor",
+    "tokio_async",
 ];
 
 const SWEEP_WORKERS: usize = 4096;
@@ -370,6 +372,37 @@ fn sweep_round(name: &str, delays: &[Duration]) -> Cost {
                 assert_eq!((0..n).map(|_| rx.recv().unwrap()).sum::<u64>(), n as u64);
             });
             threads.into_iter().for_each(|t| t.join().unwrap());
+            cost
+        }
+        "tokio_async" => {
+            // The async way: a tokio task per sleep on a runtime of 2 threads (all 20,000 at
+            // once: no thread per task to bound them).
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            settle(base + 2);
+            let cost = measure(|| {
+                let got: u64 = runtime.block_on(async {
+                    let handles: Vec<_> = delays
+                        .iter()
+                        .map(|&d| {
+                            tokio::spawn(async move {
+                                tokio::time::sleep(d).await;
+                                1u64
+                            })
+                        })
+                        .collect();
+                    let mut got = 0;
+                    for h in handles {
+                        got += h.await.unwrap();
+                    }
+                    got
+                });
+                assert_eq!(got, n as u64);
+            });
+            drop(runtime);
             cost
         }
         other => panic!("unknown contender {other}"),
