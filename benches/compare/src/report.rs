@@ -316,8 +316,8 @@ pub fn write(
     }
     let _ = writeln!(
         out,
-        "\nEvery contender in one process, rounds alternating (`cargo run --release -p compare -- inproc`): \
-         see the section \"One process\" of the README's benchmarks, and `benches/compare/src/inproc.rs`."
+        "\nEvery contender in one process, rounds alternating, with CPU time and context switches per task: \
+         `cargo run --release -p compare -- inproc` prints it (see `benches/compare/src/inproc.rs`)."
     );
     let _ = writeln!(
         out,
