@@ -18,10 +18,11 @@
 //!   workers: more runnable threads competing with the adding thread. So was the rule "one
 //!   searcher per queued job" applied by the adds themselves, each add waking a worker while
 //!   the queue held more jobs than searchers: on 4,096 sleeps per 20,000 it took 1.5–1.7
-//!   context switches and 18–21 µs of CPU per task against the chain's 1.2 and 12–14 µs. A
-//!   woken thread preempts the adding thread that woke it, and wakers racing on the parked
-//!   stack's lock block on it; a worker that wakes the next one just before it runs its own job
-//!   pays for neither, since it was about to leave the CPU anyway.)
+//!   context switches and 18–21 µs of CPU per task against the chain's 1.2 and 12–14 µs, with
+//!   a quarter more futex calls (a fan-out of two: more than twice as many). A woken thread
+//!   can preempt the adding thread that woke it, and concurrent wakers meet on the parked
+//!   stack's lock; a worker that wakes the next one just before it runs its own job was about
+//!   to leave the CPU anyway.)
 //! - **worker with nothing to do**: if nobody searches, it becomes the searcher and watches the
 //!   queue for a few microseconds (spin, then yield), so a steady stream is served without
 //!   wake-ups; at most one worker does this. Then it pushes its seat (`parked += 1`), SeqCst
