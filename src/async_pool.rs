@@ -52,10 +52,6 @@ impl<I: Send + 'static, O: Send + 'static> Job for Work<I, O> {
         self.cell.clone()
     }
 
-    fn control_weak(&self) -> Weak<dyn Control> {
-        Arc::downgrade(&self.cell) as Weak<dyn Control>
-    }
-
     fn run(self, callback: &Callback<I, O>, cx: &RunContext<'_, Self>) -> Ran {
         match callback {
             Callback::Plain(f) => Work::run(self, cx, f),
@@ -70,6 +66,7 @@ impl<I: Send + 'static, O: Send + 'static> Job for Work<I, O> {
         self.item
     }
 
+    #[inline]
     fn spare(&self) -> Option<Self> {
         Work::spare(self)
     }

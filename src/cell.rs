@@ -116,6 +116,9 @@ pub(crate) struct Header {
     /// The latest attempt that timed out: its callback (still running, or holding a key) is
     /// told to stop for good, even once a retry waits or runs.
     timed_out_attempt: AtomicU32,
+    /// Where the engine's registry filed the task (see `engine/registry.rs`): written when the
+    /// task is accepted, read when it ends, both under the registry shard's lock.
+    pub(crate) registry_slot: AtomicU32,
     /// Index of the worker thread running the task (meaningful while Running).
     worker: AtomicUsize,
 }
@@ -137,15 +140,18 @@ impl Header {
             }),
             word: AtomicU64::new(state as u64),
             timed_out_attempt: AtomicU32::new(0),
+            registry_slot: AtomicU32::new(u32::MAX),
             worker: AtomicUsize::new(usize::MAX),
         }
     }
 
+    #[inline]
     pub(crate) fn state(&self) -> State {
         state_of(self.word.load(Ordering::Acquire))
     }
 
     /// Moves from `from` to `to`; false if the state was not `from`.
+    #[inline]
     pub(crate) fn transition(&self, from: State, to: State) -> bool {
         self.change(from, to, 0)
     }
@@ -177,17 +183,20 @@ impl Header {
 
     /// A worker takes the task: Queued → Running, one more attempt started. False if it was
     /// cancelled meanwhile.
+    #[inline]
     pub(crate) fn start(&self, worker: usize) -> bool {
         self.worker.store(worker, Ordering::Relaxed);
         self.change(State::Queued, State::Running, 1)
     }
 
     /// Attempts started so far.
+    #[inline]
     pub(crate) fn attempts(&self) -> u32 {
         (self.word.load(Ordering::Acquire) >> ATTEMPTS_SHIFT) as u32
     }
 
     /// Who a result is of: the id, and the attempts so far.
+    #[inline]
     pub(crate) fn ended(&self) -> Ended {
         Ended {
             id: self.id,
@@ -336,6 +345,7 @@ impl<T: Send + 'static> Cell<T> {
 }
 
 impl<T: Send + 'static> Control for Cell<T> {
+    #[inline]
     fn header(&self) -> &Header {
         &self.header
     }

@@ -178,10 +178,11 @@ impl<T> Slot<T> {
     /// later (`put` drops it, quietly, on the delivering worker).
     ///
     /// Invariant: once its `Task` is gone the slot never holds a result, so whoever drops the
-    /// cell's last `Arc` drops no result. That may be any thread: the registry upgrades its
-    /// `Weak` for a moment in `join`, an add, `cancel(id)` (see `engine/registry.rs`), and if
-    /// the worker lets go of the cell meanwhile, that thread holds the last `Arc` — it must not
-    /// run a result's `Drop` (which may panic, or call into the pool) under the registry's lock.
+    /// cell's last `Arc` drops no result. That may be any thread: the registry lends out a
+    /// reference for a moment in `join`, `cancel(id)` and `shutdown_timeout` (see
+    /// `engine/registry.rs`), and if the worker lets go of the cell meanwhile, that thread
+    /// holds the last `Arc` — it must not run a result's `Drop` (which may panic, or call into
+    /// the pool).
     pub(crate) fn abandon(&self) -> Option<Result<T, TaskError>> {
         let mut state = self.state.lock();
         let (waker, result) = match &mut *state {

@@ -3,6 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -85,6 +86,9 @@ pub struct Task<O, Tag = ()> {
     receiver: OnceLock<Receiver<Result<O, TaskError>>>,
     /// `None` only once a task set took it (with the task).
     tag: Option<Tag>,
+    /// Set once this handle read the result out of the slot: the slot is then `Taken` for
+    /// good, and dropping the handle has nothing to abandon (it skips the slot's lock).
+    read_out: AtomicBool,
 }
 
 impl<O: Send + 'static, Tag> Task<O, Tag> {
@@ -94,6 +98,7 @@ impl<O: Send + 'static, Tag> Task<O, Tag> {
             pool,
             receiver: OnceLock::new(),
             tag: Some(tag),
+            read_out: AtomicBool::new(false),
         }
     }
 
@@ -322,7 +327,10 @@ impl<O: Send + 'static, Tag> Task<O, Tag> {
     fn read(&self, deadline: Option<Instant>) -> Result<Result<O, TaskError>, RecvTimeoutError> {
         if self.receiver.get().is_none() {
             match self.slot().take(deadline) {
-                Read::Value(result) => return Ok(result),
+                Read::Value(result) => {
+                    self.read_out.store(true, Relaxed);
+                    return Ok(result);
+                }
                 Read::Empty => return Err(RecvTimeoutError::Timeout),
                 Read::Taken => return Err(RecvTimeoutError::Disconnected),
                 // Another thread called `receiver()`: the value travels there now.
@@ -400,8 +408,11 @@ impl<O, Tag> Drop for Task<O, Tag> {
         // own it) until the pool's task ends. A result that already arrived is dropped here, by
         // the handle's owner; a later one by the worker that delivers it, never by a thread
         // that happens to hold the cell's last `Arc` (see `Slot::abandon`). A task set that
-        // took the task forwards the result: nothing is abandoned then.
-        drop(self.slot().abandon());
+        // took the task forwards the result: nothing is abandoned then. A handle that read its
+        // result left the slot `Taken`, with no waker: nothing to abandon.
+        if !*self.read_out.get_mut() {
+            drop(self.slot().abandon());
+        }
     }
 }
 

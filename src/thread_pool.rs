@@ -3,7 +3,7 @@
 //! that one queue carries closures of any output type; how it builds, adds and streams.
 
 use std::any::Any;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::builder::Builder;
@@ -39,7 +39,6 @@ pub(crate) struct Closure(Box<dyn Body>);
 trait Body: Send {
     fn control(&self) -> &dyn Control;
     fn control_arc(&self) -> Arc<dyn Control>;
-    fn control_weak(&self) -> Weak<dyn Control>;
     fn run(self: Box<Self>, cx: &RunContext<'_, Closure>) -> Ran;
     fn into_unrun(self: Box<Self>) -> Unrun;
     fn spare(&self) -> Option<Box<dyn Body>>;
@@ -59,10 +58,6 @@ where
 
     fn control_arc(&self) -> Arc<dyn Control> {
         self.cell.clone()
-    }
-
-    fn control_weak(&self) -> Weak<dyn Control> {
-        Arc::downgrade(&self.cell) as Weak<dyn Control>
     }
 
     fn run(self: Box<Self>, cx: &RunContext<'_, Closure>) -> Ran {
@@ -97,10 +92,6 @@ impl Job for Closure {
 
     fn control_arc(&self) -> Arc<dyn Control> {
         self.0.control_arc()
-    }
-
-    fn control_weak(&self) -> Weak<dyn Control> {
-        self.0.control_weak()
     }
 
     fn run(self, _: &(), cx: &RunContext<'_, Self>) -> Ran {

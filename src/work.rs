@@ -42,15 +42,21 @@ impl<X: Send + 'static, O: Send + 'static> Work<X, O> {
     /// For a task with a retry policy: the work of its next attempt (a copy of the item, the
     /// same cell), made before this attempt runs. `None` otherwise, and when the copy panicked
     /// (the attempt then runs without one).
+    #[inline]
     pub(crate) fn spare(&self) -> Option<Work<X, O>> {
+        // Inlined: a task without a retry policy (most) pays one test.
         let again = self.again.as_ref()?;
+        self.spare_with(again)
+    }
+
+    fn spare_with(&self, again: &Again<X, O>) -> Option<Work<X, O>> {
         let item = panic::catch_unwind(AssertUnwindSafe(|| (again.clone)(&self.item)))
             .map_err(drop_quietly)
             .ok()?;
         Some(Work {
             cell: self.cell.clone(),
             item,
-            again: Some(again.clone()),
+            again: Some(Box::new(again.clone())),
         })
     }
 

@@ -60,15 +60,26 @@ impl Admission {
     /// Takes a place in the queue for one job. `can_grow` says whether the pool may still start
     /// a worker (elastic pools admit past a full queue while they can grow). Returns the slack
     /// left: below zero, no idle worker will take the job.
+    #[inline]
     pub(crate) fn acquire(
         &self,
         wait: bool,
         closed: &AtomicBool,
         can_grow: impl Fn() -> bool,
     ) -> Result<isize, Refused> {
+        // Inlined, so that a fixed pool with an unbounded queue (the default) pays one test.
         if !self.tracked {
             return Ok(0);
         }
+        self.acquire_tracked(wait, closed, can_grow)
+    }
+
+    fn acquire_tracked(
+        &self,
+        wait: bool,
+        closed: &AtomicBool,
+        can_grow: impl Fn() -> bool,
+    ) -> Result<isize, Refused> {
         let Some(capacity) = self.capacity else {
             return Ok(self.slack.fetch_sub(1, SeqCst) - 1);
         };
@@ -123,6 +134,7 @@ impl Admission {
 
     /// A job left the queue (or never entered it) without an idle worker taking it: its place
     /// is free again.
+    #[inline]
     pub(crate) fn release(&self) {
         if self.tracked {
             self.slack.fetch_add(1, SeqCst);
@@ -131,6 +143,7 @@ impl Admission {
     }
 
     /// A worker starts waiting for a job.
+    #[inline]
     pub(crate) fn enter_idle(&self) {
         self.release();
     }

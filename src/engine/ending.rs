@@ -13,7 +13,8 @@
 //!    whose callback still runs: it holds its key until the callback returns
 //!    ([`Engine::execute`](super::worker)), so a host with hanging requests never has more than
 //!    `max_per_key` of them in flight; the thread's own fate was settled by `time_out`;
-//! 3. forget it as a joiner (a task that ended no longer excuses anyone in `join`);
+//! 3. forget it: out of the registry (`cancel(id)` no longer finds it), and as a joiner (a task
+//!    that ended no longer excuses anyone in `join`);
 //! 4. **deliver** the result — a worker may wait for room in a bounded mailbox, anyone else
 //!    hands a full mailbox's send to the courier;
 //! 5. **settle**: count it delivered, nudge `join`/shutdown waiters, and disconnect the queue if
@@ -217,7 +218,9 @@ impl<J: Job> Engine<J> {
                 }
             }
         }
-        // 3. A joiner that ended excuses nobody any more.
+        // 3. Forget it: `cancel(id)` no longer finds it, and a joiner that ended excuses nobody
+        // any more.
+        self.registry.remove(header);
         self.quiet.joiners.ended((header.id, header.attempts()));
         // 4. Deliver, then 5. settle (the courier settles what it delivers).
         let way = match on_worker {

@@ -290,9 +290,6 @@ mod tests {
         fn control_arc(&self) -> Arc<dyn Control> {
             self.0.clone()
         }
-        fn control_weak(&self) -> std::sync::Weak<dyn Control> {
-            Arc::downgrade(&self.0) as std::sync::Weak<dyn Control>
-        }
         fn run(self, _: &(), _: &RunContext<'_, Self>) -> Ran {
             Ran::Ended
         }

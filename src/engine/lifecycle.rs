@@ -175,9 +175,8 @@ impl<J: Job> Engine<J> {
     /// tasks on its own thread meanwhile, so it cannot deadlock for lack of free workers.
     pub(crate) fn join(&self) {
         if self.wait_quiet(None) && self.current_worker().is_none() {
-            // Quiet: the registry's entries of ended tasks can all go now rather than at the
-            // next burst of adds.
-            self.registry.sweep();
+            // Quiet: the registry gives back the memory of a past burst.
+            self.registry.trim();
         }
     }
 

@@ -85,7 +85,6 @@ pub(crate) trait Job: Send + Sized + 'static {
 
     fn control(&self) -> &dyn Control;
     fn control_arc(&self) -> Arc<dyn Control>;
-    fn control_weak(&self) -> Weak<dyn Control>;
     /// Runs the job (already Running) under `catch_unwind` and ends it with `cx.finish`.
     fn run(self, runner: &Self::Runner, cx: &RunContext<'_, Self>) -> Ran;
     /// Takes the input back out of a job that will not run.
@@ -274,10 +273,7 @@ impl<J: Job> Engine<J> {
         let entered = self.intake.enter(job, |job, tx| {
             // Counted before any worker can see the job, so it cannot end before it began.
             self.counters.submitted(key.is_some());
-            self.registry
-                .insert(job.control().header().id, job.control_weak(), || {
-                    self.counters.outstanding()
-                });
+            self.registry.insert(job.control_arc());
             match (key, &self.keys) {
                 (Some(key), Some(keys)) => {
                     let mut table = keys.lock();

@@ -55,14 +55,21 @@ impl Quiet {
 
     /// Something changed that a waiter may care about (a task settled, a job was queued).
     /// `quiet_now` says whether nothing is left in the pool; asked under the lock.
+    #[inline]
     pub(super) fn nudge(&self, quiet_now: impl FnOnce() -> bool) {
+        // Inlined: with nobody waiting (every add and ending asks), one load.
         if self.waiters.load(SeqCst) > 0 {
-            let _guard = self.lock.lock();
-            if quiet_now() {
-                self.quiet_moments.fetch_add(1, SeqCst);
-            }
-            self.changed.notify_all();
+            self.nudge_waiters(quiet_now);
         }
+    }
+
+    #[cold]
+    fn nudge_waiters(&self, quiet_now: impl FnOnce() -> bool) {
+        let _guard = self.lock.lock();
+        if quiet_now() {
+            self.quiet_moments.fetch_add(1, SeqCst);
+        }
+        self.changed.notify_all();
     }
 
     /// Waits until `quiet()` holds, or — for an `outside` waiter, not one of the pool's tasks —

@@ -401,3 +401,57 @@ fn cancels_racing_the_workers_end_every_task_exactly_once() {
         });
     }
 }
+
+#[test]
+fn a_stale_id_never_cancels_a_later_task_filed_where_it_was() {
+    // The registry reuses the slot of an ended task for the next one: `cancel(id)` of the
+    // ended task must find nothing, however many later tasks fill its slot, and every later
+    // task must still be found by its own id.
+    watchdog("stale ids", || {
+        let (key, pool) = gated(AsyncPool::builder().max_workers(1));
+        // Declared after the pool: a failed assertion opens the gate before the pool's drop
+        // waits for its tasks.
+        let mut key = key;
+        let (mailbox, results): (Mailbox<u32>, _) = unbounded();
+        // Ended tasks, by the hundred, their slots free again.
+        let blocker = pool.add_task_to(0, &mailbox).unwrap();
+        eventually("blocker running", || pool.stats().busy == 1);
+        let ended: Vec<TaskId> = (1..=200)
+            .map(|n| pool.add_task_to(n, &mailbox).unwrap())
+            .collect();
+        for &id in &ended {
+            assert!(pool.cancel(id));
+        }
+        assert_eq!(pool.stats().cancelled, 200);
+        // Later tasks take those slots; none is reachable through an old id.
+        let later: Vec<TaskId> = (1000..1200)
+            .map(|n| pool.add_task_to(n, &mailbox).unwrap())
+            .collect();
+        for &id in &ended {
+            assert!(!pool.cancel(id), "{id:?} ended already");
+        }
+        assert_eq!(pool.stats().queued, 200, "no later task was touched");
+        // Every later task is still found by its own id: cancel every other one.
+        for &id in later.iter().step_by(2) {
+            assert!(pool.cancel(id));
+        }
+        key.open();
+        let mut ran = HashSet::new();
+        let mut cancelled = HashSet::new();
+        for _ in 0..(1 + 200 + 200) {
+            let (id, result) = id_result(results.recv().unwrap());
+            match result {
+                Ok(_) => assert!(ran.insert(id)),
+                Err(TaskError::Cancelled) => assert!(cancelled.insert(id)),
+                Err(other) => panic!("{id:?}: {other:?}"),
+            }
+        }
+        assert!(ran.contains(&blocker));
+        assert_eq!(ran.len(), 1 + 100);
+        assert_eq!(cancelled.len(), 200 + 100);
+        assert!(later.iter().skip(1).step_by(2).all(|id| ran.contains(id)));
+        pool.join();
+        let stats = pool.stats();
+        assert_eq!((stats.completed, stats.cancelled), (101, 300));
+    });
+}

@@ -4,12 +4,15 @@
 //!
 //! `cargo run --release -p compare` runs everything and writes `docs/benchmarks.md` and the SVG
 //! charts under `docs/`. `-- --quick` runs a small version (a smoke test, nothing written).
+//! `-- inproc` runs the one-process view instead: every contender in this one process, rounds
+//! alternating, medians printed (see `inproc.rs`).
 //!
 //! Every contender runs in a child process of its own (this binary, re-executed), so its CPU
 //! time, peak memory and thread count are its own; the HTTP server runs in this parent
 //! process. Every contender's results are checked (every body received, total length right);
 //! a contender that fails is reported as failed.
 
+mod inproc;
 mod measure;
 mod report;
 mod server;
@@ -55,6 +58,26 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("child") => child(&args[1..]),
         Some("idle") => idle_child(&args[1..]),
+        Some("inproc") => {
+            let value = |name: &str| {
+                args.iter()
+                    .position(|a| a == name)
+                    .and_then(|i| args.get(i + 1))
+                    .cloned()
+            };
+            let list = |name: &str| {
+                value(name).map(|l| l.split(',').map(str::to_string).collect::<Vec<_>>())
+            };
+            inproc::main(inproc::Options {
+                rounds: value("--rounds").map_or(5, |r| r.parse().expect("--rounds N")),
+                sizes: list("--sizes").map_or(vec![2, 16, 64, 256], |l| {
+                    l.iter().map(|n| n.parse().expect("--sizes 2,16")).collect()
+                }),
+                tasks: value("--tasks").map_or(200_000, |n| n.parse().expect("--tasks N")),
+                only: value("--only"),
+                contenders: list("--contenders"),
+            })
+        }
         _ => {
             let only = args
                 .iter()

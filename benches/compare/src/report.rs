@@ -316,6 +316,11 @@ pub fn write(
     }
     let _ = writeln!(
         out,
+        "\nEvery contender in one process, rounds alternating, with CPU time and context switches per task: \
+         `cargo run --release -p compare -- inproc` prints it (see `benches/compare/src/inproc.rs`)."
+    );
+    let _ = writeln!(
+        out,
         "\nOn 16 cores: [more-benchmarks.md](more-benchmarks.md)."
     );
     std::fs::write(docs.join("benchmarks.md"), out)?;
