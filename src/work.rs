@@ -67,6 +67,7 @@ impl<X: Send + 'static, O: Send + 'static> Work<X, O> {
         J: crate::engine::Job,
     {
         let Work { cell, item, again } = self;
+        cx.callback_starts(&cell.header);
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| call(item)));
         let attempts = cell.header.attempts();
         let retry = again

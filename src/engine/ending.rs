@@ -78,6 +78,14 @@ impl<J: Job> RunContext<'_, J> {
         self.engine.stopping.flag()
     }
 
+    /// The callback of the task with this header is about to be called (the job's last step
+    /// before it): its key's interval counts from this instant.
+    pub(crate) fn callback_starts(&self, header: &Header) {
+        if let Some(key) = header.key {
+            self.engine.callback_starts(key);
+        }
+    }
+
     /// Ends the task's attempt with the callback's outcome, unless the timer ended it first.
     ///
     /// With `retry` (a task with a retry policy, whose run has a spare, see `retry.rs`):

@@ -9,10 +9,11 @@
 //! the queue while still holding that mutex, so "drain the table, then drain the queue" (cancel
 //! and `shutdown_now`) cannot miss a job in between.
 //!
-//! Politeness counts from a task's real start, not from when it entered the queue: while a job
-//! of a key sits in the queue unstarted, the next one is held back; when it starts, the next may
-//! go at `start + interval`. So two starts of one key are always at least the interval apart,
-//! however long the queue.
+//! Politeness counts from a task's real start — the instant its callback is called, not when it
+//! entered the queue nor when a worker took it: while a job of a key is queued or about to be
+//! called, the next one is held back; once its callback is called, the next may go at
+//! `start + interval`. So two calls of one key's callbacks are always at least the interval
+//! apart, however long the queue and whatever a worker does between taking a job and calling it.
 //!
 //! Keys are 64-bit hashes (a `&str` and a `String` with the same text are the same key). A key's
 //! entry is removed once it is idle and its interval has passed, so a crawl over millions of
@@ -165,7 +166,8 @@ impl<J: Job> KeyTable<J> {
         self.pump(key, now)
     }
 
-    /// A job of `key` started at `now`: with an interval, the next may start at `now + interval`.
+    /// The callback of a job of `key` was called at `now`: with an interval, the next may start
+    /// at `now + interval`.
     pub(crate) fn started(&mut self, key: u64, now: Instant) -> Step<J> {
         let Some(interval) = self.interval else {
             return Step::new();

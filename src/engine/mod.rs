@@ -437,9 +437,17 @@ impl<J: Job> Engine<J> {
     }
 
     /// Bookkeeping when a worker takes a job.
-    fn on_start(&self, job: &J) {
+    fn on_start(&self, _job: &J) {
+        // Its key's interval counts from its callback's call, later (`callback_starts`).
         self.counters.started();
-        if let (Some(keys), Some(key)) = (&self.keys, job.control().header().key) {
+    }
+
+    /// A keyed callback is about to be called: its key's interval counts from now (see
+    /// `keys.rs`). Stamped here, the last thing before the call, not when a worker took the
+    /// job: what happens in between (arming a deadline, copying a retry's input) would
+    /// otherwise shorten the gap the next start of the key sees.
+    pub(super) fn callback_starts(&self, key: u64) {
+        if let Some(keys) = &self.keys {
             let mut table = keys.lock();
             let step = table.started(key, Instant::now());
             self.apply(key, step, table, None);
