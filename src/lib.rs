@@ -81,7 +81,8 @@
 //! - **Streams**: `pool.stream(inputs)` pulls a (possibly endless) iterator through the pool
 //!   in bounded memory, `.ordered()`, `.key(f)`, `.retry(policy)`, `.keep_input()` in any
 //!   combination.
-//! - **Control**: `cancel`, `cancel_all`, `join`, `stats`, `set_max_workers`, `shutdown`,
+//! - **Control**: `cancel`, `cancel_all`, `join`, `stats`, `key_stats`, `busiest_keys`,
+//!   `pause_key`, `set_max_workers`, `shutdown`,
 //!   `shutdown_now`, `shutdown_timeout` and [`handle`](Pool::handle), the same on both faces:
 //!   both are a [`Pool`].
 //! - **Building**: [`Builder`]; `build(callback)`, or
@@ -148,6 +149,7 @@ mod engine;
 mod error;
 mod id;
 mod in_flight;
+mod key_stats;
 mod pool;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -166,8 +168,9 @@ mod work;
 pub use crate::builder::Builder;
 pub use crate::context::Context;
 pub use crate::done::{Done, Failed, Flat, Mailbox, TaskError};
-pub use crate::error::{AddError, BuildError, MAX_WORKERS};
+pub use crate::error::{AddError, BuildError, PauseError, MAX_PAUSE, MAX_WORKERS};
 pub use crate::id::TaskId;
+pub use crate::key_stats::KeyStats;
 pub use crate::pool::{AsyncPool, Kind, Pool, ThreadPool};
 pub use crate::retry::{Attempt, Retry};
 pub use crate::stats::Stats;

@@ -114,10 +114,10 @@ impl<J: Job> RunContext<'_, J> {
             drop_quietly(result);
             return Ran::Lost;
         }
-        let delay = if self.engine.stopping.is_raised() {
-            None
+        let (delay, pause) = if self.engine.stopping.is_raised() {
+            (None, None)
         } else {
-            again_after(result.as_ref())
+            crate::retry::asking_pause(|| again_after(result.as_ref()))
         };
         let to = if delay.is_some() {
             State::Backoff
@@ -133,6 +133,8 @@ impl<J: Job> RunContext<'_, J> {
             .take()
             .expect("the spare is there: checked under this lock");
         drop(held);
+        // Before the key is released below: its next task must not slip out first.
+        self.engine.pause_asked(&cell.header, pause);
         match delay {
             Some(delay) => {
                 drop_quietly(result);

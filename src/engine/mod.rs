@@ -31,6 +31,7 @@ mod intake;
 mod keys;
 mod lifecycle;
 mod limits;
+mod per_key;
 mod quiet;
 mod registry;
 mod retry;
@@ -60,6 +61,7 @@ use crate::task::Canceller;
 
 pub(crate) use admission::Refused;
 pub(crate) use ending::{Ran, RunContext};
+pub(crate) use keys::KeyView;
 pub(crate) use lifecycle::Owner;
 use lifecycle::Stopping;
 #[cfg(test)]
@@ -321,10 +323,13 @@ impl<J: Job> Engine<J> {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters
-            .snapshot(self.workers.live(), self.workers.abandoned(), || {
-                self.timer.retries()
-            })
+        let mut stats =
+            self.counters
+                .snapshot(self.workers.live(), self.workers.abandoned(), || {
+                    self.timer.retries()
+                });
+        stats.paused_keys = self.paused_keys();
+        stats
     }
 
     /// Changes the number of workers. Growing starts threads at once (a fixed pool) or allows

@@ -15,6 +15,7 @@ mod hostile;
 mod keys;
 mod load;
 mod panics;
+mod pause;
 mod retry;
 mod retry_attack;
 mod scheduler;
