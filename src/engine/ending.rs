@@ -28,6 +28,7 @@ use super::{Engine, Job};
 use crate::cell::{drop_quietly, Cell, Header, State};
 use crate::delivery::{Delivered, Way};
 use crate::done::TaskError;
+use crate::observe::{RunEnd, Watch};
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,20 +98,31 @@ impl<J: Job> RunContext<'_, J> {
         cell: &Cell<T>,
         outcome: thread::Result<T>,
         retry: Option<impl FnOnce(Result<&T, &TaskError>) -> Option<Duration>>,
+        watch: Watch,
     ) -> Ran {
         let result = caught(outcome);
+        // The attempt's event goes out before its ending is delivered (as the counters do),
+        // so that whoever receives the result finds it reported.
+        let returned = if result.is_ok() {
+            RunEnd::Completed
+        } else {
+            RunEnd::Panicked
+        };
         let (Some(spare), Some(again_after)) = (self.spare, retry) else {
             if !cell.header.transition(State::Running, State::Done) {
                 // Timed out while it ran: the caller already has `TimedOut`.
+                watch.end(RunEnd::Late);
                 drop_quietly(result);
                 return Ran::Lost;
             }
+            watch.end(returned);
             return self.completed(cell, result);
         };
         let mut held = spare.lock();
         if held.is_none() {
             // The timer ended this attempt (and took the spare): a late result.
             drop(held);
+            watch.end(RunEnd::Late);
             drop_quietly(result);
             return Ran::Lost;
         }
@@ -126,6 +138,7 @@ impl<J: Job> RunContext<'_, J> {
         };
         if !cell.header.transition(State::Running, to) {
             drop(held);
+            watch.end(RunEnd::Late);
             drop_quietly(result);
             return Ran::Lost;
         }
@@ -137,12 +150,14 @@ impl<J: Job> RunContext<'_, J> {
         self.engine.pause_asked(&cell.header, pause);
         match delay {
             Some(delay) => {
+                watch.end(RunEnd::Retrying);
                 drop_quietly(result);
                 self.engine
                     .back_off(&cell.header, next, delay, Some(self.on_worker()), false);
                 Ran::Ended
             }
             None => {
+                watch.end(returned);
                 drop_quietly(next);
                 self.completed(cell, result)
             }
@@ -202,6 +217,9 @@ impl<J: Job> Engine<J> {
                 self.counters.cancelled();
             }
             Ending::TimedOut { .. } => self.counters.timed_out(),
+        }
+        if let Ending::Cancelled { .. } | Ending::TimedOut { .. } = ending {
+            crate::observe::ended_unrun(header, matches!(ending, Ending::TimedOut { .. }));
         }
         // 2. Release.
         if on_worker.is_some_and(|w| w.frees_worker) {

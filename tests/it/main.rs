@@ -14,6 +14,8 @@ mod handles;
 mod hostile;
 mod keys;
 mod load;
+#[cfg(feature = "tracing")]
+mod observe;
 mod panics;
 mod pause;
 mod retry;
