@@ -129,7 +129,7 @@
 //!
 //! # Features
 //!
-//! - `redis`: the [`redis`] module, pools fed from a Redis Stream.
+//! - `redis`: the `redis` module, pools fed from a Redis Stream.
 //! - `tracing`: a [`tracing`](https://docs.rs/tracing) span `slowpool.task` per task attempt
 //!   (`task_id`, `key` — the key's hash, when set — and `attempt`) at `DEBUG` level, target
 //!   `slowpool`, and an event at each ending: `task attempt ended` inside the span when a

@@ -28,6 +28,7 @@ use std::time::Instant;
 const TARGET: &str = "slowpool";
 
 #[cfg(feature = "tracing")]
+#[inline(always)]
 fn listening() -> bool {
     tracing::enabled!(target: TARGET, tracing::Level::DEBUG)
 }
@@ -40,7 +41,7 @@ pub(crate) struct Added {
 }
 
 impl Added {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn now() -> Added {
         Added {
             #[cfg(feature = "tracing")]
@@ -61,54 +62,76 @@ pub(crate) enum RunEnd {
 /// One attempt being watched: its span, entered, and when its callback was called.
 pub(crate) struct Watch {
     #[cfg(feature = "tracing")]
-    inner: Option<(tracing::span::EnteredSpan, Instant, Option<Instant>)>,
+    inner: Option<Watched>,
 }
 
 impl Watch {
     /// The callback of the task with this header is about to be called.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn start(header: &Header, added: Added) -> Watch {
         #[cfg(not(feature = "tracing"))]
         let _ = (header, added);
         Watch {
             #[cfg(feature = "tracing")]
-            inner: listening().then(|| {
-                let span = tracing::debug_span!(
-                    target: TARGET,
-                    "slowpool.task",
-                    task_id = header.id.0,
-                    key = header.key,
-                    attempt = header.attempts(),
-                );
-                (span.entered(), Instant::now(), added.at)
-            }),
+            inner: if listening() {
+                Some(watch(header, added))
+            } else {
+                None
+            },
         }
     }
 
     /// The callback returned and its attempt ended this way.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn end(self, how: RunEnd) {
         #[cfg(not(feature = "tracing"))]
         let _ = how;
         #[cfg(feature = "tracing")]
-        if let Some((span, called, added)) = self.inner {
-            let outcome = match how {
-                RunEnd::Completed => "completed",
-                RunEnd::Panicked => "panicked",
-                RunEnd::Retrying => "retrying",
-                RunEnd::Late => "late",
-            };
-            let queue_wait_s = added.map(|added| (called - added).as_secs_f64());
-            tracing::debug!(
-                target: TARGET,
-                outcome,
-                queue_wait_s,
-                run_time_s = called.elapsed().as_secs_f64(),
-                "task attempt ended"
-            );
-            drop(span);
+        if let Some(inner) = self.inner {
+            report(inner, how);
         }
     }
+}
+
+/// The event of an attempt whose callback returned; out of line, the hot path only tests for
+/// a span.
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn report((span, called, added): Watched, how: RunEnd) {
+    let outcome = match how {
+        RunEnd::Completed => "completed",
+        RunEnd::Panicked => "panicked",
+        RunEnd::Retrying => "retrying",
+        RunEnd::Late => "late",
+    };
+    let queue_wait_s = added.map(|added| (called - added).as_secs_f64());
+    tracing::debug!(
+        target: TARGET,
+        outcome,
+        queue_wait_s,
+        run_time_s = called.elapsed().as_secs_f64(),
+        "task attempt ended"
+    );
+    drop(span);
+}
+
+/// An attempt's span, entered, when its callback was called, and when its task was added.
+#[cfg(feature = "tracing")]
+type Watched = (tracing::span::EnteredSpan, Instant, Option<Instant>);
+
+#[cfg(feature = "tracing")]
+#[cold]
+#[inline(never)]
+fn watch(header: &Header, added: Added) -> Watched {
+    let span = tracing::debug_span!(
+        target: TARGET,
+        "slowpool.task",
+        task_id = header.id.0,
+        key = header.key,
+        attempt = header.attempts(),
+    );
+    (span.entered(), Instant::now(), added.at)
 }
 
 /// A task ended without a callback return to report it: cancelled, or timed out.
