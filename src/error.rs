@@ -30,6 +30,68 @@ use std::io;
 /// ```
 pub const MAX_WORKERS: usize = 1 << 16;
 
+/// The longest pause of a key: a day. [`Pool::pause_key`](crate::Pool::pause_key) refuses a
+/// longer one with [`PauseError::TooLong`]; a retry decision asking for longer (a server's
+/// absurd `Retry-After`) pauses the key this long (see
+/// [`Attempt::pause_key`](crate::Attempt::pause_key)).
+///
+/// ```
+/// use slowpool::{AsyncPool, PauseError, MAX_PAUSE};
+/// use std::time::Duration;
+///
+/// let pool = AsyncPool::builder().max_per_key(1).build(|n: u32| n)?;
+/// let too_long = MAX_PAUSE + Duration::from_secs(1);
+/// assert_eq!(pool.pause_key(&"a", too_long), Err(PauseError::TooLong { asked: too_long }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub const MAX_PAUSE: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
+/// Why [`Pool::pause_key`](crate::Pool::pause_key) paused nothing.
+///
+/// ```
+/// use slowpool::{AsyncPool, PauseError};
+/// use std::time::Duration;
+///
+/// let unkeyed = AsyncPool::new(1, |n: u32| n)?;
+/// let refused = unkeyed.pause_key(&"a", Duration::from_secs(1));
+/// assert_eq!(refused, Err(PauseError::NoKeys));
+/// assert_eq!(refused.unwrap_err().to_string(), "the pool has no per-key limits: keys have no effect");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PauseError {
+    /// The pool was built without `max_per_key` or `min_interval_per_key`: its keys have no
+    /// effect, so there is nothing to pause.
+    NoKeys,
+    /// The pool is shut down (or shutting down).
+    ShutDown,
+    /// The pause asked for is longer than [`MAX_PAUSE`].
+    TooLong {
+        /// The pause asked for.
+        asked: std::time::Duration,
+    },
+}
+
+impl fmt::Display for PauseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PauseError::NoKeys => {
+                f.write_str("the pool has no per-key limits: keys have no effect")
+            }
+            PauseError::ShutDown => f.write_str("pausing a key of a pool that is shut down"),
+            PauseError::TooLong { asked } => {
+                write!(
+                    f,
+                    "a pause of {asked:?} is longer than the longest, {MAX_PAUSE:?}"
+                )
+            }
+        }
+    }
+}
+
+impl Error for PauseError {}
+
 /// An input the pool did not accept, handed back to the caller.
 ///
 /// Returned by the adding methods (`add`, `try_add`, `add_to`, `add_task`, `spawn`, ...). The

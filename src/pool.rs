@@ -16,11 +16,14 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::hash::Hash;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, Job, Owner};
+use crate::error::PauseError;
 use crate::id::TaskId;
+use crate::key_stats::KeyStats;
 use crate::stats::Stats;
 
 /// A pool of worker threads for slow, blocking work; see [`AsyncPool`] and [`ThreadPool`], its
@@ -265,6 +268,110 @@ impl<K: Kind> Pool<K> {
     pub fn stats(&self) -> Stats {
         self.engine()
             .map_or_else(Stats::default, |engine| engine.stats())
+    }
+
+    /// Returns what the pool's key table knows of `key` now (see [`KeyStats`]): `None` for a
+    /// key with no tasks that is not paused, and in a pool without per-key limits.
+    ///
+    /// The key is hashed as `.key(k)` hashes it: `&"host"` and `&String::from("host")` are the
+    /// same key. It takes the table's lock for a moment (one lookup, and a count of the key's
+    /// waiting tasks).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    ///
+    /// let pool = AsyncPool::builder().max_per_key(2).build(|n: u32| n)?;
+    /// let tasks: Vec<_> = (0..5).map(|n| pool.task(n).key("a.example").add()).collect::<Result<_, _>>()?;
+    /// let stats = pool.key_stats(&"a.example");
+    /// assert!(stats.is_none() || stats.is_some_and(|s| s.active <= 2 && s.active + s.waiting <= 5));
+    /// for task in tasks { task.recv()?; }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn key_stats<H: Hash + ?Sized>(&self, key: &H) -> Option<KeyStats> {
+        let engine = self.engine()?;
+        let hash = engine.key_of(&key)?;
+        engine.key_view(hash).map(KeyStats::from)
+    }
+
+    /// Returns the `n` keys with the most tasks (in the queue, running, or waiting on their
+    /// key), the most first; fewer if fewer keys have tasks, none without per-key limits.
+    ///
+    /// The pool keeps hashes, not keys: tell the keys apart by [`KeyStats::hash`]. One pass
+    /// over the key table under its lock, keeping `n` keys at a time: the memory grows with `n`,
+    /// not with the number of keys, and the time with the number of keys the pool knows now
+    /// (those with tasks, or within their interval, or paused).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use crossbeam_channel::bounded;
+    ///
+    /// let (release, gate) = bounded::<()>(0);
+    /// let pool = AsyncPool::builder()
+    ///     .max_workers(1)
+    ///     .max_per_key(1)
+    ///     .build(move |n: u32| { let _ = gate.recv(); n })?;
+    /// let tasks: Vec<_> = [("a", 1), ("b", 2), ("b", 3), ("b", 4)]
+    ///     .into_iter()
+    ///     .map(|(host, n)| pool.task(n).key(host).add())
+    ///     .collect::<Result<_, _>>()?;
+    /// let busiest = pool.busiest_keys(1);
+    /// assert_eq!(busiest.len(), 1);
+    /// assert_eq!(busiest[0].hash, pool.key_stats(&"b").unwrap().hash);
+    /// assert_eq!(busiest[0].active + busiest[0].waiting, 3);
+    /// for _ in 0..4 { release.send(())?; }
+    /// for task in tasks { task.recv()?; }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn busiest_keys(&self, n: usize) -> Vec<KeyStats> {
+        self.engine().map_or_else(Vec::new, |engine| {
+            engine
+                .busiest_keys(n)
+                .into_iter()
+                .map(KeyStats::from)
+                .collect()
+        })
+    }
+
+    /// Holds every task of `key` for `pause`: none of them starts before the pause ends —
+    /// those waiting on the key, those added later, and those waiting to retry (they come back
+    /// through their key). Returns when the key's pause ends. For a host that answered
+    /// `429 Too Many Requests`; a retry decision can do the same with
+    /// [`Attempt::pause_key`](crate::Attempt::pause_key).
+    ///
+    /// What it does not hold: tasks already running, and those the key had already let into
+    /// the pool's queue (at most `max_per_key`; with `min_interval_per_key`, at most one
+    /// that has not started). A pause never shortens another: the later end wins.
+    ///
+    /// - A pause of zero changes nothing (it returns the end of the key's pause, or now).
+    /// - A key with no tasks is paused all the same: its tasks added before the end wait.
+    /// - `join()` and a graceful `shutdown` wait for a paused key's tasks, pause included;
+    ///   `cancel`, `cancel_all`, `shutdown_now` and `shutdown_timeout` end them as any others.
+    ///
+    /// # Errors
+    ///
+    /// [`PauseError::NoKeys`] in a pool without per-key limits (keys have no effect there),
+    /// [`PauseError::ShutDown`] once the pool is shut down, [`PauseError::TooLong`] past
+    /// [`MAX_PAUSE`](crate::MAX_PAUSE).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use std::time::{Duration, Instant};
+    ///
+    /// let pool = AsyncPool::builder().max_per_key(2).build(|n: u32| n)?;
+    /// let until = pool.pause_key(&"a.example", Duration::from_millis(50))?;
+    /// let task = pool.task(1).key("a.example").add()?;
+    /// assert_eq!(task.recv(), Ok(1));
+    /// assert!(Instant::now() >= until, "it waited for the pause");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pause_key<H: Hash + ?Sized>(
+        &self,
+        key: &H,
+        pause: Duration,
+    ) -> Result<Instant, PauseError> {
+        let engine = self.engine().ok_or(PauseError::ShutDown)?;
+        let hash = engine.key_of(&key).ok_or(PauseError::NoKeys)?;
+        engine.pause_key(hash, pause)
     }
 
     /// Changes the number of workers: growing starts threads at once (for an elastic pool,

@@ -119,6 +119,49 @@ impl<'a, E> Attempt<'a, E> {
         self.number
     }
 
+    /// Returns `Some(wait)` — the decision to try again after `wait` — and pauses the task's
+    /// whole key for `wait`: none of the key's tasks starts before then, those waiting on the
+    /// key and those waiting to retry (see [`Pool::pause_key`](crate::Pool::pause_key), whose
+    /// rules it follows). For a server that answers one request with `429 Too Many Requests`
+    /// and a `Retry-After`: its other requests would get the same answer.
+    ///
+    /// Only a `when` function's decision that returns it pauses; for a task without a key, or
+    /// in a pool without per-key limits, it is `Some(wait)` alone. A wait past
+    /// [`MAX_PAUSE`](crate::MAX_PAUSE) pauses the key for `MAX_PAUSE` (the task still waits
+    /// its `wait`).
+    ///
+    /// ```
+    /// use slowpool::{AsyncPool, Failed, Retry, TaskError};
+    /// use std::time::Duration;
+    ///
+    /// let pool = AsyncPool::builder()
+    ///     .max_per_key(2)
+    ///     .build(|status: u16| if status == 429 { Err(status) } else { Ok(status) })?;
+    /// let policy = Retry::attempts(3).when(|attempt| match attempt.error() {
+    ///     Failed::Callback(429) => attempt.pause_key(Duration::from_secs(60)), // Retry-After: 60
+    ///     _ => Some(attempt.backoff()),
+    /// });
+    /// let refused = pool.task(429).key("a.example").retry(policy).add()?;
+    /// while pool.stats().paused_keys == 0 {
+    ///     std::thread::yield_now();
+    /// }
+    /// // The 429 paused the host: its other tasks, added before or after, wait for the end.
+    /// let stats = pool.key_stats(&"a.example").expect("paused");
+    /// assert!(stats.paused_until.is_some());
+    /// let other = pool.task(200).key("a.example").add()?;
+    /// pool.shutdown_now(); // instead of waiting a minute
+    /// assert_eq!(other.recv(), Err(TaskError::Cancelled));
+    /// assert_eq!(refused.recv(), Err(TaskError::Cancelled));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn pause_key(&self, wait: Duration) -> Option<Duration> {
+        PAUSE_ASKED.with(|asked| {
+            let longest = asked.get().map_or(wait, |before| before.max(wait));
+            asked.set(Some(longest));
+        });
+        Some(wait)
+    }
+
     /// Returns why it failed: the callback's error, or [`TaskError::Panicked`] /
     /// [`TaskError::TimedOut`]. A match on it reaches inside the callback's error with one
     /// dereference (`Some(*retry_after)`).
@@ -298,6 +341,21 @@ impl<E> fmt::Debug for Retry<E> {
             .field("when", &self.when.is_some())
             .finish()
     }
+}
+
+thread_local! {
+    /// The key pause a `when` function asked for with `Attempt::pause_key`, read by the engine
+    /// right after the policy returns (`asking_pause`). A thread-local, not a field of the
+    /// policy's result: the policy is erased behind `PolicyFn` in every job type, and this one
+    /// extra answer lives only for the length of one synchronous call on one thread.
+    static PAUSE_ASKED: std::cell::Cell<Option<Duration>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs a retry decision and returns it with the key pause it asked for, if any.
+pub(crate) fn asking_pause<R>(decide: impl FnOnce() -> R) -> (R, Option<Duration>) {
+    PAUSE_ASKED.with(|asked| asked.set(None));
+    let decision = decide();
+    (decision, PAUSE_ASKED.with(|asked| asked.take()))
 }
 
 /// The erased policy a task carries: `(attempt, result) → wait before the next attempt`.

@@ -54,6 +54,20 @@ pub struct Stats {
     /// Tasks waiting on the pool's timer for their next attempt (holding no worker, not in
     /// `queued`): the ones `cancel_all` and `shutdown_now` would take out and hand back now.
     pub waiting_retry: usize,
+    /// Keys paused now ([`Pool::pause_key`](crate::Pool::pause_key), or a retry decision's
+    /// [`Attempt::pause_key`](crate::Attempt::pause_key)): their tasks wait until the pause
+    /// ends, counted in `waiting_on_key` (or `waiting_retry`).
+    ///
+    /// ```
+    /// use slowpool::AsyncPool;
+    /// use std::time::Duration;
+    ///
+    /// let pool = AsyncPool::builder().max_per_key(1).build(|n: u32| n)?;
+    /// pool.pause_key(&"a.example", Duration::from_secs(60))?;
+    /// assert_eq!(pool.stats().paused_keys, 1);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub paused_keys: usize,
 }
 
 /// One readable line, for a progress report: what runs and waits now, then what has ended.
@@ -80,6 +94,9 @@ impl fmt::Display for Stats {
         )?;
         if self.abandoned > 0 {
             write!(f, ", {} abandoned threads", self.abandoned)?;
+        }
+        if self.paused_keys > 0 {
+            write!(f, ", {} paused keys", self.paused_keys)?;
         }
         write!(
             f,
@@ -261,6 +278,7 @@ impl Counters {
             timed_out,
             retried,
             waiting_retry: waiting_retry as usize,
+            paused_keys: 0,
         }
     }
 }

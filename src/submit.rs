@@ -348,6 +348,7 @@ fn add<K: Kind, X: Send + 'static, O: Send + 'static, R>(
         cell,
         item,
         again: how.again,
+        added: crate::observe::Added::now(),
     };
     match engine.add((wrap.into_job)(work), wait) {
         Ok(()) => Ok((engine, id, kept)),

@@ -10,12 +10,15 @@ use std::time::Duration;
 use crate::cell::{drop_quietly, Cell, Control};
 use crate::done::TaskError;
 use crate::engine::{Ran, RunContext};
+use crate::observe::{Added, Watch};
 use crate::retry::PolicyFn;
 
 pub(crate) struct Work<X, O> {
     pub(crate) cell: Arc<Cell<O>>,
     pub(crate) item: X,
     pub(crate) again: Option<Box<Again<X, O>>>,
+    /// When the task was added (kept only while `tracing` listens, see `observe.rs`).
+    pub(crate) added: Added,
 }
 
 /// What a task with a retry policy carries from attempt to attempt.
@@ -57,6 +60,7 @@ impl<X: Send + 'static, O: Send + 'static> Work<X, O> {
             cell: self.cell.clone(),
             item,
             again: Some(Box::new(again.clone())),
+            added: self.added,
         })
     }
 
@@ -72,12 +76,19 @@ impl<X: Send + 'static, O: Send + 'static> Work<X, O> {
     where
         J: crate::engine::Job,
     {
-        let Work { cell, item, again } = self;
+        let Work {
+            cell,
+            item,
+            again,
+            added,
+        } = self;
+        cx.callback_starts(&cell.header);
+        let watch = Watch::start(&cell.header, added);
         let outcome = panic::catch_unwind(AssertUnwindSafe(|| call(item)));
         let attempts = cell.header.attempts();
         let retry = again
             .as_ref()
             .map(|again| move |result: Result<&O, &TaskError>| (again.policy)(attempts, result));
-        cx.finish(&cell, outcome, retry)
+        cx.finish(&cell, outcome, retry, watch)
     }
 }

@@ -70,13 +70,13 @@ impl<J: Job> Engine<J> {
     ) -> bool {
         let header = control.header();
         let mut held = spare.map(Spare::lock);
-        let delay = match held.as_deref() {
+        let (delay, pause) = match held.as_deref() {
             Some(Some(next))
                 if !force && !self.stopping.is_raised() && !header.is_last_attempt() =>
             {
-                next.again_after(&TaskError::TimedOut)
+                crate::retry::asking_pause(|| next.again_after(&TaskError::TimedOut))
             }
-            _ => None,
+            _ => (None, None),
         };
         let to = if delay.is_some() {
             State::Backoff
@@ -94,6 +94,7 @@ impl<J: Job> Engine<J> {
         header.attempt_timed_out();
         let next = held.as_mut().and_then(|held| held.take());
         drop(held);
+        self.pause_asked(header, pause);
         let thread_left = abandoned == Abandon::Now;
         match (delay, next) {
             (Some(delay), Some(next)) => self.back_off(header, next, delay, None, thread_left),

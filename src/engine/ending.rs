@@ -29,6 +29,7 @@ use super::{Engine, Job};
 use crate::cell::{drop_quietly, Cell, Header, State};
 use crate::delivery::{Delivered, Way};
 use crate::done::TaskError;
+use crate::observe::{RunEnd, Watch};
 
 /// How a task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,14 @@ impl<J: Job> RunContext<'_, J> {
         self.engine.stopping.flag()
     }
 
+    /// The callback of the task with this header is about to be called (the job's last step
+    /// before it): its key's interval counts from this instant.
+    pub(crate) fn callback_starts(&self, header: &Header) {
+        if let Some(key) = header.key {
+            self.engine.callback_starts(key);
+        }
+    }
+
     /// Ends the task's attempt with the callback's outcome, unless the timer ended it first.
     ///
     /// With `retry` (a task with a retry policy, whose run has a spare, see `retry.rs`):
@@ -90,27 +99,38 @@ impl<J: Job> RunContext<'_, J> {
         cell: &Cell<T>,
         outcome: thread::Result<T>,
         retry: Option<impl FnOnce(Result<&T, &TaskError>) -> Option<Duration>>,
+        watch: Watch,
     ) -> Ran {
         let result = caught(outcome);
+        // The attempt's event goes out before its ending is delivered (as the counters do),
+        // so that whoever receives the result finds it reported.
+        let returned = if result.is_ok() {
+            RunEnd::Completed
+        } else {
+            RunEnd::Panicked
+        };
         let (Some(spare), Some(again_after)) = (self.spare, retry) else {
             if !cell.header.transition(State::Running, State::Done) {
                 // Timed out while it ran: the caller already has `TimedOut`.
+                watch.end(RunEnd::Late);
                 drop_quietly(result);
                 return Ran::Lost;
             }
+            watch.end(returned);
             return self.completed(cell, result);
         };
         let mut held = spare.lock();
         if held.is_none() {
             // The timer ended this attempt (and took the spare): a late result.
             drop(held);
+            watch.end(RunEnd::Late);
             drop_quietly(result);
             return Ran::Lost;
         }
-        let delay = if self.engine.stopping.is_raised() {
-            None
+        let (delay, pause) = if self.engine.stopping.is_raised() {
+            (None, None)
         } else {
-            again_after(result.as_ref())
+            crate::retry::asking_pause(|| again_after(result.as_ref()))
         };
         let to = if delay.is_some() {
             State::Backoff
@@ -119,6 +139,7 @@ impl<J: Job> RunContext<'_, J> {
         };
         if !cell.header.transition(State::Running, to) {
             drop(held);
+            watch.end(RunEnd::Late);
             drop_quietly(result);
             return Ran::Lost;
         }
@@ -126,14 +147,18 @@ impl<J: Job> RunContext<'_, J> {
             .take()
             .expect("the spare is there: checked under this lock");
         drop(held);
+        // Before the key is released below: its next task must not slip out first.
+        self.engine.pause_asked(&cell.header, pause);
         match delay {
             Some(delay) => {
+                watch.end(RunEnd::Retrying);
                 drop_quietly(result);
                 self.engine
                     .back_off(&cell.header, next, delay, Some(self.on_worker()), false);
                 Ran::Ended
             }
             None => {
+                watch.end(returned);
                 drop_quietly(next);
                 self.completed(cell, result)
             }
@@ -193,6 +218,9 @@ impl<J: Job> Engine<J> {
                 self.counters.cancelled();
             }
             Ending::TimedOut { .. } => self.counters.timed_out(),
+        }
+        if let Ending::Cancelled { .. } | Ending::TimedOut { .. } = ending {
+            crate::observe::ended_unrun(header, matches!(ending, Ending::TimedOut { .. }));
         }
         // 2. Release.
         if on_worker.is_some_and(|w| w.frees_worker) {

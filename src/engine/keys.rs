@@ -9,10 +9,20 @@
 //! the queue while still holding that mutex, so "drain the table, then drain the queue" (cancel
 //! and `shutdown_now`) cannot miss a job in between.
 //!
-//! Politeness counts from a task's real start, not from when it entered the queue: while a job
-//! of a key sits in the queue unstarted, the next one is held back; when it starts, the next may
-//! go at `start + interval`. So two starts of one key are always at least the interval apart,
-//! however long the queue.
+//! Politeness counts from a task's real start — the instant its callback is called, not when it
+//! entered the queue nor when a worker took it: while a job of a key is queued or about to be
+//! called, the next one is held back; once its callback is called, the next may go at
+//! `start + interval`. So two calls of one key's callbacks are always at least the interval
+//! apart, however long the queue and whatever a worker does between taking a job and calling it.
+//!
+//! A key can be paused until an instant (`pause_key`, or a retry decision): none of its
+//! waiting jobs goes into the queue before then, retries included, since they re-enter through
+//! their key. Pauses sit in a map of their own, beside the keys, so that a pause outlives its
+//! key's entry (a key paused with no tasks holds the ones added later) and pausing costs the
+//! keys that are not paused nothing. Expired pauses are forgotten as the map grows.
+//!
+//! The per-key view (`view`, `busiest`) reads this table: what it shows is what the limits act
+//! on, with no second record to drift from it.
 //!
 //! Keys are 64-bit hashes (a `&str` and a `String` with the same text are the same key). A key's
 //! entry is removed once it is idle and its interval has passed, so a crawl over millions of
@@ -78,6 +88,22 @@ pub(crate) struct KeyTable<J> {
     keys: HashMap<u64, Key<J>>,
     /// Table size after the last sweep of idle keys; the next sweep runs at twice that.
     swept_at: usize,
+    /// Paused keys and when their pause ends (see the module docs).
+    paused: HashMap<u64, Instant>,
+    /// Size of `paused` after its last pruning; the next runs at twice that.
+    pruned_at: usize,
+}
+
+/// A key as the table sees it, for the per-key view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeyView {
+    pub(crate) hash: u64,
+    pub(crate) active: usize,
+    pub(crate) waiting: usize,
+    pub(crate) started: u64,
+    pub(crate) last_start: Option<Instant>,
+    pub(crate) interval: Option<Duration>,
+    pub(crate) paused_until: Option<Instant>,
 }
 
 struct Key<J> {
@@ -90,6 +116,9 @@ struct Key<J> {
     next_start: Option<Instant>,
     /// A timer wake-up is scheduled for this key.
     wake_scheduled: bool,
+    /// Callbacks of this key called since its entry was made, and the last call.
+    started: u64,
+    last_start: Option<Instant>,
 }
 
 impl<J> Default for Key<J> {
@@ -100,6 +129,8 @@ impl<J> Default for Key<J> {
             waiting: VecDeque::new(),
             next_start: None,
             wake_scheduled: false,
+            started: 0,
+            last_start: None,
         }
     }
 }
@@ -131,6 +162,8 @@ impl<J: Job> KeyTable<J> {
             interval,
             keys: HashMap::new(),
             swept_at: 64,
+            paused: HashMap::new(),
+            pruned_at: 64,
         }
     }
 
@@ -151,7 +184,7 @@ impl<J: Job> KeyTable<J> {
                 && !entry.unstarted
                 && entry.waiting.is_empty()
                 && entry.next_start.map_or(true, |at| at <= now)
-        })
+        }) && self.paused_until(key, now).is_none()
     }
 
     /// A job of `key` left the queue or its callback returned: its place is free.
@@ -165,15 +198,19 @@ impl<J: Job> KeyTable<J> {
         self.pump(key, now)
     }
 
-    /// A job of `key` started at `now`: with an interval, the next may start at `now + interval`.
+    /// The callback of a job of `key` was called at `now`: with an interval, the next may start
+    /// at `now + interval`.
     pub(crate) fn started(&mut self, key: u64, now: Instant) -> Step<J> {
+        let Some(entry) = self.keys.get_mut(&key) else {
+            return Step::new();
+        };
+        entry.started += 1;
+        entry.last_start = Some(now);
         let Some(interval) = self.interval else {
             return Step::new();
         };
-        if let Some(entry) = self.keys.get_mut(&key) {
-            entry.unstarted = false;
-            entry.next_start = now.checked_add(interval);
-        }
+        entry.unstarted = false;
+        entry.next_start = now.checked_add(interval);
         self.pump(key, now)
     }
 
@@ -188,6 +225,7 @@ impl<J: Job> KeyTable<J> {
     /// Lets the next waiting job of `key` go if the key has room and its interval has passed.
     fn pump(&mut self, key: u64, now: Instant) -> Step<J> {
         let mut step = Step::new();
+        let paused_until = self.paused_until(key, now);
         let Some(entry) = self.keys.get_mut(&key) else {
             return step;
         };
@@ -200,7 +238,8 @@ impl<J: Job> KeyTable<J> {
         }
         let has_room = entry.active < self.max_per_key && !entry.unstarted;
         if has_room && !entry.waiting.is_empty() {
-            match entry.next_start {
+            // A pause holds the key like an interval that has not passed.
+            match entry.next_start.max(paused_until) {
                 Some(at) if at > now => {
                     if !entry.wake_scheduled {
                         entry.wake_scheduled = true;
@@ -232,6 +271,101 @@ impl<J: Job> KeyTable<J> {
             self.keys.remove(&key);
         }
         step
+    }
+
+    /// The end of `key`'s pause, if it is paused at `now`.
+    fn paused_until(&self, key: u64, now: Instant) -> Option<Instant> {
+        if self.paused.is_empty() {
+            return None;
+        }
+        self.paused.get(&key).copied().filter(|&until| until > now)
+    }
+
+    /// Holds every waiting job of `key` until `until` (a later pause than one already set wins;
+    /// an earlier one changes nothing). Returns when the key's pause ends now.
+    pub(crate) fn pause(&mut self, key: u64, until: Instant, now: Instant) -> (Instant, Step<J>) {
+        if self.paused.len() >= self.pruned_at.saturating_mul(2) {
+            self.paused.retain(|_, &mut at| at > now);
+            self.pruned_at = self.paused.len().max(64);
+        }
+        let at = self.paused.entry(key).or_insert(until);
+        *at = (*at).max(until);
+        let until = *at;
+        // A key with waiting jobs and room gets its wake-up at the pause's end (`pump`).
+        (until, self.pump(key, now))
+    }
+
+    /// How many keys are paused at `now`.
+    pub(crate) fn paused_keys(&self, now: Instant) -> usize {
+        self.paused.values().filter(|&&until| until > now).count()
+    }
+
+    /// What the table knows of `key` at `now`: `None` for a key with no tasks, not paused.
+    pub(crate) fn view(&self, key: u64, now: Instant) -> Option<KeyView> {
+        let paused_until = self.paused_until(key, now);
+        match self.keys.get(&key) {
+            Some(entry) => Some(self.view_of(key, entry, paused_until)),
+            None => paused_until.map(|_| KeyView {
+                hash: key,
+                active: 0,
+                waiting: 0,
+                started: 0,
+                last_start: None,
+                interval: self.interval,
+                paused_until,
+            }),
+        }
+    }
+
+    fn view_of(&self, key: u64, entry: &Key<J>, paused_until: Option<Instant>) -> KeyView {
+        KeyView {
+            hash: key,
+            active: entry.active,
+            waiting: entry
+                .waiting
+                .iter()
+                .filter(|job| job.control().header().state() == State::Waiting)
+                .count(),
+            started: entry.started,
+            last_start: entry.last_start,
+            interval: self.interval,
+            paused_until,
+        }
+    }
+
+    /// The `n` keys with the most tasks (active and waiting), most first. One pass over the
+    /// table, keeping `n` at a time: memory grows with `n`, not with the number of keys.
+    pub(crate) fn busiest(&self, n: usize, now: Instant) -> Vec<KeyView> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        if n == 0 {
+            return Vec::new();
+        }
+        // A min-heap of the best `n` so far, by (tasks, hash) so that ties come out stably.
+        let mut best = BinaryHeap::with_capacity(n.min(self.keys.len()) + 1);
+        for (&key, entry) in &self.keys {
+            let load = entry.active + entry.waiting.len();
+            if best.len() == n {
+                match best.peek() {
+                    Some(&Reverse((least, _))) if load <= least => continue,
+                    _ => {}
+                }
+                best.pop();
+            }
+            best.push(Reverse((load, key)));
+        }
+        let mut keys: Vec<u64> = best
+            .into_sorted_vec()
+            .into_iter()
+            .map(|Reverse((_, key))| key)
+            .collect();
+        keys.truncate(n);
+        keys.iter()
+            .filter_map(|key| {
+                let entry = self.keys.get(key)?;
+                Some(self.view_of(*key, entry, self.paused_until(*key, now)))
+            })
+            .collect()
     }
 
     /// The jobs of `key` waiting behind `joiners` tasks blocked in `join()`: all of its live

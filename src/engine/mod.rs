@@ -31,6 +31,7 @@ mod intake;
 mod keys;
 mod lifecycle;
 mod limits;
+mod per_key;
 mod quiet;
 mod registry;
 mod retry;
@@ -60,6 +61,7 @@ use crate::task::Canceller;
 
 pub(crate) use admission::Refused;
 pub(crate) use ending::{Ran, RunContext};
+pub(crate) use keys::KeyView;
 pub(crate) use lifecycle::Owner;
 use lifecycle::Stopping;
 #[cfg(test)]
@@ -317,10 +319,13 @@ impl<J: Job> Engine<J> {
     }
 
     pub(crate) fn stats(&self) -> Stats {
-        self.counters
-            .snapshot(self.workers.live(), self.workers.abandoned(), || {
-                self.timer.retries()
-            })
+        let mut stats =
+            self.counters
+                .snapshot(self.workers.live(), self.workers.abandoned(), || {
+                    self.timer.retries()
+                });
+        stats.paused_keys = self.paused_keys();
+        stats
     }
 
     /// Changes the number of workers. Growing starts threads at once (a fixed pool) or allows
@@ -433,9 +438,17 @@ impl<J: Job> Engine<J> {
     }
 
     /// Bookkeeping when a worker takes a job.
-    fn on_start(&self, job: &J) {
+    fn on_start(&self, _job: &J) {
+        // Its key's interval counts from its callback's call, later (`callback_starts`).
         self.counters.started();
-        if let (Some(keys), Some(key)) = (&self.keys, job.control().header().key) {
+    }
+
+    /// A keyed callback is about to be called: its key's interval counts from now (see
+    /// `keys.rs`). Stamped here, the last thing before the call, not when a worker took the
+    /// job: what happens in between (arming a deadline, copying a retry's input) would
+    /// otherwise shorten the gap the next start of the key sees.
+    pub(super) fn callback_starts(&self, key: u64) {
+        if let Some(keys) = &self.keys {
             let mut table = keys.lock();
             let step = table.started(key, Instant::now());
             self.apply(key, step, table, None);

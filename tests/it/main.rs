@@ -14,7 +14,10 @@ mod handles;
 mod hostile;
 mod keys;
 mod load;
+#[cfg(feature = "tracing")]
+mod observe;
 mod panics;
+mod pause;
 mod retry;
 mod retry_attack;
 mod scheduler;
