@@ -437,9 +437,9 @@ impl<J: Job> Engine<J> {
         }
     }
 
-    /// Bookkeeping when a worker takes a job.
-    fn on_start(&self, _job: &J) {
-        // Its key's interval counts from its callback's call, later (`callback_starts`).
+    /// Bookkeeping when a worker takes a job. (Its key's interval counts from its callback's
+    /// call, later: `callback_starts`.)
+    fn on_start(&self) {
         self.counters.started();
     }
 

@@ -71,7 +71,7 @@ impl<J: Job> Engine<J> {
                         self.scheduler.took_last_look_work(self.intake.receiver());
                     }
                     if job.control().header().start(seat.index) {
-                        self.on_start(&job);
+                        self.on_start();
                         return Ok(job);
                     }
                     // Cancelled while queued: its canceller did the bookkeeping. Still idle.
@@ -176,7 +176,7 @@ impl<J: Job> Engine<J> {
             if job.control().header().start(seat.index) {
                 // It left the queue without an idle worker claiming it.
                 self.admission().release();
-                self.on_start(&job);
+                self.on_start();
                 return Some(job);
             }
             drop_quietly(job);
