@@ -346,7 +346,6 @@ fn a_task_seen_running_has_started_once() {
         for n in 0..1_000u32 {
             let task = pool.add_task(n).unwrap();
             while !task.is_running() {
-                assert_eq!(task.attempts(), 0, "task {n} started, yet is not running");
                 // On a loaded machine the worker may be waiting for this very core.
                 thread::yield_now();
             }
