@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{alone_in_a_child_process, gate, quick};
+use crate::support::{alone_in_a_child_process, eventually, gate, quick};
 use slowpool::{AsyncPool, TaskError};
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
@@ -109,6 +109,11 @@ fn every_attempt_has_a_span_and_every_ending_an_event() {
     assert_eq!(retries.recv(), Ok(Ok(1)));
     assert_eq!(times_out.recv(), Err(TaskError::TimedOut));
     release.open();
+    // `join` does not wait for a timed-out callback: its abandoned thread reports the late
+    // return when it comes, then exits.
+    eventually("the abandoned thread returns", || {
+        pool.stats().abandoned == 0
+    });
     pool.join();
     // Task ids count per pool: what this pool's tasks left, before another pool runs.
     let spans = recorder.0.spans.lock().unwrap().clone();
